@@ -76,6 +76,7 @@ class ModelMeta(BaseModel):
     class_names: list[str] = Field(default_factory=lambda: list(TASK_CLASSES["binary"]))
     preprocessing: Preprocessing = Field(default_factory=Preprocessing)
     temperature: float = 1.0
+    calibration_bias: float = Field(default=0.0, description="added to the pneumonia log-odds after 1/temperature")
     threshold: float = 0.5
     target_sensitivity: float = 0.98
     params: int = 0

@@ -1,0 +1,139 @@
+"""Augmentation applied to whole batches of tensors (N x 1 x H x W in [0, 1]).
+
+Per-image Python transforms would spend a 2-core CPU on the data loader; here each step is a handful of batched
+tensor operations with per-sample random parameters. Two groups:
+
+- geometry: rotation, shear, zoom, translation, horizontal flip (one ``affine_grid`` / ``grid_sample``);
+- acquisition: brightness, contrast, gamma, blur or sharpening, resolution loss and noise -- what differs between
+  scanners and exposure settings, and what a model must not use as a shortcut for the diagnosis.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel
+
+from pneumo.modelfile import Preprocessing
+
+
+class AugmentConfig(BaseModel):
+    """Ranges of the random transforms; a probability of 0 or a range of 0 switches one off."""
+
+    enabled: bool = True
+    rotation_deg: float = 10.0
+    shear_deg: float = 5.0
+    zoom: float = 0.10
+    translate: float = 0.08
+    hflip_p: float = 0.5
+    brightness: float = 0.10
+    contrast: float = 0.20
+    gamma: float = 0.30
+    blur_sharpen_p: float = 0.5
+    blur_sigma_max: float = 1.5
+    sharpen_max: float = 1.5
+    resolution_loss_p: float = 0.3
+    resolution_min_scale: float = 0.4
+    noise_p: float = 0.3
+    noise_std_max: float = 0.04
+
+
+def _uniform(n: int, lo: float, hi: float, like: torch.Tensor) -> torch.Tensor:
+    return torch.empty(n, device=like.device, dtype=like.dtype).uniform_(lo, hi)
+
+
+def random_affine(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    """Rotate, shear, zoom, translate and flip every image of the batch by its own random amount."""
+    n = x.shape[0]
+    rot = torch.deg2rad(_uniform(n, -cfg.rotation_deg, cfg.rotation_deg, x))
+    shear = torch.deg2rad(_uniform(n, -cfg.shear_deg, cfg.shear_deg, x))
+    scale = _uniform(n, 1 - cfg.zoom, 1 + cfg.zoom, x)
+    flip = torch.where(torch.rand(n, device=x.device) < cfg.hflip_p, -1.0, 1.0).to(x.dtype)
+    cos, sin = torch.cos(rot), torch.sin(rot)
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    # grid_sample maps output -> input coordinates, so dividing by the zoom enlarges the content.
+    theta[:, 0, 0] = cos / scale * flip
+    theta[:, 0, 1] = (-sin + torch.tan(shear) * cos) / scale
+    theta[:, 1, 0] = sin / scale * flip
+    theta[:, 1, 1] = (cos + torch.tan(shear) * sin) / scale
+    theta[:, :, 2] = _uniform(2 * n, -cfg.translate, cfg.translate, x).view(n, 2) * 2
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each image with its own sigma (0 = unchanged), as one grouped separable convolution."""
+    n, _, h, w = x.shape
+    radius = max(1, math.ceil(3 * float(sigma.max())))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    s = sigma.clamp_min(1e-3)[:, None]
+    k = torch.exp(-0.5 * (t[None] / s) ** 2)
+    k = k / k.sum(1, keepdim=True)
+    xg = x.reshape(1, n, h, w)
+    xg = F.conv2d(F.pad(xg, (radius, radius, 0, 0), mode="replicate"), k[:, None, None, :], groups=n)
+    xg = F.conv2d(F.pad(xg, (0, 0, radius, radius), mode="replicate"), k[:, None, :, None], groups=n)
+    return xg.reshape(n, 1, h, w)
+
+
+def random_acquisition(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    """Exposure, contrast, gamma, blur/sharpen, resolution loss and noise, each image drawn independently."""
+    n = x.shape[0]
+    view = (n, 1, 1, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    contrast = _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, x).view(view)
+    bright = _uniform(n, -cfg.brightness, cfg.brightness, x).view(view)
+    x = ((x - mean) * contrast + mean + bright).clamp(0, 1)
+    gamma = torch.exp(_uniform(n, -cfg.gamma, cfg.gamma, x)).view(view)
+    x = x.clamp_min(1e-6) ** gamma
+
+    if cfg.blur_sharpen_p > 0:
+        # Half blur, half unsharp-mask: sharpness differs by class in this dataset, so make it uninformative.
+        pick = torch.rand(n, device=x.device) < cfg.blur_sharpen_p
+        sharpen = torch.rand(n, device=x.device) < 0.5
+        sigma = _uniform(n, 0.3, cfg.blur_sigma_max, x) * pick
+        blurred = gaussian_blur(x, sigma)
+        amount = (_uniform(n, 0.2, cfg.sharpen_max, x) * (pick & sharpen)).view(view)
+        x = torch.where((pick & ~sharpen).view(view), blurred, x + amount * (x - blurred)).clamp(0, 1)
+
+    if cfg.resolution_loss_p > 0:
+        h, w = x.shape[-2:]
+        s = float(torch.empty(1).uniform_(cfg.resolution_min_scale, 1.0))
+        small = F.interpolate(x, size=(max(8, int(h * s)), max(8, int(w * s))), mode="bilinear", antialias=True)
+        lowres = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+        pick = (torch.rand(n, device=x.device) < cfg.resolution_loss_p).view(view)
+        x = torch.where(pick, lowres, x)
+
+    if cfg.noise_p > 0:
+        std = (_uniform(n, 0, cfg.noise_std_max, x) * (torch.rand(n, device=x.device) < cfg.noise_p)).view(view)
+        x = (x + torch.randn_like(x) * std).clamp(0, 1)
+    return x
+
+
+def augment_batch(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    """Geometry then acquisition transforms on a batch in [0, 1]."""
+    if not cfg.enabled:
+        return x
+    return random_acquisition(random_affine(x, cfg), cfg)
+
+
+def equalize_batch(x: torch.Tensor, levels: int = 256) -> torch.Tensor:
+    """Histogram equalisation of every image in a batch; matches :func:`pneumo.preprocess.equalize`."""
+    n = x.shape[0]
+    q = (x.reshape(n, -1) * (levels - 1)).round().clamp(0, levels - 1).long()
+    offsets = torch.arange(n, device=x.device)[:, None] * levels
+    hist = torch.bincount((q + offsets).reshape(-1), minlength=n * levels).reshape(n, levels).to(torch.float64)
+    cdf = hist.cumsum(1)
+    # lowest occupied level's cdf value (the first non-zero of the cdf)
+    lo = torch.where(cdf > 0, cdf, torch.full_like(cdf, float("inf"))).min(1, keepdim=True).values
+    span = cdf[:, -1:] - lo
+    lut = torch.where(span > 0, ((cdf - lo) / span.clamp_min(1e-12)).clamp(0, 1), torch.full_like(cdf, 0.5))
+    return lut.to(x.dtype).gather(1, q).reshape(x.shape)
+
+
+def normalize_batch(x: torch.Tensor, cfg: Preprocessing) -> torch.Tensor:
+    """The training-time twin of :func:`pneumo.preprocess.to_input` for a batch already at the input size."""
+    if cfg.normalization == "equalize":
+        x = equalize_batch(x)
+    return (x - cfg.mean) / cfg.std

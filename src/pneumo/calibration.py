@@ -1,0 +1,160 @@
+"""Calibration and operating points: temperature scaling, ECE, reliability bins and threshold choice.
+
+Everything here works on plain numpy arrays and needs only numpy and scipy, because training imports it to set the
+temperature and threshold that travel in the model file.
+
+Conventions shared by every function:
+
+- ``logits`` is N x C; column 0 is NORMAL, so the probability of pneumonia is ``1 - softmax(logits / T)[:, 0]`` both
+  for the binary task (C=2) and the subtype task (C=3, where pneumonia is BACTERIA or VIRUS).
+- ``y`` is the binary truth, 1 = pneumonia; ``prob`` is the probability of pneumonia.
+- a case is predicted positive when ``prob >= threshold``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import logsumexp
+
+T_BOUNDS = (0.05, 20.0)
+
+
+def softmax(logits: np.ndarray, T: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / T`` (N x C), computed stably."""
+    z = np.asarray(logits, dtype=np.float64) / T
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def pneumonia_probability(logits: np.ndarray, T: float = 1.0) -> np.ndarray:
+    """Probability of pneumonia, ``1 - softmax(logits / T)[:, 0]``, for binary or subtype logits."""
+    return 1.0 - softmax(logits, T)[:, 0]
+
+
+def _log_probs(logits: np.ndarray, T: float) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / T
+    return z - logsumexp(z, axis=1, keepdims=True)
+
+
+def nll(logits: np.ndarray, y_pneumonia: np.ndarray, y_class: np.ndarray | None = None, T: float = 1.0) -> float:
+    """Mean negative log-likelihood at temperature ``T``: of the true class if ``y_class`` is given, else binary.
+
+    The binary form scores ``1 - p_normal``; its log is taken as a log-sum-exp over the pneumonia columns, so it
+    stays finite where ``1 - p_normal`` would round to 0.
+    """
+    logp = _log_probs(logits, T)
+    if y_class is not None:
+        y_class = np.asarray(y_class, dtype=np.int64)
+        return float(-logp[np.arange(len(y_class)), y_class].mean())
+    y = np.asarray(y_pneumonia).astype(bool)
+    log_pos = logsumexp(logp[:, 1:], axis=1)
+    return float(-np.where(y, log_pos, logp[:, 0]).mean())
+
+
+def fit_temperature(logits: np.ndarray, y_pneumonia: np.ndarray, y_class: np.ndarray | None = None) -> float:
+    """Temperature ``T`` in [0.05, 20] minimising the validation NLL of ``softmax(logits / T)``.
+
+    Objective: for C=2, and for C=3 without ``y_class``, the NLL of the binary outcome (pneumonia or not), since
+    the pneumonia probability is what is thresholded and reported. For C=3 with ``y_class`` the NLL of the true
+    class index, because one temperature scales every probability the model shows, subtypes included, and the
+    multiclass NLL is the proper score for all of them (for C=2 the two objectives are the same number).
+    The search is on ``log T`` (bounded Brent), where the NLL is smooth and the scale is symmetric.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        raise ValueError(f"logits must be N x C with C >= 2, got shape {logits.shape}")
+    if y_class is not None and logits.shape[1] == 2:
+        y_class = None  # identical objective; the binary form also accepts y_pneumonia alone
+    lo, hi = math.log(T_BOUNDS[0]), math.log(T_BOUNDS[1])
+    res = minimize_scalar(
+        lambda log_t: nll(logits, y_pneumonia, y_class, math.exp(log_t)),
+        bounds=(lo, hi),
+        method="bounded",
+        options={"xatol": 1e-5},
+    )
+    return float(math.exp(res.x))
+
+
+def bin_index(prob: np.ndarray, n_bins: int = 15) -> np.ndarray:
+    """Equal-width bin of each probability in [0, 1]; 1.0 falls in the last bin."""
+    idx = np.floor(np.asarray(prob, dtype=np.float64) * n_bins).astype(np.int64)
+    return np.clip(idx, 0, n_bins - 1)
+
+
+def reliability_bins(prob: np.ndarray, y: np.ndarray, n_bins: int = 15) -> dict[str, np.ndarray]:
+    """Per-bin mean predicted probability (``confidence``), observed pneumonia rate (``accuracy``) and ``count``.
+
+    Bins are equal-width on the pneumonia probability; empty bins have NaN confidence and accuracy.
+    Also returns the bin ``edges`` (n_bins + 1).
+    """
+    prob = np.asarray(prob, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    idx = bin_index(prob, n_bins)
+    count = np.bincount(idx, minlength=n_bins)
+    sum_p = np.bincount(idx, weights=prob, minlength=n_bins)
+    sum_y = np.bincount(idx, weights=y, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        conf = np.where(count > 0, sum_p / count, np.nan)
+        acc = np.where(count > 0, sum_y / count, np.nan)
+    return {"edges": np.linspace(0.0, 1.0, n_bins + 1), "confidence": conf, "accuracy": acc, "count": count}
+
+
+def expected_calibration_error(prob: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
+    """ECE of the binary pneumonia probability: ``sum_b n_b / N * |mean(prob)_b - mean(y)_b|``, equal-width bins."""
+    prob = np.asarray(prob, dtype=np.float64)
+    if prob.size == 0:
+        return float("nan")
+    idx = bin_index(prob, n_bins)
+    gap = np.bincount(idx, weights=prob - np.asarray(y, dtype=np.float64), minlength=n_bins)
+    return float(np.abs(gap).sum() / prob.size)
+
+
+def choose_threshold(y: np.ndarray, prob: np.ndarray, target_sensitivity: float = 0.98) -> float:
+    """The highest threshold whose sensitivity on these data is >= ``target_sensitivity``.
+
+    Sensitivity only changes at the positives' probabilities, so the answer is one of them: with the positives
+    sorted in decreasing order, the first k-th one where ``k / n_pos >= target``. Predicting positive at
+    ``prob >= threshold`` keeps every positive tied with it, so the achieved sensitivity is at least ``k / n_pos``;
+    any higher threshold drops that k-th positive and so falls below the target. Negatives do not enter: among
+    thresholds meeting the target the highest one already has the best specificity.
+    """
+    if not 0.0 < target_sensitivity <= 1.0:
+        raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity}")
+    y = np.asarray(y).astype(bool)
+    pos = np.sort(np.asarray(prob, dtype=np.float64)[y])[::-1]
+    if pos.size == 0:
+        raise ValueError("choose_threshold needs at least one pneumonia case")
+    # Same float division as operating_point, so "achieved >= target" holds exactly as it is later checked.
+    sens = np.arange(1, pos.size + 1) / pos.size
+    k = int(np.argmax(sens >= target_sensitivity))
+    return float(pos[k])
+
+
+def operating_point(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Confusion counts and rates at ``threshold`` (positive when ``prob >= threshold``); undefined rates are NaN."""
+    y = np.asarray(y).astype(bool)
+    pred = np.asarray(prob, dtype=np.float64) >= threshold
+    tp = int(np.sum(pred & y))
+    fp = int(np.sum(pred & ~y))
+    fn = int(np.sum(~pred & y))
+    tn = int(np.sum(~pred & ~y))
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else float("nan")
+
+    return {
+        "threshold": float(threshold),
+        "sensitivity": ratio(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "ppv": ratio(tp, tp + fp),
+        "npv": ratio(tn, tn + fn),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+    }

@@ -1,0 +1,331 @@
+"""The ``pneumo`` command line: parse, call one library function, print. Heavy imports stay inside commands."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Pneumonia detection in pediatric chest X-rays: inspect data, train, evaluate, predict, explain, serve.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Inspect a dataset folder and split it by patient.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+ModelOpt = Annotated[
+    Path | None,
+    typer.Option("--model", "-m", help="Model file (.pneumo or exported .onnx) or run directory [default: bundled]"),
+]
+
+
+class UsageError(Exception):
+    """Bad arguments that typer itself cannot catch (exit code 2)."""
+
+
+def _fail(exc: BaseException) -> None:
+    """One line a person can act on, then a non-zero exit; the traceback only with --debug."""
+    if _state["debug"]:
+        raise exc
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2 if isinstance(exc, UsageError) else 1)
+
+
+def _run(fn, *args, **kwargs):
+    from pneumo.imaging import ImageLoadError
+    from pneumo.modelfile import ModelFileError
+
+    try:
+        return fn(*args, **kwargs)
+    except (UsageError, ImageLoadError, ModelFileError, ValueError, OSError, RuntimeError) as exc:
+        _fail(exc)
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+@data_app.command("inspect")
+def data_inspect(
+    directory: Annotated[Path, typer.Argument(help="Dataset root (CLASS/ folders, optionally under train/val/test)")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    plots: Annotated[Path | None, typer.Option(help="Write histogram PNGs into this folder.")] = None,
+    no_probe: Annotated[bool, typer.Option("--no-probe", help="Skip reading image headers.")] = False,
+) -> None:
+    """Count images per split, class, subtype and patient; image sizes and modes; unreadable files."""
+    from pneumo.inspect_report import inspect_dataset, write_inspect_plots
+
+    if not directory.is_dir():
+        _fail(UsageError(f"{directory}: not a folder"))
+    report = _run(inspect_dataset, directory, probe=not no_probe, workers=2)
+    if json_out:
+        print(report.model_dump_json(indent=2))
+    else:
+        out.print(report.to_text(), highlight=False)
+    if plots:
+        for p in _run(write_inspect_plots, report, plots):
+            err.print(f"wrote {p}")
+
+
+@data_app.command("split")
+def data_split(
+    directory: Annotated[Path, typer.Argument(help="Dataset root")],
+    out_csv: Annotated[Path, typer.Option("--out", help="CSV to write (path,split,label,patient_id,subtype)")],
+    val_fraction: Annotated[float, typer.Option(help="Share of each class held out for validation")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+) -> None:
+    """Patient-grouped, class- and subtype-stratified train/val split, reproducible for a seed."""
+    from collections import Counter
+
+    from pneumo.data import make_split
+
+    rows = _run(make_split, directory, out_csv, val_fraction=val_fraction, seed=seed)
+    counts = Counter((r.split, r.label) for r in rows)
+    patients = {s: len({r.patient_id for r in rows if r.split == s}) for s in ("train", "val")}
+    for s in ("train", "val"):
+        per_class = ", ".join(f"{lbl} {n}" for (sp, lbl), n in sorted(counts.items()) if sp == s)
+        out.print(f"{s}: {per_class} ({patients[s]} patients)", highlight=False)
+    out.print(f"wrote {out_csv}", highlight=False)
+
+
+@app.command()
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="Dataset root (the train split is used; val is carved by patient)")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory")],
+    arch: Annotated[str, typer.Option(help="Architecture (see `pneumo models`)")] = "efficientnet_lite0",
+    task: Annotated[str, typer.Option(help="binary or subtype")] = "binary",
+    epochs: Annotated[int | None, typer.Option(help="Epochs")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input size in pixels")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate")] = None,
+    balance: Annotated[str | None, typer.Option(help="weights, oversample or none")] = None,
+    transfer: Annotated[str | None, typer.Option(help="full, top or linear")] = None,
+    pretrained: Annotated[bool | None, typer.Option(help="Start from shipped ImageNet weights")] = None,
+    augment: Annotated[bool, typer.Option(help="Random augmentation")] = True,
+    split: Annotated[Path | None, typer.Option(help="Split CSV from `pneumo data split`")] = None,
+    val_fraction: Annotated[float | None, typer.Option(help="Validation share when no --split")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed")] = None,
+    target_sensitivity: Annotated[float | None, typer.Option(help="Operating-point sensitivity")] = None,
+    max_train_images: Annotated[int | None, typer.Option(help="Subsample the training images")] = None,
+    devices: Annotated[int, typer.Option(help="Processes per node (data parallel)")] = 1,
+    num_nodes: Annotated[int, typer.Option(help="Nodes")] = 1,
+    strategy: Annotated[str, typer.Option(help="Lightning strategy, e.g. ddp")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="Torch threads per process")] = None,
+    config: Annotated[Path | None, typer.Option(help="A config.yaml to start from (flags override it)")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume from the run's last checkpoint")] = False,
+) -> None:
+    """Train a model and write a self-describing model.pneumo into the run directory."""
+    from pneumo.config import TrainConfig
+
+    base = TrainConfig.load(config).model_dump() if config else {}
+    if resume and (out_dir / "config.yaml").is_file() and not config:
+        base = TrainConfig.load(out_dir / "config.yaml").model_dump()
+    flags = {
+        "data_dir": data_dir, "out": out_dir, "arch": arch, "task": task, "epochs": epochs,
+        "image_size": image_size, "batch_size": batch_size, "lr": lr, "balance": balance, "transfer": transfer,
+        "pretrained": pretrained, "split_csv": split, "val_fraction": val_fraction, "seed": seed,
+        "target_sensitivity": target_sensitivity, "max_train_images": max_train_images, "devices": devices,
+        "num_nodes": num_nodes, "strategy": strategy, "threads": threads,
+    }  # fmt: skip
+    merged = {**base, **{k: v for k, v in flags.items() if v is not None}}
+    if "pretrained" not in merged or merged["pretrained"] is None:
+        from pneumo.models import ARCHS
+
+        merged["pretrained"] = arch in ARCHS and ARCHS[arch].pretrained_available
+    if not augment:
+        merged.setdefault("augment", {})
+        merged["augment"] = {**dict(merged["augment"]), "enabled": False}
+    cfg = _run(TrainConfig.model_validate, merged)
+    from pneumo.train import fit
+
+    path = _run(fit, cfg, resume=resume)
+    out.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+def models() -> None:
+    """List the architectures `pneumo train --arch` accepts."""
+    from pneumo.models import ARCHS
+
+    for name, spec in sorted(ARCHS.items()):
+        weights = "ImageNet weights shipped" if spec.pretrained_available else "from scratch"
+        out.print(f"{name:20s} {spec.description} ({weights})", highlight=False)
+
+
+@app.command()
+def evaluate(
+    data_dir: Annotated[Path, typer.Argument(help="Folder of NORMAL/ and PNEUMONIA/ (or a root with a split level)")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for report.txt, metrics.json and plots")],
+    model: ModelOpt = None,
+    split: Annotated[str | None, typer.Option(help="Which split of a root with train/val/test (default: test)")] = None,
+    split_csv: Annotated[Path | None, typer.Option(help="Evaluate the 'val' rows of a `pneumo data split` CSV")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Override the model's threshold")] = None,
+    tta: Annotated[bool, typer.Option(help="Average with the mirrored image")] = False,
+) -> None:
+    """Report, metrics with bootstrap 95 % intervals, confusion matrix, ROC, PR, reliability and a gallery."""
+    from pneumo.evaluation_run import evaluate_folder
+
+    result = _run(
+        evaluate_folder, data_dir, out_dir, model=model, split=split, split_csv=split_csv, threshold=threshold, tta=tta
+    )
+    out.print(result["report"], highlight=False)
+    out.print(f"wrote {out_dir}", highlight=False)
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories or model files")],
+    out_md: Annotated[Path | None, typer.Option("--out", help="Markdown table to write")] = None,
+    out_csv: Annotated[Path | None, typer.Option("--csv", help="CSV to write")] = None,
+) -> None:
+    """One comparison table of trained models (accuracy, sensitivity, specificity, AUC, F1, size, speed)."""
+    from pneumo.compare import compare_runs, format_markdown, write_csv
+
+    rows = _run(compare_runs, runs)
+    table = format_markdown(rows)
+    print(table)
+    if out_md:
+        out_md.parent.mkdir(parents=True, exist_ok=True)
+        out_md.write_text(table + "\n")
+    if out_csv:
+        write_csv(rows, out_csv)
+
+
+@app.command()
+def predict(
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders (recursive) or globs; JPEG/PNG/DICOM")],
+    model: ModelOpt = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write results to FILE.csv or FILE.json")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Decision threshold [default: the model's]")] = None,
+    tta: Annotated[bool, typer.Option(help="Test-time augmentation (average with the mirrored image)")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per ONNX Runtime call")] = 16,
+) -> None:
+    """Calibrated probability of pneumonia, decision at the model's threshold, and a domain check, per file.
+
+    Exit code 0 when every file was predicted, 3 when some could not be read (the rest are still written),
+    2 on usage errors.
+    """
+    from pneumo.inference import Predictor
+    from pneumo.predict_io import expand_inputs, render_table, summary_line, write_predictions
+
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        _fail(UsageError(f"--threshold must be between 0 and 1, got {threshold}"))
+    files, missing = expand_inputs(inputs)
+    if missing:
+        _fail(UsageError(f"{missing[0]}: no such file, folder or matching glob"))
+    if not files:
+        _fail(UsageError("no image files found in the given inputs"))
+    predictor = _run(Predictor.load, model, threshold=threshold)
+    sources = ((str(f), f) for f in files)
+    results = []
+    stream = predictor.predict_sources(sources, batch_size=batch_size, tta=tta)
+    if len(files) >= 64 and err.is_terminal:
+        from rich.progress import track
+
+        stream = track(stream, total=len(files), description="predicting", console=err, transient=True)
+    results = list(stream)
+    subtypes = predictor.meta.has_subtypes
+    if output:
+        write_predictions(results, output, subtypes)
+        err.print(f"wrote {output}", highlight=False)
+    else:
+        out.print(render_table(results, subtypes))
+    out.print(summary_line(results), highlight=False)
+    if any(r.in_domain is False for r in results):
+        err.print("[bold yellow]warning:[/] some images are unlike the pediatric chest X-rays this model was "
+                  "validated on; their predictions are unreliable.")  # fmt: skip
+    if any(r.error for r in results):
+        raise typer.Exit(3)
+
+
+@app.command()
+def explain(
+    images: Annotated[list[str], typer.Argument(help="Image files, folders or globs")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the overlay PNGs")],
+    model: ModelOpt = None,
+) -> None:
+    """Grad-CAM heat maps over the X-ray, with probability and decision, one PNG per image."""
+    from pneumo.explain import explain_files
+    from pneumo.predict_io import expand_inputs
+
+    files, missing = expand_inputs(images)
+    if missing or not files:
+        _fail(UsageError(f"{(missing or images)[0]}: no such file, folder or matching glob"))
+    written, failures = _run(explain_files, files, output, model=model)
+    for p in written:
+        out.print(f"wrote {p}", highlight=False)
+    for msg in failures:
+        err.print(f"[red]error:[/] {msg}", highlight=False)
+    if failures:
+        raise typer.Exit(3)
+
+
+@app.command()
+def export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="model.onnx (graph + metadata) or model.pneumo")],
+    model: ModelOpt = None,
+) -> None:
+    """Export to ONNX; fails unless ONNX Runtime reproduces PyTorch to 1e-3."""
+    from pneumo.export import export_model
+
+    path = _run(export_model, model, output)
+    out.print(f"wrote {path} (ONNX Runtime matches PyTorch within 1e-3)", highlight=False)
+
+
+@app.command()
+def info(model: ModelOpt = None) -> None:
+    """Print a model file's metadata (its model card) as JSON."""
+    from pneumo.modelfile import read_meta
+
+    meta = _run(read_meta, model)
+    print(meta.model_dump_json(indent=2))
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind (loopback unless told otherwise)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port")] = 8000,
+    model: ModelOpt = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload")] = 50.0,
+) -> None:
+    """The web page and REST API (http://HOST:PORT/, API docs at /docs)."""
+    from pneumo.serve.app import run_server
+
+    _run(run_server, host=host, port=port, model=model, max_upload_mb=max_upload_mb)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; ``main([...])`` runs in-process (tests) and returns the exit code."""
+    try:
+        app(args=argv, prog_name="pneumo", standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except SystemExit as exc:  # click's own usage errors
+        return int(exc.code or 0)
+    except Exception as exc:  # click.UsageError and friends
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Side-by-side comparison of trained models: one row per model file, run directory or evaluate output directory.
+
+A model file (or a run directory holding ``model.pneumo``) contributes the validation metrics stored in its
+metadata; an ``evaluate`` output directory without a model file contributes its ``metrics.json`` (test metrics),
+with architecture and timings taken from the ``"model"`` entry if the evaluation recorded one. The ``metrics``
+column says which. Missing values are ``None`` in the rows, an empty cell in CSV and "—" in Markdown.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pneumo.modelfile import SUFFIX, ModelFileError, ModelMeta, read_meta
+
+MISSING = "—"
+METRICS = ("accuracy", "sensitivity", "specificity", "roc_auc", "f1", "ece")
+COLUMNS = (
+    "name",
+    "arch",
+    "task",
+    "image_size",
+    *METRICS,
+    "params",
+    "epochs",
+    "train_minutes",
+    "cpu_ms_per_image",
+    "metrics",
+)
+HEADERS = {
+    "image_size": "size",
+    "roc_auc": "ROC AUC",
+    "train_minutes": "train min",
+    "cpu_ms_per_image": "CPU ms/img",
+    "metrics": "metrics from",
+}
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for absent, null, NaN or non-numeric values."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _name(path: Path) -> str:
+    # A run directory names the run; "model.pneumo" inside it says nothing, so use its directory's name.
+    if path.is_dir():
+        return path.name
+    return path.parent.name if path.stem == "model" else path.stem
+
+
+def _row(name: str, meta: Mapping[str, Any], metrics: Mapping[str, Any], source: str) -> dict[str, Any]:
+    training = meta.get("training") or {}
+    seconds = _number(training.get("train_seconds"))
+    epochs = _number(training.get("epochs"))
+    params = _number(meta.get("params"))
+    row: dict[str, Any] = {
+        "name": name,
+        "arch": meta.get("arch"),
+        "task": meta.get("task"),
+        "image_size": (meta.get("preprocessing") or {}).get("image_size"),
+    }
+    row.update({k: _number(metrics.get(k)) for k in METRICS})
+    row.update(
+        params=int(params) if params else None,  # 0 is ModelMeta's "not recorded"
+        epochs=int(epochs) if epochs is not None else None,
+        train_minutes=seconds / 60 if seconds is not None else None,
+        cpu_ms_per_image=_number(metrics.get("cpu_ms_per_image")),
+        metrics=source,
+    )
+    return row
+
+
+def read_row(model: str | Path) -> dict[str, Any]:
+    """The comparison row for one model file, run directory or evaluate output directory."""
+    path = Path(model)
+    if path.is_dir() and not (path / f"model{SUFFIX}").is_file() and (path / "metrics.json").is_file():
+        try:
+            data = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelFileError(f"{path / 'metrics.json'}: unreadable ({exc})") from exc
+        info = data.get("model") or {}
+        # The evaluation's own figures (timing included, if present) override those recorded at validation.
+        metrics = {**(info.get("validation") or {}), **data}
+        return _row(_name(path), info, metrics, "evaluate")
+    meta: ModelMeta = read_meta(path)
+    return _row(_name(path), meta.model_dump(), meta.validation, "validation")
+
+
+def compare_runs(models: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """One row per model (see :data:`COLUMNS`), in the order given; raises ModelFileError for unreadable inputs."""
+    return [read_row(m) for m in models]
+
+
+def _fmt(key: str, value: Any) -> str:
+    if value is None:
+        return MISSING
+    if key == "params":
+        return _fmt_params(int(value))
+    if key in ("train_minutes", "cpu_ms_per_image"):
+        return f"{value:.1f}"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _fmt_params(n: int) -> str:
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A GitHub Markdown table: metrics with 3 decimals, params as 3.4M, minutes and ms with 1 decimal, "—" if
+    missing."""
+    headers = [HEADERS.get(c, c) for c in COLUMNS]
+    numeric = set(COLUMNS) - {"name", "arch", "task", "metrics"}
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---:" if c in numeric else "---" for c in COLUMNS) + "|",
+    ]
+    for row in rows:
+        cells = [_fmt(c, row.get(c)).replace("|", "\\|") for c in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """The rows as CSV with full precision; missing values are empty cells (what spreadsheets and pandas expect)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: "" if row.get(c) is None else row[c] for c in COLUMNS})
+    return path
+
+
+def write_comparison(
+    models: Sequence[str | Path], out_md: str | Path, out_csv: str | Path | None = None
+) -> list[dict[str, Any]]:
+    """Compare ``models`` and write the Markdown table (and CSV if asked); returns the rows."""
+    rows = compare_runs(models)
+    out_md = Path(out_md)
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text(format_markdown(rows), encoding="utf-8")
+    if out_csv is not None:
+        write_csv(rows, out_csv)
+    return rows

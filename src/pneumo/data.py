@@ -1,0 +1,260 @@
+"""Scan a dataset folder, read patient ids and pneumonia subtypes from Kermany file names, split by patient.
+
+Nothing here decodes an image: the scan only lists and names files, so it takes milliseconds even on the full
+dataset. Decoding lives in :mod:`pneumo.imaging`; the decoded training cache in :mod:`pneumo.cache`; the dataset
+summary (which reads image headers) in :mod:`pneumo.inspect_report`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import re
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pneumo.imaging import IMAGE_SUFFIXES
+
+SUBTYPES = ("bacteria", "virus", "none", "unknown")
+NORMAL = "NORMAL"
+SPLIT_COLUMNS = ("path", "split", "label", "patient_id", "subtype")
+
+# Folder names recognised as a split level above the class folders; "valid"/"validation" are common spellings.
+_SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+# person1234_bacteria_5678 / person56_virus_112; one real file has an extra counter (person447_virus_921_1).
+_PERSON_RE = re.compile(r"^(person\d+)_(bacteria|virus)_\d+(?:_\d+)*$", re.IGNORECASE)
+# IM-0115-0001, NORMAL2-IM-0427-0001, and multi-view files of one study such as IM-0429-0001-0002.
+_IM_RE = re.compile(r"^((?:NORMAL\d*-)?IM-\d+)-\d+(?:-\d+)*$", re.IGNORECASE)
+
+
+def parse_kermany_name(filename: str | os.PathLike[str]) -> tuple[str, str]:
+    """Return ``(patient_id, subtype)`` read from a Kermany-style file name.
+
+    ``person1234_bacteria_5678.jpeg`` -> ``("person1234", "bacteria")``; ``IM-0115-0001.jpeg`` ->
+    ``("IM-0115", "none")``; ``NORMAL2-IM-0427-0001.jpeg`` -> ``("NORMAL2-IM-0427", "none")``. Any other name is
+    its own patient: ``(stem, "unknown")``. ``IM-`` and ``NORMAL2-IM-`` numbers are different patient series, so
+    the prefix stays part of the id.
+    """
+    name = Path(filename).name
+    stem = Path(name).stem if Path(name).suffix.lower() in IMAGE_SUFFIXES else name
+    if m := _PERSON_RE.match(stem):
+        return m.group(1), m.group(2).lower()
+    if m := _IM_RE.match(stem):
+        return m.group(1), "none"
+    return stem, "unknown"
+
+
+def record_subtype(label: str, parsed_subtype: str) -> str:
+    """The subtype of an image given its class: NORMAL is "none"; other classes only trust bacteria/virus."""
+    if label == NORMAL:
+        return "none"
+    return parsed_subtype if parsed_subtype in ("bacteria", "virus") else "unknown"
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image file found by :func:`scan_dataset`. ``rel`` is the POSIX path relative to the dataset root."""
+
+    path: Path
+    rel: str
+    split: str | None
+    label: str
+    class_index: int
+    patient_id: str
+    subtype: str
+
+
+@dataclass
+class Dataset:
+    """The result of a scan: sorted records, sorted class names, and folders that could not be listed."""
+
+    root: Path
+    classes: list[str]
+    records: list[ImageRecord]
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def splits(self) -> list[str | None]:
+        """Split names present, in first-seen (sorted) order; ``[None]`` when there is no split level."""
+        return list(dict.fromkeys(r.split for r in self.records)) or [None]
+
+    def select(self, split: str | None) -> list[ImageRecord]:
+        """Records of one split (``None`` selects the records of a layout without a split level)."""
+        return [r for r in self.records if r.split == split]
+
+    def training_records(self) -> list[ImageRecord]:
+        """What a validation split should be carved from: the ``train`` split if there is one, else everything."""
+        train = self.select("train")
+        return train if train else list(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def _is_image_name(name: str) -> bool:
+    if name.startswith("."):  # .DS_Store and friends have no suffix but are never images
+        return False
+    suffix = Path(name).suffix.lower()
+    return suffix == "" or suffix in IMAGE_SUFFIXES
+
+
+def _subdirs(path: Path, errors: list[tuple[str, str]]) -> list[Path]:
+    try:
+        with os.scandir(path) as it:
+            return sorted(Path(e.path) for e in it if e.is_dir() and not e.name.startswith("."))
+    except OSError as exc:
+        errors.append((str(path), f"cannot list folder: {exc.strerror or exc}"))
+        return []
+
+
+def _files_below(folder: Path, errors: list[tuple[str, str]]) -> list[Path]:
+    found: list[Path] = []
+
+    def onerror(exc: OSError) -> None:
+        errors.append((str(exc.filename), f"cannot list folder: {exc.strerror or exc}"))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=onerror):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found.extend(Path(dirpath, f) for f in filenames if _is_image_name(f))
+    return found
+
+
+def scan_dataset(root: str | os.PathLike[str]) -> Dataset:
+    """List the images of ``root`` without opening them.
+
+    Layouts: ``root/{train,val,test}/CLASS/...`` or ``root/CLASS/...``. Class names are folder names upper-cased,
+    so ``normal`` and ``Normal`` in different splits are one class ``NORMAL``; class indices follow sorted names.
+    Files are kept when their suffix is in ``IMAGE_SUFFIXES`` (any case) or when they have none; folders below a
+    class folder are searched too. Records are sorted by split, class and path, so two scans give the same list.
+    Folders that cannot be listed go to ``Dataset.errors``; unreadable files are found later, by whoever reads them.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder")
+    errors: list[tuple[str, str]] = []
+    top = _subdirs(root, errors)
+    if top and any(d.name.lower() in _SPLIT_DIRS for d in top):
+        # Other folders beside train/val/test are not classes of a split layout; they are ignored.
+        sources = [
+            (_SPLIT_DIRS[d.name.lower()], c) for d in top if d.name.lower() in _SPLIT_DIRS for c in _subdirs(d, errors)
+        ]
+    else:
+        sources = [(None, c) for c in top]
+
+    found: list[tuple[str | None, str, Path]] = []
+    for split, class_dir in sources:
+        label = class_dir.name.upper()
+        found.extend((split, label, p) for p in _files_below(class_dir, errors))
+
+    classes = sorted({label for _, label, _ in found})
+    index = {c: i for i, c in enumerate(classes)}
+    records = []
+    for split, label, path in found:
+        patient, parsed = parse_kermany_name(path.name)
+        rel = path.relative_to(root).as_posix()
+        records.append(ImageRecord(path, rel, split, label, index[label], patient, record_subtype(label, parsed)))
+    records.sort(key=lambda r: (r.split or "", r.label, r.rel))
+    return Dataset(root=root, classes=classes, records=records, errors=errors)
+
+
+def split_dataset(records: Sequence[ImageRecord], val_fraction: float = 0.1, seed: int = 0) -> list[str]:
+    """Assign each record to ``"train"`` or ``"val"``, grouped by patient and stratified by class and subtype.
+
+    Returns one entry per record, in the order given. All images of a patient land on the same side. Strata are
+    (class, subtype) pairs counted in images; a patient with images in several strata (Kermany has people with
+    both bacterial and viral images) counts towards each. Patients are visited in a seeded random order and one
+    goes to val when that brings the per-stratum val fractions closer to ``val_fraction``, then single patients
+    move either way while that still helps: a deterministic greedy fill that lands within a few images of the
+    target in every stratum, which fold-based splitters (whose val share is 1/k) cannot promise.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    by_patient: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)
+    for r in records:
+        by_patient[r.patient_id][(r.label, r.subtype)] += 1
+    totals: Counter[tuple[str, str]] = Counter((r.label, r.subtype) for r in records)
+    target = {s: val_fraction * n for s, n in totals.items()}
+    in_val: Counter[tuple[str, str]] = Counter()
+
+    def gain(counts: Counter[tuple[str, str]], sign: int) -> float:
+        # Relative error, so a small stratum (viral images) weighs as much as a large one (bacterial).
+        return sum(
+            ((in_val[s] + sign * c - target[s]) ** 2 - (in_val[s] - target[s]) ** 2) / totals[s] ** 2
+            for s, c in counts.items()
+        )
+
+    order = sorted(by_patient)
+    random.Random(seed).shuffle(order)
+    val_patients: set[str] = set()
+    for patient in order:
+        if gain(by_patient[patient], +1) < 0:
+            val_patients.add(patient)
+            in_val.update(by_patient[patient])
+    # The fill cannot undo an early choice; patients spanning two strata can leave one stratum a few images over.
+    # Moving single patients either way while it helps closes that gap; it converges in a couple of passes.
+    for _ in range(10):
+        moved = False
+        for patient in order:
+            counts, sign = by_patient[patient], -1 if patient in val_patients else +1
+            if gain(counts, sign) < -1e-12:
+                val_patients.symmetric_difference_update({patient})
+                in_val.update({s: sign * c for s, c in counts.items()})
+                moved = True
+        if not moved:
+            break
+    return ["val" if r.patient_id in val_patients else "train" for r in records]
+
+
+@dataclass(frozen=True)
+class SplitRow:
+    """One line of a split CSV; ``path`` is relative to the dataset root."""
+
+    path: str
+    split: str
+    label: str
+    patient_id: str
+    subtype: str
+
+
+def write_split_csv(path: str | os.PathLike[str], records: Sequence[ImageRecord], splits: Sequence[str]) -> Path:
+    """Write ``path,split,label,patient_id,subtype`` rows (paths relative to the dataset root, POSIX style)."""
+    if len(records) != len(splits):
+        raise ValueError(f"{len(records)} records but {len(splits)} split assignments")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        # "\n" line ends so the same split gives the same bytes on every platform.
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(SPLIT_COLUMNS)
+        writer.writerows((r.rel, s, r.label, r.patient_id, r.subtype) for r, s in zip(records, splits, strict=True))
+    return path
+
+
+def read_split_csv(path: str | os.PathLike[str]) -> list[SplitRow]:
+    """Read a CSV written by :func:`write_split_csv`; raises ``ValueError`` naming the file if a column is missing."""
+    with Path(path).open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = set(SPLIT_COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: not a split file, missing column(s) {', '.join(sorted(missing))}")
+        return [SplitRow(*(row[c] for c in SPLIT_COLUMNS)) for row in reader]
+
+
+def make_split(
+    root: str | os.PathLike[str], out: str | os.PathLike[str], val_fraction: float = 0.1, seed: int = 0
+) -> list[SplitRow]:
+    """Scan ``root``, split its training images by patient and write the CSV to ``out`` (CLI ``data split``).
+
+    With a split level, only ``root/train`` is split (an existing test set stays untouched); the CSV paths are
+    relative to ``root``.
+    """
+    records = scan_dataset(root).training_records()
+    if not records:
+        raise ValueError(f"{root}: no images found (expected CLASS/ folders, optionally under train/val/test)")
+    splits = split_dataset(records, val_fraction=val_fraction, seed=seed)
+    write_split_csv(out, records, splits)
+    return [SplitRow(r.rel, s, r.label, r.patient_id, r.subtype) for r, s in zip(records, splits, strict=True)]

@@ -1,0 +1,383 @@
+"""Metrics, bootstrap confidence intervals and evaluation reports (report.txt, metrics.json, predictions.csv, plots).
+
+Binary truth ``y`` is 1 for pneumonia; ``prob`` is the probability of pneumonia; a case is predicted positive when
+``prob >= threshold``. The subtype task adds ``y_class`` (index into ``class_names``) and ``probs`` (N x C).
+
+Point estimates and bootstrap replicates go through the same weighted-count code (:func:`_weighted_metrics`): a
+bootstrap resample is a vector of how often each case was drawn, so 1,000 resamples are a few matrix products
+instead of 1,000 calls into scikit-learn.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumo.calibration import bin_index, reliability_bins
+
+BINARY_NAMES = ("NORMAL", "PNEUMONIA")
+DISPLAY_NAMES = {"NORMAL": "Healthy", "PNEUMONIA": "Pneumonia", "BACTERIA": "Bacterial", "VIRUS": "Viral"}
+CI_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "roc_auc", "pr_auc", "ece", "brier")
+CI_METHOD = "percentile bootstrap, resampled within each true class (class counts fixed)"
+
+
+def display_names(class_names: Sequence[str]) -> list[str]:
+    """Names for reports and plots: NORMAL -> Healthy, PNEUMONIA -> Pneumonia, others title-cased."""
+    return [DISPLAY_NAMES.get(n.upper(), n.title()) for n in class_names]
+
+
+def _weighted_metrics(
+    y: np.ndarray, prob: np.ndarray, threshold: float, counts: np.ndarray, n_bins: int = 15
+) -> dict[str, np.ndarray]:
+    """Binary metrics for each row of ``counts`` (B x N: how many times each case is in that resample).
+
+    AUC and average precision are computed on cases grouped by tied probability, which gives exactly
+    scikit-learn's ``roc_auc_score`` (ties count one half) and ``average_precision_score`` (step-wise, no
+    interpolation).
+    """
+    y = y.astype(bool)
+    pred = prob >= threshold
+    yf = y.astype(np.float64)
+    n = counts.sum(axis=1)
+    n_pos = counts @ yf
+    n_neg = n - n_pos
+    tp = counts @ (y & pred).astype(np.float64)
+    fp = counts @ (~y & pred).astype(np.float64)
+    fn, tn = n_pos - tp, n_neg - fp
+
+    order = np.argsort(prob, kind="stable")
+    sp = prob[order]
+    starts = np.flatnonzero(np.r_[True, sp[1:] != sp[:-1]])
+    w = counts[:, order]
+    pos_g = np.add.reduceat(w * yf[order], starts, axis=1)  # B x groups, ascending probability
+    neg_g = np.add.reduceat(w * (1.0 - yf[order]), starts, axis=1)
+    neg_below = np.cumsum(neg_g, axis=1) - neg_g
+    tp_cum = np.cumsum(pos_g[:, ::-1], axis=1)  # descending thresholds for the PR curve
+    fp_cum = np.cumsum(neg_g[:, ::-1], axis=1)
+
+    onehot = np.eye(n_bins)[bin_index(prob, n_bins)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision_at = np.where(tp_cum + fp_cum > 0, tp_cum / (tp_cum + fp_cum), 0.0)
+        return {
+            "accuracy": (tp + tn) / n,
+            "sensitivity": tp / n_pos,
+            "specificity": tn / n_neg,
+            "precision": tp / (tp + fp),
+            "npv": tn / (tn + fn),
+            "f1": 2 * tp / (2 * tp + fp + fn),
+            "roc_auc": (pos_g * (neg_below + 0.5 * neg_g)).sum(axis=1) / (n_pos * n_neg),
+            "pr_auc": (pos_g[:, ::-1] * precision_at).sum(axis=1) / n_pos,
+            "ece": np.abs(counts @ (onehot * (prob - yf)[:, None])).sum(axis=1) / n,
+            "brier": counts @ (prob - yf) ** 2 / n,
+            "n_pos": n_pos,
+            "n_neg": n_neg,
+        }
+
+
+def _prepare(y: Any, prob: Any) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y).astype(np.int64).ravel()
+    prob = np.asarray(prob, dtype=np.float64).ravel()
+    if y.shape != prob.shape:
+        raise ValueError(f"y and prob differ in length ({y.size} vs {prob.size})")
+    return y, prob
+
+
+def binary_metrics(y: np.ndarray, prob: np.ndarray, threshold: float, n_bins: int = 15) -> dict[str, Any]:
+    """Accuracy, sensitivity, specificity, precision (PPV), NPV, F1, ROC AUC, PR AUC (average precision), ECE,
+    Brier score, counts and the confusion matrix ``[[tn, fp], [fn, tp]]`` at ``threshold``.
+
+    Undefined values (e.g. AUC with one class present) are NaN.
+    """
+    y, prob = _prepare(y, prob)
+    m = {k: float(v[0]) for k, v in _weighted_metrics(y, prob, threshold, np.ones((1, y.size)), n_bins).items()}
+    pred = prob >= threshold
+    tn, fp = int(np.sum(~pred & (y == 0))), int(np.sum(pred & (y == 0)))
+    fn, tp = int(np.sum(~pred & (y == 1))), int(np.sum(pred & (y == 1)))
+    out: dict[str, Any] = {k: m[k] for k in CI_METRICS}
+    out.update(threshold=float(threshold), n=int(y.size), n_pos=tp + fn, n_neg=tn + fp)
+    out["confusion_matrix"] = [[tn, fp], [fn, tp]]
+    return out
+
+
+def _percentiles(values: np.ndarray, alpha: float) -> tuple[float, float]:
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return (float("nan"), float("nan"))
+    lo, hi = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return (float(lo), float(hi))
+
+
+def _resample_counts(rng: np.random.Generator, groups: list[np.ndarray], n: int, b: int) -> np.ndarray:
+    """B x n draw counts, resampling each group of case indices with replacement to its own size."""
+    idx = np.concatenate([g[rng.integers(0, g.size, size=(b, g.size))] for g in groups if g.size], axis=1)
+    flat = idx + (np.arange(b) * n)[:, None]
+    return np.bincount(flat.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+
+
+def bootstrap_ci(
+    y: np.ndarray,
+    prob: np.ndarray,
+    threshold: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    *,
+    stratified: bool = True,
+    n_bins: int = 15,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap ``(lo, hi)`` at level ``1 - alpha`` for each metric in :data:`CI_METRICS`.
+
+    With ``stratified=True`` (the default) positives and negatives are resampled separately, each to its own count:
+    the class mix of a test set is fixed by how it was built (Kermany's test set is 234 normal / 390 pneumonia), so
+    the interval describes uncertainty in the model's performance, not in the prevalence, and no resample can lose
+    a class. With ``stratified=False`` cases are drawn from the whole set and resamples with one class are skipped.
+    The threshold stays fixed (it was chosen on validation data). Deterministic for a given ``seed``.
+    """
+    y, prob = _prepare(y, prob)
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(y == 0), np.flatnonzero(y == 1)] if stratified else [np.arange(y.size)]
+    chunks: dict[str, list[np.ndarray]] = {k: [] for k in CI_METRICS}
+    chunk = max(1, 250_000 // max(y.size, 1))  # bounds memory to ~2 MB of counts per step whatever N is
+    for start in range(0, n_boot, chunk):
+        counts = _resample_counts(rng, groups, y.size, min(chunk, n_boot - start))
+        m = _weighted_metrics(y, prob, threshold, counts, n_bins)
+        ok = (m["n_pos"] > 0) & (m["n_neg"] > 0)
+        for k in CI_METRICS:
+            chunks[k].append(m[k][ok])
+    return {k: _percentiles(np.concatenate(v), alpha) for k, v in chunks.items()}
+
+
+def _fmt_ci(value: float, ci: tuple[float, float] | None) -> str:
+    if ci is None or not all(math.isfinite(c) for c in ci):
+        return f"{value:.3f}"
+    return f"{value:.3f}  (95% CI {ci[0]:.3f}-{ci[1]:.3f})"
+
+
+def classification_report_text(
+    y: np.ndarray,
+    pred: np.ndarray,
+    target_names: Sequence[str] = ("Healthy", "Pneumonia"),
+    *,
+    prob: np.ndarray | None = None,
+    threshold: float | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    ci: Mapping[str, tuple[float, float]] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> str:
+    """scikit-learn's classification report (as the original notebooks printed it), then summary lines.
+
+    When ``prob`` and ``threshold`` are given, lines for sensitivity, specificity, ROC AUC, PR AUC and ECE follow,
+    each with its bootstrap 95 % CI (computed here unless ``metrics`` / ``ci`` are passed in), and the threshold.
+    """
+    from sklearn.metrics import classification_report
+
+    y = np.asarray(y).astype(np.int64)
+    labels = list(range(len(target_names)))
+    text = classification_report(
+        y, np.asarray(pred).astype(np.int64), labels=labels, target_names=list(target_names), digits=3, zero_division=0
+    )
+    if prob is None or threshold is None:
+        return text
+    metrics = metrics if metrics is not None else binary_metrics(y, prob, threshold)
+    ci = ci if ci is not None else bootstrap_ci(y, prob, threshold, n_boot=n_boot, seed=seed)
+    lines = [text.rstrip(), ""]
+    for key, label in [
+        ("sensitivity", "sensitivity"),
+        ("specificity", "specificity"),
+        ("roc_auc", "ROC AUC"),
+        ("pr_auc", "PR AUC"),
+        ("ece", "ECE"),
+    ]:
+        lines.append(f"{label:>13}  {_fmt_ci(metrics[key], ci.get(key))}")
+    lines.append(f"{'threshold':>13}  {threshold:.4f}  (predict {target_names[-1]} when p >= threshold)")
+    return "\n".join(lines) + "\n"
+
+
+def multiclass_metrics(
+    y_class: np.ndarray,
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """Subtype metrics: accuracy with its bootstrap CI, per-class precision / recall / F1 / support and
+    one-vs-rest ROC AUC, macro F1 and AUC, and the C x C confusion matrix (rows true, columns predicted).
+
+    The accuracy CI resamples within each true class, like :func:`bootstrap_ci`.
+    """
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
+    y_class = np.asarray(y_class).astype(np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    c = len(class_names)
+    pred = probs.argmax(axis=1)
+    correct = (pred == y_class).astype(np.float64)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_class, pred, labels=list(range(c)), zero_division=0
+    )
+    per_class = {}
+    for i, name in enumerate(class_names):
+        truth = y_class == i
+        auc = float(roc_auc_score(truth, probs[:, i])) if 0 < truth.sum() < truth.size else float("nan")
+        per_class[name] = {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+            "roc_auc": auc,
+        }
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(y_class == i) for i in range(c)]
+    boot = np.zeros(n_boot)
+    for g in groups:
+        if g.size:
+            boot += correct[g][rng.integers(0, g.size, size=(n_boot, g.size))].sum(axis=1)
+    boot /= max(y_class.size, 1)
+    return {
+        "class_names": list(class_names),
+        "accuracy": float(correct.mean()) if correct.size else float("nan"),
+        "accuracy_ci": _percentiles(boot, alpha),
+        "macro_f1": float(np.mean(f1)),
+        "macro_roc_auc": float(np.nanmean([v["roc_auc"] for v in per_class.values()])),
+        "per_class": per_class,
+        "confusion_matrix": confusion_matrix(y_class, pred, labels=list(range(c))).tolist(),
+        "n": int(y_class.size),
+    }
+
+
+def multiclass_report_text(
+    y_class: np.ndarray, probs: np.ndarray, class_names: Sequence[str], metrics: Mapping[str, Any] | None = None
+) -> str:
+    """The subtype report: scikit-learn's layout over the C classes, then accuracy CI and one-vs-rest AUCs."""
+    metrics = metrics if metrics is not None else multiclass_metrics(y_class, probs, class_names)
+    names = display_names(class_names)
+    pred = np.asarray(probs).argmax(axis=1)
+    lines = [classification_report_text(y_class, pred, names).rstrip(), ""]
+    lines.append(f"{'accuracy':>13}  {_fmt_ci(metrics['accuracy'], tuple(metrics['accuracy_ci']))}")
+    for name, shown in zip(class_names, names, strict=True):
+        lines.append(f"{'AUC ' + shown:>13}  {metrics['per_class'][name]['roc_auc']:.3f}  (one-vs-rest)")
+    return "\n".join(lines) + "\n"
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON data: numpy scalars to Python, tuples to lists, NaN and infinities to null (not valid JSON)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | np.ndarray):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _write_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["path"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_evaluation(
+    out_dir: str | Path,
+    *,
+    y: np.ndarray,
+    prob: np.ndarray,
+    threshold: float,
+    paths: Sequence[str | Path] | None,
+    class_names: Sequence[str] = BINARY_NAMES,
+    probs_multiclass: np.ndarray | None = None,
+    y_class: np.ndarray | None = None,
+    images: Sequence[np.ndarray] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    model_meta: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate and write ``report.txt``, ``metrics.json``, ``predictions.csv`` and PNG plots into ``out_dir``.
+
+    ``class_names`` are the model's classes (binary or subtype); the subtype part is evaluated when both
+    ``probs_multiclass`` and ``y_class`` are given. ``images`` (2-D arrays aligned with ``paths``) adds a gallery.
+    ``model_meta`` (e.g. :func:`pneumo.modelfile.meta_json`) is stored under ``"model"`` so the directory can be
+    compared with others. Returns what ``metrics.json`` holds.
+    """
+    from pneumo import plots
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    y, prob = _prepare(y, prob)
+    pred = (prob >= threshold).astype(np.int64)
+    metrics: dict[str, Any] = {"task": "binary", **binary_metrics(y, prob, threshold)}
+    ci = bootstrap_ci(y, prob, threshold, n_boot=n_boot, seed=seed)
+    metrics.update(ci=ci, ci_method=CI_METHOD, ci_level=0.95, n_boot=n_boot, seed=seed)
+    rel = reliability_bins(prob, y)
+    metrics["reliability"] = {k: rel[k] for k in ("confidence", "accuracy", "count")}
+    report = classification_report_text(
+        y, pred, display_names(BINARY_NAMES), prob=prob, threshold=threshold, metrics=metrics, ci=ci
+    )
+
+    sub = probs_multiclass is not None and y_class is not None
+    if sub:
+        probs_multiclass = np.asarray(probs_multiclass, dtype=np.float64)
+        y_class = np.asarray(y_class).astype(np.int64)
+        metrics["task"] = "subtype"
+        metrics["subtype"] = multiclass_metrics(y_class, probs_multiclass, class_names, n_boot=n_boot, seed=seed)
+        report += "\nSubtype\n\n" + multiclass_report_text(y_class, probs_multiclass, class_names, metrics["subtype"])
+    if model_meta is not None:
+        metrics["model"] = dict(model_meta)
+
+    files = {"report": out / "report.txt", "metrics": out / "metrics.json", "predictions": out / "predictions.csv"}
+    names = display_names(BINARY_NAMES)
+    files["confusion"] = plots.plot_confusion_matrix(metrics["confusion_matrix"], names, out / "confusion_matrix.png")
+    files["roc"] = plots.plot_roc(y, prob, out / "roc.png", threshold=threshold)
+    files["pr"] = plots.plot_pr(y, prob, out / "pr.png", threshold=threshold)
+    files["reliability"] = plots.plot_reliability(prob, y, out / "reliability.png")
+    if sub:
+        files["confusion_subtype"] = plots.plot_confusion_matrix(
+            metrics["subtype"]["confusion_matrix"],
+            display_names(class_names),
+            out / "confusion_matrix_subtype.png",
+            title="Subtype confusion matrix",
+        )
+
+    paths_s = [str(p) for p in paths] if paths is not None else [str(i) for i in range(y.size)]
+    rows = []
+    for i in range(y.size):
+        row: dict[str, Any] = {
+            "path": paths_s[i],
+            "label": BINARY_NAMES[y[i]],
+            "probability": f"{prob[i]:.6f}",
+            "prediction": BINARY_NAMES[pred[i]],
+            "correct": int(pred[i] == y[i]),
+        }
+        if sub:
+            row["true_class"] = class_names[y_class[i]]
+            row["pred_class"] = class_names[int(probs_multiclass[i].argmax())]
+            row.update({f"p_{c}": f"{probs_multiclass[i, j]:.6f}" for j, c in enumerate(class_names)})
+        rows.append(row)
+
+    if images is not None:
+        if sub:
+            true_n = [display_names([r["true_class"]])[0] for r in rows]
+            pred_n = [display_names([r["pred_class"]])[0] for r in rows]
+        else:
+            true_n, pred_n = [names[v] for v in y], [names[v] for v in pred]
+        files["gallery"] = plots.plot_gallery(images, true_n, pred_n, prob, out / "gallery.png", seed=seed)
+
+    metrics["files"] = {k: p.name for k, p in files.items()}
+    metrics = _jsonable(metrics)
+    files["report"].write_text(report, encoding="utf-8")
+    _write_predictions(files["predictions"], rows)
+    files["metrics"].write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    return metrics

@@ -1,0 +1,368 @@
+"""Every image file the project reads goes through here: one grayscale float32 array in [0, 1] out.
+
+The format is sniffed from the content, never from the extension: DICOM carries ``DICM`` at byte 128, everything
+else goes to Pillow, and data Pillow cannot identify gets one more chance as a DICOM dataset without the preamble.
+Any failure leaves as :class:`ImageLoadError` whose message names the file and says what was wrong with it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom"}
+)
+
+# 8000 x 8000. The largest chest detectors give ~4300 x 3500 (15 MP), so this leaves room; it also sits below
+# Pillow's own 89 MP warning threshold, which we escalate to an error, so both limits agree.
+MAX_PIXELS = 64_000_000
+MIN_SIDE = 2
+
+# LANCZOS is antialiased (Pillow widens the kernel by the reduction factor); reducing_gap lets Pillow first shrink
+# by an integer factor with a cheap box filter while staying >= 3x the target, which makes 2000 -> 224 several
+# times faster with no visible difference. JPEGs are already near the target thanks to draft mode.
+_RESAMPLE = Image.Resampling.LANCZOS
+_REDUCING_GAP = 3.0
+_ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+class ImageLoadError(Exception):
+    """An image could not be read; ``str(e)`` is one line: ``"<file>: <reason>"``."""
+
+
+class _Bad(Exception):
+    """Internal: the reason a file failed; the public functions prefix it with the file's name."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header of an image file says, without decoding its pixels."""
+
+    format: str
+    width: int
+    height: int
+    mode: str
+
+
+def is_dicom(data: bytes) -> bool:
+    """True when ``data`` (at least the first 132 bytes of a file) has the DICOM ``DICM`` magic at byte 128."""
+    return data[128:132] == b"DICM"
+
+
+def load_image(
+    source: str | os.PathLike | bytes, size: int | tuple[int, int] | None = None, *, name: str | None = None
+) -> np.ndarray:
+    """Decode any supported image (JPEG, PNG, BMP, TIFF, WebP, DICOM) into a 2-D float32 grayscale array in [0, 1].
+
+    ``size`` is ``n`` for n x n or ``(height, width)``; the image is squashed to exactly that size, aspect ratio
+    not kept, because the training copies were squashed the same way. ``name`` labels a bytes ``source`` in error
+    messages. Raises ImageLoadError for anything wrong with the file, ValueError for an invalid ``size``.
+    """
+    target = _target(size)
+    label = _label(source, name)
+    try:
+        with _open(source) as fp:
+            head = _head(fp)
+            if is_dicom(head):
+                img = _dicom_pixels(_read_dicom(fp))
+            else:
+                img = _load_pillow(fp, head, target)
+        _check_dims(img.shape[1], img.shape[0])
+        if target is not None and img.shape != target:
+            img = _resize(img, target)
+        return np.clip(np.nan_to_num(img, nan=0.0), 0.0, 1.0).astype(np.float32, copy=False)
+    except _Bad as exc:
+        raise ImageLoadError(f"{label}: {exc}") from exc.__cause__
+    except ImageLoadError:
+        raise
+    except Exception as exc:  # a decoder bug or an odd file must still reach the user as one line
+        raise ImageLoadError(f"{label}: {_describe(exc)}") from exc
+
+
+def probe_image(source: str | os.PathLike | bytes, *, name: str | None = None) -> ImageInfo:
+    """Read only the header and return format, size and mode; raises ImageLoadError for unreadable files.
+
+    Cheap enough to run over thousands of files. Damage past the header (a truncated JPEG) is only found by
+    :func:`load_image`.
+    """
+    label = _label(source, name)
+    try:
+        with _open(source) as fp:
+            head = _head(fp)
+            if is_dicom(head):
+                info = _dicom_info(_read_dicom(fp, header_only=True))
+            else:
+                info = _pillow_info(fp, head)
+        _check_dims(info.width, info.height)
+        return info
+    except _Bad as exc:
+        raise ImageLoadError(f"{label}: {exc}") from exc.__cause__
+    except Exception as exc:
+        raise ImageLoadError(f"{label}: {_describe(exc)}") from exc
+
+
+# --- sources and checks ---
+
+
+def _target(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
+        raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
+    return h, w
+
+
+def _label(source: object, name: str | None) -> str:
+    if name is not None:
+        return name
+    return "<bytes>" if isinstance(source, bytes | bytearray | memoryview) else os.fspath(source)
+
+
+def _open(source: str | os.PathLike | bytes) -> BinaryIO:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return io.BytesIO(source)
+    try:
+        return open(source, "rb")  # noqa: SIM115 - the caller closes it with `with`
+    except FileNotFoundError as exc:
+        raise _Bad("file not found") from exc
+    except IsADirectoryError as exc:
+        raise _Bad("is a directory, not an image file") from exc
+    except PermissionError as exc:
+        raise _Bad("permission denied (cannot read the file)") from exc
+    except OSError as exc:
+        raise _Bad(f"cannot read the file ({exc.strerror or exc})") from exc
+
+
+def _head(fp: BinaryIO) -> bytes:
+    try:
+        head = fp.read(512)
+        fp.seek(0)
+    except IsADirectoryError as exc:
+        raise _Bad("is a directory, not an image file") from exc
+    except OSError as exc:
+        raise _Bad(f"cannot read the file ({exc.strerror or exc})") from exc
+    if not head:
+        raise _Bad("file is empty (0 bytes)")
+    return head
+
+
+def _check_dims(width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise _Bad(
+            f"image claims {width}x{height} pixels, over the limit of {MAX_PIXELS:,} "
+            "(refused as a possible decompression bomb)"
+        )
+    if width < MIN_SIDE or height < MIN_SIDE:
+        raise _Bad(f"image is {width}x{height} pixels, too small to be an X-ray")
+
+
+def _not_an_image(head: bytes) -> _Bad:
+    if b"\0" not in head:
+        try:
+            head.decode("utf-8")
+            return _Bad("file holds text, not an image")
+        except UnicodeDecodeError:
+            pass
+    return _Bad("not a recognised image format (expected JPEG, PNG, BMP, TIFF, WebP or DICOM content)")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return f"refused as a possible decompression bomb ({exc})"
+    if isinstance(exc, MemoryError):
+        return "not enough memory to decode the image"
+    text = _first_line(exc)
+    if "truncated" in text.lower():
+        return "truncated image data (file is damaged or incomplete)"
+    return f"cannot decode the image ({text})"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+# --- Pillow formats ---
+
+
+def _open_pillow(fp: BinaryIO, head: bytes) -> Image.Image:
+    """Image.open with Pillow's bomb warning escalated; unidentified data may still be a preamble-less DICOM."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(fp)
+    except Image.UnidentifiedImageError as exc:
+        fp.seek(0)
+        raise _not_an_image(head) from exc
+
+
+def _load_pillow(fp: BinaryIO, head: bytes, target: tuple[int, int] | None) -> np.ndarray:
+    try:
+        im = _open_pillow(fp, head)
+    except _Bad:
+        ds = _headerless_dicom(fp)
+        if ds is None:
+            raise
+        return _dicom_pixels(ds)
+    _check_dims(*_shown_size(im))
+    if target is not None and im.format == "JPEG":
+        # libjpeg's DCT scaling decodes at 1/2, 1/4 or 1/8 size (never below the target) and straight to gray.
+        h, w = target
+        im.draft("L", (h, w) if _orientation(im) in _ROTATED_ORIENTATIONS else (w, h))
+    try:
+        im.load()  # the full decode, here inside the try, so truncated data raises instead of coming back grey
+    except OSError as exc:
+        if "truncated" in str(exc):
+            raise _Bad(f"truncated {im.format} data (file is damaged or incomplete)") from exc
+        raise _Bad(f"damaged {im.format} data ({exc})") from exc
+    im = ImageOps.exif_transpose(im)
+    return _to_gray(im)
+
+
+def _to_gray(im: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> float32 in [0, 1], scaled by the bit range of the mode rather than the data."""
+    if im.mode.startswith("I;16"):
+        return np.asarray(im).astype(np.float32) / 65535.0
+    if im.mode in ("I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        if im.mode == "I" and a.size and a.min() >= 0 and a.max() <= 65535:
+            return (a / 65535.0).astype(np.float32)  # a 16-bit image Pillow widened to 32-bit
+        if im.mode == "F" and a.size and np.nanmin(a) >= 0 and np.nanmax(a) <= 1:
+            return a.astype(np.float32)
+        return _minmax(a)
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Flatten onto black: transparent padding around an X-ray should look like the dark background.
+        alpha = np.asarray(im.getchannel("A")).astype(np.float32) / 255.0
+        gray = np.asarray(im.convert("RGB").convert("L")).astype(np.float32) / 255.0
+        return gray * alpha
+    if im.mode != "L":
+        im = im.convert("RGB").convert("L") if im.mode not in ("RGB", "1") else im.convert("L")
+    return np.asarray(im).astype(np.float32) / 255.0
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # broken EXIF is common in photos; it must not stop the image from loading
+        return 1
+
+
+def _shown_size(im: Image.Image) -> tuple[int, int]:
+    w, h = im.size
+    return (h, w) if _orientation(im) in _ROTATED_ORIENTATIONS else (w, h)
+
+
+def _pillow_info(fp: BinaryIO, head: bytes) -> ImageInfo:
+    try:
+        im = _open_pillow(fp, head)
+    except _Bad:
+        ds = _headerless_dicom(fp)
+        if ds is None:
+            raise
+        return _dicom_info(ds)
+    w, h = _shown_size(im)
+    return ImageInfo(format=im.format or "unknown", width=w, height=h, mode=im.mode)
+
+
+def _resize(img: np.ndarray, target: tuple[int, int]) -> np.ndarray:
+    h, w = target
+    im = Image.fromarray(np.ascontiguousarray(img, dtype=np.float32))  # mode "F": no 8-bit rounding
+    return np.asarray(im.resize((w, h), _RESAMPLE, reducing_gap=_REDUCING_GAP))
+
+
+def _minmax(a: np.ndarray) -> np.ndarray:
+    finite = a[np.isfinite(a)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if hi <= lo:
+        return np.zeros(a.shape, dtype=np.float32)
+    return ((a - lo) / (hi - lo)).astype(np.float32)
+
+
+# --- DICOM ---
+
+
+def _read_dicom(fp: BinaryIO, header_only: bool = False):
+    import pydicom  # imported here: most runs only see JPEGs, and pydicom costs ~0.2 s to import
+
+    try:
+        # defer_size skips over the pixel bytes while still telling whether they are there
+        return pydicom.dcmread(fp, defer_size="64 KB" if header_only else None)
+    except Exception as exc:
+        raise _Bad(f"damaged DICOM file ({_first_line(exc)})") from exc
+
+
+def _headerless_dicom(fp: BinaryIO):
+    """A DICOM dataset written without the 128-byte preamble, or None when the data is not one."""
+    import pydicom
+
+    fp.seek(0)
+    try:
+        ds = pydicom.dcmread(fp, force=True)
+        return ds if "PixelData" in ds else None
+    except Exception:
+        return None
+
+
+def _dicom_info(ds) -> ImageInfo:
+    pi = _dicom_checks(ds)
+    return ImageInfo(format="DICOM", width=int(ds.Columns), height=int(ds.Rows), mode=f"{pi} {ds.BitsStored}-bit")
+
+
+def _dicom_checks(ds) -> str:
+    if "PixelData" not in ds:
+        raise _Bad("DICOM file has no pixel data")
+    pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if int(ds.get("SamplesPerPixel", 1)) != 1 or pi not in ("MONOCHROME1", "MONOCHROME2"):
+        raise _Bad(f"colour DICOM is not supported (PhotometricInterpretation {pi})")
+    _check_dims(int(ds.Columns), int(ds.Rows))
+    return pi
+
+
+def _dicom_pixels(ds) -> np.ndarray:
+    """First frame -> modality LUT -> VOI LUT or window (or min-max) -> [0, 1], MONOCHROME1 inverted."""
+    from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, pixel_array
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    pi = _dicom_checks(ds)
+    ds.PhotometricInterpretation = pi
+    meta = ds.file_meta
+    if "TransferSyntaxUID" not in meta:  # a preamble-less file: the encoding pydicom detected tells the syntax
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
+    tsyntax = meta.TransferSyntaxUID
+    try:
+        raw = pixel_array(ds, index=0)  # only the first frame of a multi-frame file is decoded
+    except (NotImplementedError, RuntimeError, ValueError) as exc:
+        reason = "no decoder for it is installed" if "missing dependencies" in str(exc) else _first_line(exc)
+        raise _Bad(f"cannot decode DICOM pixel data with transfer syntax {tsyntax.name} ({tsyntax}): {reason}") from exc
+    values = apply_modality_lut(raw, ds)
+
+    lut = ds.get("VOILUTSequence")
+    if lut and "LUTDescriptor" in lut[0] and "LUTData" in lut[0]:
+        # A VOI LUT takes integer input and maps onto 0 .. 2**bits - 1, bits being the descriptor's third value.
+        out = apply_voi(np.rint(values).astype(np.int64), ds, 0).astype(np.float64)
+        lo, hi = 0.0, float(2 ** int(lut[0].LUTDescriptor[2]) - 1)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        out = apply_windowing(values, ds, 0)
+        # The window maps onto a range pydicom derives from bits stored, rescale or modality LUT; pushing two
+        # extreme values through it reads that range off without copying pydicom's rules here.
+        with np.errstate(over="ignore"):
+            lo, hi = sorted(float(v) for v in apply_windowing(np.array([-1e300, 1e300]), ds, 0))
+    else:
+        return _invert(_minmax(np.asarray(values, dtype=np.float64)), pi)
+    scaled = (out - lo) / (hi - lo) if hi > lo else np.zeros(out.shape)
+    return _invert(np.clip(scaled, 0.0, 1.0).astype(np.float32), pi)
+
+
+def _invert(img: np.ndarray, pi: str) -> np.ndarray:
+    # MONOCHROME1 stores bone dark; flipping gives the MONOCHROME2 look (lungs dark) the model was trained on
+    return 1.0 - img if pi == "MONOCHROME1" else img

@@ -1,0 +1,150 @@
+"""Prediction on ONNX Runtime: the path behind ``pneumo predict`` and ``pneumo serve``.
+
+Needs numpy, Pillow, pydicom and onnxruntime only: no torch, no Lightning. Decoding (Pillow/pydicom release the
+GIL) runs in a thread pool while the previous batch is on the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel
+
+from pneumo.domain import domain_check
+from pneumo.imaging import ImageLoadError, load_image
+from pneumo.modelfile import ModelFile, ModelFileError, ModelMeta, load_model_file
+from pneumo.preprocess import to_input
+from pneumo.probability import calibrated_probability, subtype_probabilities
+
+Source = str | os.PathLike | bytes
+
+
+class Prediction(BaseModel):
+    """One file's result; ``error`` is set (and the rest empty) when the file could not be read."""
+
+    path: str
+    probability: float | None = None
+    prediction: str | None = None
+    threshold: float
+    in_domain: bool | None = None
+    domain_score: float | None = None
+    error: str | None = None
+    p_normal: float | None = None
+    p_bacterial: float | None = None
+    p_viral: float | None = None
+
+
+def _onnx_model_file(path: Path) -> ModelFile:
+    """A bare ``.onnx`` written by ``pneumo export`` carries its metadata in the graph's metadata props."""
+    import onnxruntime as ort
+
+    data = path.read_bytes()
+    try:
+        props = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    except Exception as exc:  # onnxruntime raises its own types for every kind of bad graph
+        raise ModelFileError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0]})") from exc
+    if "pneumo_meta" not in props:
+        raise ModelFileError(f"{path}: an ONNX graph without Pneumo metadata; export it with `pneumo export`")
+    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in json.loads(props.get("pneumo_arrays", "{}")).items()}
+    return ModelFile(meta=ModelMeta.model_validate_json(props["pneumo_meta"]), onnx=data, arrays=arrays, path=path)
+
+
+def open_model(model: str | Path | None = None) -> ModelFile:
+    """A ``.pneumo`` model file, a run directory, an exported ``.onnx``, or ``None`` for the bundled model."""
+    if model is not None and Path(model).suffix.lower() == ".onnx" and Path(model).is_file():
+        return _onnx_model_file(Path(model))
+    mf = load_model_file(model, parts=("onnx",))
+    if mf.onnx is None:
+        raise ModelFileError(f"{mf.path}: this model file has no ONNX graph; run `pneumo export` on it")
+    return mf
+
+
+class Predictor:
+    """Calibrated pneumonia probabilities, decisions and domain checks from one loaded model."""
+
+    def __init__(self, model: ModelFile, *, threshold: float | None = None, threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(model.onnx, opts, providers=["CPUExecutionProvider"])
+        self.model = model
+        self.meta = model.meta
+        self.threshold = self.meta.threshold if threshold is None else float(threshold)
+        self.size = self.meta.preprocessing.image_size
+
+    @classmethod
+    def load(cls, model: str | Path | None = None, **kwargs) -> Predictor:
+        return cls(open_model(model), **kwargs)
+
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, features = self.session.run(["logits", "features"], {"image": batch})
+        return logits, features
+
+    def predict_arrays(self, images: Sequence[np.ndarray], names: Sequence[str], tta: bool = False) -> list[Prediction]:
+        """Predict images already decoded at the model's input size (2-D, [0, 1])."""
+        if not images:
+            return []
+        x = to_input(list(images), self.meta.preprocessing)
+        logits, features = self._run(x)
+        if tta:  # the mirror image: the model was trained with horizontal flips, so both views are in-distribution
+            logits = (logits + self._run(np.ascontiguousarray(x[..., ::-1]))[0]) / 2
+        m = self.meta
+        prob = calibrated_probability(logits, m.temperature, m.calibration_bias)
+        subtypes = subtype_probabilities(logits, m.temperature, m.calibration_bias) if m.has_subtypes else None
+        if m.domain_guard is not None and self.model.arrays:
+            in_domain, score = domain_check(features, m.domain_guard, self.model.arrays)
+        else:
+            in_domain, score = [None] * len(images), [None] * len(images)
+        out = []
+        for i, name in enumerate(names):
+            p = float(prob[i])
+            pred = Prediction(
+                path=name,
+                probability=p,
+                prediction="PNEUMONIA" if p >= self.threshold else "NORMAL",
+                threshold=self.threshold,
+                in_domain=None if in_domain[i] is None else bool(in_domain[i]),
+                domain_score=None if score[i] is None else float(score[i]),
+            )
+            if subtypes is not None:
+                pred.p_normal, pred.p_bacterial, pred.p_viral = (float(v) for v in subtypes[i])
+            out.append(pred)
+        return out
+
+    def _decode(self, item: tuple[str, Source]) -> tuple[str, np.ndarray | None, str | None]:
+        name, source = item
+        try:
+            return name, load_image(source, self.size, name=name), None
+        except ImageLoadError as exc:
+            return name, None, str(exc)
+
+    def predict_sources(
+        self, sources: Iterable[tuple[str, Source]], *, batch_size: int = 16, workers: int = 2, tta: bool = False
+    ) -> Iterator[Prediction]:
+        """Decode and predict ``(name, path-or-bytes)`` pairs, yielding one result per input in input order."""
+        items = iter(sources)
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+
+            def submit_batch():
+                chunk = [pool.submit(self._decode, it) for _, it in zip(range(batch_size), items, strict=False)]
+                return chunk
+
+            pending = submit_batch()
+            while pending:
+                decoded = [f.result() for f in pending]
+                pending = submit_batch()  # the next batch decodes while this one is on the network
+                good = [(n, img) for n, img, err in decoded if err is None]
+                preds = iter(self.predict_arrays([g[1] for g in good], [g[0] for g in good], tta=tta))
+                for name, _, err in decoded:
+                    yield next(preds) if err is None else Prediction(path=name, threshold=self.threshold, error=err)
+
+    def predict_one(self, source: Source, name: str, tta: bool = False) -> Prediction:
+        """Predict a single path or in-memory file."""
+        return next(self.predict_sources([(name, source)], batch_size=1, workers=1, tta=tta))

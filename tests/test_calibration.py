@@ -1,0 +1,163 @@
+"""Calibration: softmax, temperature scaling, ECE, reliability bins, threshold choice."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.special
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pneumo.calibration import (
+    choose_threshold,
+    expected_calibration_error,
+    fit_temperature,
+    nll,
+    operating_point,
+    pneumonia_probability,
+    reliability_bins,
+    softmax,
+)
+
+
+def test_softmax_matches_scipy_and_is_stable():
+    logits = np.random.default_rng(0).normal(size=(50, 3)) * 5
+    np.testing.assert_allclose(softmax(logits, 2.0), scipy.special.softmax(logits / 2.0, axis=1), atol=1e-12)
+    big = softmax(np.array([[1000.0, -1000.0], [-1000.0, 1000.0]]))
+    assert np.all(np.isfinite(big))
+    np.testing.assert_allclose(big, [[1, 0], [0, 1]], atol=1e-12)
+
+
+def test_pneumonia_probability_is_one_minus_normal():
+    assert pneumonia_probability(np.array([[0.0, 0.0], [0.0, np.log(3.0)]])) == pytest.approx([0.5, 0.75])
+    assert pneumonia_probability(np.zeros((1, 3))) == pytest.approx([2 / 3])
+    # temperature 2 on logit gap log 9 gives odds 3
+    assert pneumonia_probability(np.array([[0.0, np.log(9.0)]]), T=2.0) == pytest.approx([0.75])
+
+
+def test_ece_constant_predictor_on_balanced_labels_is_0_4():
+    y = np.array([0, 1] * 50)
+    assert expected_calibration_error(np.full(100, 0.9), y) == pytest.approx(0.4)
+
+
+def test_ece_hand_made_two_bins():
+    # bin of 0.1: observed rate 0.5 -> gap 0.4, half the cases; bin of 0.9: rate 1.0 -> gap 0.1, half the cases.
+    prob = np.array([0.1, 0.1, 0.9, 0.9])
+    y = np.array([0, 1, 1, 1])
+    assert expected_calibration_error(prob, y, n_bins=10) == pytest.approx(0.25)
+
+
+def test_ece_of_perfectly_calibrated_data_is_near_zero():
+    rng = np.random.default_rng(1)
+    prob = rng.uniform(size=20_000)
+    y = (rng.uniform(size=prob.size) < prob).astype(int)
+    assert expected_calibration_error(prob, y) < 0.02
+    # and a miscalibrated version of the same data is clearly worse
+    assert expected_calibration_error(prob**3, y) > 0.1
+
+
+def test_reliability_bins_counts_and_ranges():
+    rng = np.random.default_rng(2)
+    prob = np.r_[rng.uniform(size=500), 0.0, 1.0]
+    y = rng.integers(0, 2, size=prob.size)
+    rel = reliability_bins(prob, y, n_bins=10)
+    assert rel["count"].sum() == prob.size
+    assert len(rel["edges"]) == 11
+    ok = rel["count"] > 0
+    lo, hi = rel["edges"][:-1][ok], rel["edges"][1:][ok]
+    assert np.all((rel["confidence"][ok] >= lo) & (rel["confidence"][ok] <= hi))
+    assert np.all((rel["accuracy"][ok] >= 0) & (rel["accuracy"][ok] <= 1))
+
+
+def _true_model(rng, n, c):
+    """Logits of a calibrated model and labels drawn from its probabilities."""
+    logits = rng.normal(scale=1.5, size=(n, c))
+    p = softmax(logits)
+    y_class = (rng.uniform(size=(n, 1)) > p.cumsum(axis=1)).sum(axis=1)
+    return logits, y_class
+
+
+@pytest.mark.parametrize("c", [2, 3])
+def test_fit_temperature_recovers_overconfidence(c):
+    logits, y_class = _true_model(np.random.default_rng(3), 4000, c)
+    y = (y_class > 0).astype(int)
+    over = 3.0 * logits
+    t = fit_temperature(over, y, y_class if c == 3 else None)
+    assert t == pytest.approx(3.0, rel=0.1)
+    before = expected_calibration_error(pneumonia_probability(over), y)
+    after = expected_calibration_error(pneumonia_probability(over, t), y)
+    assert after < before / 2
+    assert nll(over, y, None, t) < nll(over, y, None, 1.0)
+
+
+def test_fit_temperature_binary_objective_on_subtype_logits():
+    logits, y_class = _true_model(np.random.default_rng(4), 4000, 3)
+    y = (y_class > 0).astype(int)
+    assert fit_temperature(logits / 2.0, y) == pytest.approx(0.5, rel=0.15)
+
+
+def test_fit_temperature_rejects_bad_shape():
+    with pytest.raises(ValueError, match="N x C"):
+        fit_temperature(np.zeros(5), np.zeros(5))
+
+
+def test_choose_threshold_examples():
+    y = np.array([1, 1, 1, 1, 0, 0])
+    prob = np.array([0.9, 0.8, 0.7, 0.6, 0.65, 0.1])
+    assert choose_threshold(y, prob, 0.75) == 0.7
+    assert choose_threshold(y, prob, 1.0) == 0.6
+    assert choose_threshold(y, prob, 0.2) == 0.9
+    # 49 of 50 is exactly 0.98: the threshold may drop one positive, no more
+    pos = np.linspace(0.01, 0.99, 50)
+    assert choose_threshold(np.ones(50), pos, 0.98) == pytest.approx(pos[1])
+    with pytest.raises(ValueError):
+        choose_threshold(np.zeros(3), np.ones(3))
+
+
+def test_choose_threshold_keeps_tied_positives():
+    y = np.array([1, 1, 1, 1])
+    prob = np.array([0.5, 0.5, 0.5, 0.9])
+    t = choose_threshold(y, prob, 0.5)
+    assert t == 0.5
+    assert operating_point(y, prob, t)["sensitivity"] == 1.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.lists(
+        st.tuples(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.5, 0.7, 0.9, 1.0]) | st.floats(0, 1), st.booleans()),
+        min_size=1,
+        max_size=60,
+    ),
+    target=st.floats(0.01, 1.0),
+)
+def test_choose_threshold_is_highest_meeting_target(data, target):
+    prob = np.array([p for p, _ in data])
+    y = np.array([int(b) for _, b in data])
+    if y.sum() == 0:
+        y[0] = 1
+    t = choose_threshold(y, prob, target)
+    assert operating_point(y, prob, t)["sensitivity"] >= target
+    # any higher threshold misses the target
+    assert operating_point(y, prob, np.nextafter(t, np.inf))["sensitivity"] < target
+
+
+def test_operating_point_counts():
+    y = np.array([1, 1, 1, 0, 0, 0, 0])
+    prob = np.array([0.9, 0.6, 0.2, 0.7, 0.3, 0.1, 0.05])
+    op = operating_point(y, prob, 0.5)
+    assert (op["tp"], op["fn"], op["fp"], op["tn"]) == (2, 1, 1, 3)
+    assert op["sensitivity"] == pytest.approx(2 / 3)
+    assert op["specificity"] == pytest.approx(3 / 4)
+    assert op["ppv"] == pytest.approx(2 / 3)
+    assert op["npv"] == pytest.approx(3 / 4)
+    assert np.isnan(operating_point(np.zeros(3), np.ones(3), 0.5)["sensitivity"])
+
+
+def test_calibration_import_stays_light():
+    code = "import sys, pneumo.calibration; print(sorted({'matplotlib', 'sklearn', 'torch'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,202 @@
+"""Evaluation metrics, bootstrap intervals, reports and the files write_evaluation leaves behind."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import average_precision_score, brier_score_loss, f1_score, roc_auc_score
+
+from pneumo.calibration import expected_calibration_error
+from pneumo.evaluate import (
+    CI_METRICS,
+    _weighted_metrics,
+    binary_metrics,
+    bootstrap_ci,
+    classification_report_text,
+    multiclass_metrics,
+    write_evaluation,
+)
+
+
+def _known():
+    """40 pneumonia (30 caught), 60 healthy (50 cleared) at threshold 0.5."""
+    y = np.r_[np.ones(40), np.zeros(60)].astype(int)
+    prob = np.r_[np.linspace(0.55, 0.95, 30), np.linspace(0.05, 0.45, 10), np.linspace(0.0, 0.4, 50), np.full(10, 0.6)]
+    return y, prob
+
+
+def _synthetic(n, seed=0, c=2):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=n)
+    prob = np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0, 1).round(2)  # rounding makes ties, which AUC must handle
+    return y, prob
+
+
+def test_binary_metrics_golden():
+    y, prob = _known()
+    m = binary_metrics(y, prob, 0.5)
+    assert m["confusion_matrix"] == [[50, 10], [10, 30]]
+    assert m["sensitivity"] == pytest.approx(0.75)
+    assert m["specificity"] == pytest.approx(50 / 60)
+    assert m["accuracy"] == pytest.approx(0.8)
+    assert m["precision"] == pytest.approx(0.75)
+    assert m["npv"] == pytest.approx(50 / 60)
+    assert m["f1"] == pytest.approx(0.75)
+    assert (m["n"], m["n_pos"], m["n_neg"]) == (100, 40, 60)
+
+
+def test_binary_metrics_match_sklearn_with_ties():
+    y, prob = _synthetic(400, seed=1)
+    m = binary_metrics(y, prob, 0.5)
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, prob), abs=1e-12)
+    assert m["pr_auc"] == pytest.approx(average_precision_score(y, prob), abs=1e-12)
+    assert m["brier"] == pytest.approx(brier_score_loss(y, prob), abs=1e-12)
+    assert m["f1"] == pytest.approx(f1_score(y, prob >= 0.5), abs=1e-12)
+    assert m["ece"] == pytest.approx(expected_calibration_error(prob, y), abs=1e-12)
+
+
+def test_weighted_metrics_equal_metrics_of_the_expanded_resample():
+    y, prob = _synthetic(150, seed=2)
+    idx = np.random.default_rng(3).integers(0, y.size, size=y.size)
+    counts = np.bincount(idx, minlength=y.size)[None, :].astype(float)
+    fast = _weighted_metrics(y, prob, 0.5, counts)
+    slow = binary_metrics(y[idx], prob[idx], 0.5)
+    for k in CI_METRICS:
+        assert fast[k][0] == pytest.approx(slow[k], abs=1e-12), k
+
+
+def test_one_class_gives_nan_auc_not_a_crash():
+    m = binary_metrics(np.ones(5), np.linspace(0.1, 0.9, 5), 0.5)
+    assert np.isnan(m["roc_auc"]) and np.isnan(m["specificity"])
+    assert m["sensitivity"] == pytest.approx(0.6)
+    ci = bootstrap_ci(np.ones(5), np.linspace(0.1, 0.9, 5), 0.5, n_boot=20)
+    assert all(np.isnan(v).all() for v in ci.values())
+
+
+def test_bootstrap_ci_contains_estimate_and_narrows():
+    widths = []
+    for n in (200, 2000):
+        y, prob = _synthetic(n, seed=4)
+        m = binary_metrics(y, prob, 0.5)
+        ci = bootstrap_ci(y, prob, 0.5, n_boot=200, seed=0)
+        assert set(ci) == set(CI_METRICS)
+        for k in ("accuracy", "sensitivity", "specificity", "f1", "roc_auc", "pr_auc"):
+            lo, hi = ci[k]
+            assert lo <= m[k] <= hi, k
+        widths.append({k: ci[k][1] - ci[k][0] for k in ci})
+    for k in ("accuracy", "sensitivity", "roc_auc", "ece"):
+        assert widths[1][k] < widths[0][k] / 1.8, k  # ~1/sqrt(10) in theory
+
+
+def test_bootstrap_is_deterministic_and_plain_mode_skips_one_class_resamples():
+    y, prob = _synthetic(100, seed=5)
+    assert bootstrap_ci(y, prob, 0.5, n_boot=50, seed=7) == bootstrap_ci(y, prob, 0.5, n_boot=50, seed=7)
+    y = np.r_[1, np.zeros(9)].astype(int)  # most plain resamples of this lose the only positive
+    prob = np.linspace(0.1, 0.9, 10)
+    ci = bootstrap_ci(y, prob, 0.5, n_boot=200, stratified=False)
+    assert np.isfinite(ci["roc_auc"]).all()
+
+
+def test_bootstrap_is_fast():
+    y, prob = _synthetic(500, seed=6)
+    start = time.perf_counter()
+    bootstrap_ci(y, prob, 0.5, n_boot=1000)
+    assert time.perf_counter() - start < 10  # ~0.3 s on one core; generous for a shared machine
+
+
+def test_classification_report_text():
+    y, prob = _known()
+    text = classification_report_text(y, (prob >= 0.5).astype(int), prob=prob, threshold=0.5, n_boot=100)
+    for needle in ("Healthy", "Pneumonia", "precision", "macro avg", "weighted avg", "accuracy"):
+        assert needle in text
+    for needle in ("sensitivity", "specificity", "ROC AUC", "PR AUC", "ECE"):
+        line = next(line for line in text.splitlines() if line.strip().startswith(needle))
+        assert "95% CI" in line
+    assert "threshold" in text and "0.5000" in text
+    assert "0.750" in text  # the sensitivity / Pneumonia recall
+
+
+def test_multiclass_metrics_golden():
+    names = ["NORMAL", "BACTERIA", "VIRUS"]
+    y = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    pred = np.array([0, 0, 1, 1, 1, 2, 2, 2, 1, 0])
+    probs = np.full((10, 3), 0.1)
+    probs[np.arange(10), pred] = 0.8
+    m = multiclass_metrics(y, probs, names, n_boot=200)
+    assert m["confusion_matrix"] == [[2, 1, 0], [0, 2, 1], [1, 1, 2]]
+    assert m["accuracy"] == pytest.approx(0.6)
+    assert m["per_class"]["VIRUS"]["recall"] == pytest.approx(0.5)
+    assert m["per_class"]["BACTERIA"]["precision"] == pytest.approx(0.5)
+    assert m["per_class"]["NORMAL"]["support"] == 3
+    assert m["per_class"]["NORMAL"]["roc_auc"] == pytest.approx(roc_auc_score(y == 0, probs[:, 0]))
+    lo, hi = m["accuracy_ci"]
+    assert lo <= 0.6 <= hi
+
+
+def _check_png(path):
+    assert path.is_file() and path.stat().st_size > 1000
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[0] > 200
+
+
+def test_write_evaluation_binary(tmp_path):
+    y, prob = _synthetic(120, seed=8)
+    paths = [f"img_{i}.jpeg" for i in range(y.size)]
+    images = [np.random.default_rng(i).uniform(size=(32, 40)) for i in range(y.size)]
+    m = write_evaluation(
+        tmp_path / "eval", y=y, prob=prob, threshold=0.5, paths=paths, class_names=["NORMAL", "PNEUMONIA"],
+        images=images, n_boot=200,
+    )  # fmt: skip
+    out = tmp_path / "eval"
+    for name in ("report.txt", "metrics.json", "predictions.csv"):
+        assert (out / name).stat().st_size > 0
+    for name in ("confusion_matrix.png", "roc.png", "pr.png", "reliability.png", "gallery.png"):
+        _check_png(out / name)
+    data = json.loads((out / "metrics.json").read_text())
+    assert data == m
+    for key in (*CI_METRICS, "threshold", "n", "n_pos", "n_neg", "confusion_matrix", "ci", "files", "reliability"):
+        assert key in data, key
+    assert set(data["ci"]) == set(CI_METRICS) and len(data["ci"]["roc_auc"]) == 2
+    assert data["task"] == "binary" and "subtype" not in data
+    report = (out / "report.txt").read_text()
+    assert "Healthy" in report and "Pneumonia" in report and "95% CI" in report
+    with (out / "predictions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == y.size
+    assert list(rows[0]) == ["path", "label", "probability", "prediction", "correct"]
+    assert rows[0]["path"] == "img_0.jpeg" and rows[0]["label"] in ("NORMAL", "PNEUMONIA")
+    assert sum(int(r["correct"]) for r in rows) == round(m["accuracy"] * y.size)
+
+
+def test_write_evaluation_subtype(tmp_path):
+    rng = np.random.default_rng(9)
+    names = ["NORMAL", "BACTERIA", "VIRUS"]
+    y_class = rng.integers(0, 3, size=90)
+    logits = rng.normal(size=(90, 3)) + 2 * np.eye(3)[y_class]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    m = write_evaluation(
+        tmp_path, y=(y_class > 0).astype(int), prob=1 - probs[:, 0], threshold=0.5, paths=None, class_names=names,
+        probs_multiclass=probs, y_class=y_class, n_boot=200, model_meta={"arch": "tiny"},
+    )  # fmt: skip
+    assert m["task"] == "subtype" and m["model"]["arch"] == "tiny"
+    assert np.array(m["subtype"]["confusion_matrix"]).sum() == 90
+    _check_png(tmp_path / "confusion_matrix_subtype.png")
+    assert not (tmp_path / "gallery.png").exists()
+    report = (tmp_path / "report.txt").read_text()
+    assert "Bacterial" in report and "Viral" in report
+    with (tmp_path / "predictions.csv").open() as f:
+        header = next(csv.reader(f))
+    assert header[-3:] == ["p_NORMAL", "p_BACTERIA", "p_VIRUS"]
+
+
+def test_write_evaluation_with_one_class_does_not_crash(tmp_path):
+    prob = np.linspace(0.2, 0.9, 30)
+    m = write_evaluation(tmp_path, y=np.ones(30, dtype=int), prob=prob, threshold=0.5, paths=None, n_boot=50)
+    assert m["roc_auc"] is None and m["sensitivity"] == pytest.approx(np.mean(prob >= 0.5))
+    _check_png(tmp_path / "roc.png")
+    _check_png(tmp_path / "pr.png")
