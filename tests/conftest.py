@@ -39,3 +39,45 @@ def fullres_dir() -> Path:
 def dicom_dir() -> Path:
     """Real DICOM files, or skip."""
     return _need(SHARED_DATA / "dicom")
+
+
+def make_tiny_model(path: Path, *, task: str = "binary", image_size: int = 64, seed: int = 0) -> Path:
+    """A real (untrained, seeded) cnn-small model file with a fitted domain guard, built by the export path."""
+    import numpy as np
+    import torch
+
+    from pneumo.domain import fit_domain_guard
+    from pneumo.export import build_model_file
+    from pneumo.modelfile import TASK_CLASSES, ModelMeta, Preprocessing, save_model_file
+    from pneumo.models import count_parameters, create_model
+    from pneumo.preprocess import to_input
+
+    torch.manual_seed(seed)
+    classes = TASK_CLASSES[task]
+    net = create_model("cnn-small", len(classes)).eval()
+    pre = Preprocessing(image_size=image_size)
+    rng = np.random.default_rng(seed)
+    # Smooth random "X-ray-like" images: a vertical gradient plus blobs, so features are not degenerate.
+    yy = np.linspace(0, 1, image_size)[:, None] * np.ones((1, image_size))
+    imgs = [np.clip(0.3 + 0.4 * yy + 0.2 * rng.standard_normal((image_size, image_size)), 0, 1) for _ in range(48)]
+    with torch.no_grad():
+        _, feats = net.forward_with_features(torch.from_numpy(to_input(imgs, pre)))
+    guard, arrays = fit_domain_guard(feats[:32].numpy(), feats[32:].numpy(), components=8, quantile=0.95)
+    meta = ModelMeta(
+        name=f"tiny-{task}", arch="cnn-small", task=task, class_names=list(classes), preprocessing=pre,
+        temperature=1.3, threshold=0.5, params=count_parameters(net), feature_dim=int(feats.shape[1]),
+        domain_guard=guard, validation={"accuracy": 0.5, "roc_auc": 0.5},
+    )  # fmt: skip
+    return save_model_file(path, build_model_file(net, meta, arrays))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """Path of a small binary model file (real network, real ONNX graph, untrained)."""
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny.pneumo")
+
+
+@pytest.fixture(scope="session")
+def tiny_subtype_model(tmp_path_factory) -> Path:
+    """Path of a small subtype (normal / bacterial / viral) model file."""
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-subtype.pneumo", task="subtype")

@@ -20,15 +20,9 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp
 
+from pneumo.probability import pneumonia_log_odds, softmax
+
 T_BOUNDS = (0.05, 20.0)
-
-
-def softmax(logits: np.ndarray, T: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of ``logits / T`` (N x C), computed stably."""
-    z = np.asarray(logits, dtype=np.float64) / T
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def pneumonia_probability(logits: np.ndarray, T: float = 1.0) -> np.ndarray:
@@ -78,6 +72,29 @@ def fit_temperature(logits: np.ndarray, y_pneumonia: np.ndarray, y_class: np.nda
         options={"xatol": 1e-5},
     )
     return float(math.exp(res.x))
+
+
+def fit_calibration(logits: np.ndarray, y_pneumonia: np.ndarray) -> tuple[float, float]:
+    """Temperature ``T`` and bias ``b`` of ``sigmoid(z / T + b)`` on the pneumonia log-odds ``z`` (Platt scaling).
+
+    The bias matters here: class balancing during training (weights or oversampling) teaches the network a 50:50
+    prior, while validation holds about three pneumonia images per normal one; a temperature alone cannot move
+    the probabilities by a prior shift, a bias can. Fitted by minimising the validation NLL (L-BFGS on log T, b).
+    """
+    from scipy.optimize import minimize
+
+    z = pneumonia_log_odds(logits)
+    y = np.asarray(y_pneumonia, dtype=np.float64)
+
+    def loss(params: np.ndarray) -> float:
+        t = math.exp(params[0])
+        s = z / t + params[1]
+        # log(1 + exp(-s)) for positives, log(1 + exp(s)) for negatives, computed stably
+        return float(np.mean(np.logaddexp(0.0, np.where(y > 0, -s, s))))
+
+    lo, hi = math.log(T_BOUNDS[0]), math.log(T_BOUNDS[1])
+    res = minimize(loss, x0=np.array([0.0, 0.0]), method="L-BFGS-B", bounds=[(lo, hi), (-10.0, 10.0)])
+    return float(math.exp(res.x[0])), float(res.x[1])
 
 
 def bin_index(prob: np.ndarray, n_bins: int = 15) -> np.ndarray:

@@ -208,7 +208,7 @@ def compare(
 def predict(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders (recursive) or globs; JPEG/PNG/DICOM")],
     model: ModelOpt = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write results to FILE.csv or FILE.json")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write results to a .csv or .json")] = None,
     threshold: Annotated[float | None, typer.Option(help="Decision threshold [default: the model's]")] = None,
     tta: Annotated[bool, typer.Option(help="Test-time augmentation (average with the mirrored image)")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per ONNX Runtime call")] = 16,

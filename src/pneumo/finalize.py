@@ -10,17 +10,13 @@ import numpy as np
 import torch
 
 from pneumo import __version__
-from pneumo.calibration import (
-    choose_threshold,
-    expected_calibration_error,
-    fit_temperature,
-    pneumonia_probability,
-)
+from pneumo.calibration import choose_threshold, expected_calibration_error, fit_calibration
 from pneumo.config import TrainConfig
 from pneumo.domain import fit_domain_guard
 from pneumo.export import build_model_file
 from pneumo.modelfile import TASK_CLASSES, ModelMeta, save_model_file
 from pneumo.models import PneumoNet, count_parameters
+from pneumo.probability import calibrated_probability, subtype_probabilities
 
 DOMAIN_FIT_IMAGES = 2000
 
@@ -71,18 +67,16 @@ def finalize_run(
     preproc = cfg.preprocessing()
     val_logits, val_feats = infer_batches(net, val.images, preproc)
     y_bin = (val.targets > 0).astype(int)
-    y_class = val.targets if cfg.task == "subtype" else None
-    temperature = fit_temperature(val_logits, y_bin, y_class)
-    raw_prob = pneumonia_probability(val_logits, 1.0)
-    prob = pneumonia_probability(val_logits, temperature)
+    temperature, bias = fit_calibration(val_logits, y_bin)
+    raw_prob = calibrated_probability(val_logits)
+    prob = calibrated_probability(val_logits, temperature, bias)
     threshold = choose_threshold(y_bin, prob, cfg.target_sensitivity)
 
     metrics = validation_metrics(y_bin, prob, threshold)
     metrics["ece_before_calibration"] = expected_calibration_error(raw_prob, y_bin)
     if cfg.task == "subtype":
-        from pneumo.calibration import softmax
-
-        metrics["subtype_accuracy"] = float((softmax(val_logits, temperature).argmax(1) == val.targets).mean())
+        subtype_pred = subtype_probabilities(val_logits, temperature, bias).argmax(1)
+        metrics["subtype_accuracy"] = float((subtype_pred == val.targets).mean())
 
     rng = np.random.default_rng(cfg.seed)
     pick = np.sort(rng.choice(len(train.targets), min(DOMAIN_FIT_IMAGES, len(train.targets)), replace=False))
@@ -97,6 +91,7 @@ def finalize_run(
         class_names=list(TASK_CLASSES[cfg.task]),
         preprocessing=preproc,
         temperature=temperature,
+        calibration_bias=bias,
         threshold=threshold,
         target_sensitivity=cfg.target_sensitivity,
         params=count_parameters(net),

@@ -7,14 +7,19 @@ Any failure leaves as :class:`ImageLoadError` whose message names the file and s
 
 from __future__ import annotations
 
+import codecs
 import io
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom"}
@@ -31,6 +36,13 @@ MIN_SIDE = 2
 _RESAMPLE = Image.Resampling.LANCZOS
 _REDUCING_GAP = 3.0
 _ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+_BYTES = (bytes, bytearray, memoryview)
+_OPEN_ERRORS = {
+    FileNotFoundError: "file not found",
+    IsADirectoryError: "is a directory, not an image file",
+    PermissionError: "permission denied (cannot read the file)",
+}
+_T = TypeVar("_T")
 
 
 class ImageLoadError(Exception):
@@ -66,24 +78,7 @@ def load_image(
     messages. Raises ImageLoadError for anything wrong with the file, ValueError for an invalid ``size``.
     """
     target = _target(size)
-    label = _label(source, name)
-    try:
-        with _open(source) as fp:
-            head = _head(fp)
-            if is_dicom(head):
-                img = _dicom_pixels(_read_dicom(fp))
-            else:
-                img = _load_pillow(fp, head, target)
-        _check_dims(img.shape[1], img.shape[0])
-        if target is not None and img.shape != target:
-            img = _resize(img, target)
-        return np.clip(np.nan_to_num(img, nan=0.0), 0.0, 1.0).astype(np.float32, copy=False)
-    except _Bad as exc:
-        raise ImageLoadError(f"{label}: {exc}") from exc.__cause__
-    except ImageLoadError:
-        raise
-    except Exception as exc:  # a decoder bug or an odd file must still reach the user as one line
-        raise ImageLoadError(f"{label}: {_describe(exc)}") from exc
+    return _guarded(source, name, lambda fp, head: _decode(fp, head, target))
 
 
 def probe_image(source: str | os.PathLike | bytes, *, name: str | None = None) -> ImageInfo:
@@ -92,20 +87,35 @@ def probe_image(source: str | os.PathLike | bytes, *, name: str | None = None) -
     Cheap enough to run over thousands of files. Damage past the header (a truncated JPEG) is only found by
     :func:`load_image`.
     """
-    label = _label(source, name)
+    return _guarded(source, name, _probe)
+
+
+def _guarded(source: str | os.PathLike | bytes, name: str | None, read: Callable[[BinaryIO, bytes], _T]) -> _T:
+    """Open ``source`` and run ``read(file, first_bytes)``; whatever goes wrong leaves as one ImageLoadError."""
+    label = name if name is not None else "<bytes>" if isinstance(source, _BYTES) else os.fspath(source)
     try:
         with _open(source) as fp:
-            head = _head(fp)
-            if is_dicom(head):
-                info = _dicom_info(_read_dicom(fp, header_only=True))
-            else:
-                info = _pillow_info(fp, head)
-        _check_dims(info.width, info.height)
-        return info
+            return read(fp, _head(fp))
     except _Bad as exc:
         raise ImageLoadError(f"{label}: {exc}") from exc.__cause__
-    except Exception as exc:
+    except Exception as exc:  # a decoder bug or an odd file must still reach the user as one line
         raise ImageLoadError(f"{label}: {_describe(exc)}") from exc
+
+
+def _decode(fp: BinaryIO, head: bytes, target: tuple[int, int] | None) -> np.ndarray:
+    src = _read_dicom(fp) if is_dicom(head) else _sniff(fp, head)
+    img = _pillow_pixels(src, target) if isinstance(src, Image.Image) else _dicom_pixels(src)
+    if target is not None and img.shape != target:
+        img = _resize(img, target)
+    return np.clip(np.nan_to_num(img, nan=0.0), 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def _probe(fp: BinaryIO, head: bytes) -> ImageInfo:
+    src = _read_dicom(fp, header_only=True) if is_dicom(head) else _sniff(fp, head)
+    if not isinstance(src, Image.Image):
+        return _dicom_info(src)
+    w, h = _shown_size(src)
+    return ImageInfo(format=src.format or "unknown", width=w, height=h, mode=src.mode)
 
 
 # --- sources and checks ---
@@ -114,39 +124,26 @@ def probe_image(source: str | os.PathLike | bytes, *, name: str | None = None) -
 def _target(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     if size is None:
         return None
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
+    h, w = (size, size) if isinstance(size, int | np.integer) else tuple(size)
+    if not (isinstance(h, int | np.integer) and isinstance(w, int | np.integer) and h > 0 and w > 0):
         raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
-    return h, w
-
-
-def _label(source: object, name: str | None) -> str:
-    if name is not None:
-        return name
-    return "<bytes>" if isinstance(source, bytes | bytearray | memoryview) else os.fspath(source)
+    return int(h), int(w)
 
 
 def _open(source: str | os.PathLike | bytes) -> BinaryIO:
-    if isinstance(source, bytes | bytearray | memoryview):
+    if isinstance(source, _BYTES):
         return io.BytesIO(source)
     try:
-        return open(source, "rb")  # noqa: SIM115 - the caller closes it with `with`
-    except FileNotFoundError as exc:
-        raise _Bad("file not found") from exc
-    except IsADirectoryError as exc:
-        raise _Bad("is a directory, not an image file") from exc
-    except PermissionError as exc:
-        raise _Bad("permission denied (cannot read the file)") from exc
+        return open(source, "rb")
     except OSError as exc:
-        raise _Bad(f"cannot read the file ({exc.strerror or exc})") from exc
+        reason = next((r for kind, r in _OPEN_ERRORS.items() if isinstance(exc, kind)), None)
+        raise _Bad(reason or f"cannot read the file ({exc.strerror or exc})") from exc
 
 
 def _head(fp: BinaryIO) -> bytes:
     try:
         head = fp.read(512)
         fp.seek(0)
-    except IsADirectoryError as exc:
-        raise _Bad("is a directory, not an image file") from exc
     except OSError as exc:
         raise _Bad(f"cannot read the file ({exc.strerror or exc})") from exc
     if not head:
@@ -165,12 +162,11 @@ def _check_dims(width: int, height: int) -> None:
 
 
 def _not_an_image(head: bytes) -> _Bad:
-    if b"\0" not in head:
-        try:
-            head.decode("utf-8")
+    try:  # the incremental decoder tolerates a character cut at the end of the sniffed bytes
+        if b"\0" not in head and codecs.getincrementaldecoder("utf-8")().decode(head):
             return _Bad("file holds text, not an image")
-        except UnicodeDecodeError:
-            pass
+    except UnicodeDecodeError:
+        pass
     return _Bad("not a recognised image format (expected JPEG, PNG, BMP, TIFF, WebP or DICOM content)")
 
 
@@ -193,27 +189,23 @@ def _first_line(exc: BaseException) -> str:
 # --- Pillow formats ---
 
 
-def _open_pillow(fp: BinaryIO, head: bytes) -> Image.Image:
-    """Image.open with Pillow's bomb warning escalated; unidentified data may still be a preamble-less DICOM."""
+def _sniff(fp: BinaryIO, head: bytes) -> Image.Image | Dataset:
+    """A lazily opened Pillow image or, for data Pillow cannot identify, a DICOM dataset without preamble."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # the filter is process-wide for a moment; it only touches this warning
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(fp)
+            im = Image.open(fp)
     except Image.UnidentifiedImageError as exc:
-        fp.seek(0)
-        raise _not_an_image(head) from exc
-
-
-def _load_pillow(fp: BinaryIO, head: bytes, target: tuple[int, int] | None) -> np.ndarray:
-    try:
-        im = _open_pillow(fp, head)
-    except _Bad:
         ds = _headerless_dicom(fp)
         if ds is None:
-            raise
-        return _dicom_pixels(ds)
+            raise _not_an_image(head) from exc
+        return ds
     _check_dims(*_shown_size(im))
-    if target is not None and im.format == "JPEG":
+    return im
+
+
+def _pillow_pixels(im: Image.Image, target: tuple[int, int] | None) -> np.ndarray:
+    if target is not None and im.format in ("JPEG", "MPO"):
         # libjpeg's DCT scaling decodes at 1/2, 1/4 or 1/8 size (never below the target) and straight to gray.
         h, w = target
         im.draft("L", (h, w) if _orientation(im) in _ROTATED_ORIENTATIONS else (w, h))
@@ -222,9 +214,8 @@ def _load_pillow(fp: BinaryIO, head: bytes, target: tuple[int, int] | None) -> n
     except OSError as exc:
         if "truncated" in str(exc):
             raise _Bad(f"truncated {im.format} data (file is damaged or incomplete)") from exc
-        raise _Bad(f"damaged {im.format} data ({exc})") from exc
-    im = ImageOps.exif_transpose(im)
-    return _to_gray(im)
+        raise _Bad(f"damaged {im.format} data ({_first_line(exc)})") from exc
+    return _to_gray(ImageOps.exif_transpose(im))
 
 
 def _to_gray(im: Image.Image) -> np.ndarray:
@@ -233,18 +224,18 @@ def _to_gray(im: Image.Image) -> np.ndarray:
         return np.asarray(im).astype(np.float32) / 65535.0
     if im.mode in ("I", "F"):
         a = np.asarray(im).astype(np.float64)
-        if im.mode == "I" and a.size and a.min() >= 0 and a.max() <= 65535:
+        if im.mode == "I" and a.min() >= 0 and a.max() <= 65535:
             return (a / 65535.0).astype(np.float32)  # a 16-bit image Pillow widened to 32-bit
-        if im.mode == "F" and a.size and np.nanmin(a) >= 0 and np.nanmax(a) <= 1:
+        if im.mode == "F" and np.nanmin(a) >= 0 and np.nanmax(a) <= 1:
             return a.astype(np.float32)
         return _minmax(a)
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         # Flatten onto black: transparent padding around an X-ray should look like the dark background.
+        im = im.convert("RGBA")
         alpha = np.asarray(im.getchannel("A")).astype(np.float32) / 255.0
-        gray = np.asarray(im.convert("RGB").convert("L")).astype(np.float32) / 255.0
-        return gray * alpha
+        return np.asarray(im.convert("L")).astype(np.float32) / 255.0 * alpha
     if im.mode != "L":
         im = im.convert("RGB").convert("L") if im.mode not in ("RGB", "1") else im.convert("L")
     return np.asarray(im).astype(np.float32) / 255.0
@@ -260,18 +251,6 @@ def _orientation(im: Image.Image) -> int:
 def _shown_size(im: Image.Image) -> tuple[int, int]:
     w, h = im.size
     return (h, w) if _orientation(im) in _ROTATED_ORIENTATIONS else (w, h)
-
-
-def _pillow_info(fp: BinaryIO, head: bytes) -> ImageInfo:
-    try:
-        im = _open_pillow(fp, head)
-    except _Bad:
-        ds = _headerless_dicom(fp)
-        if ds is None:
-            raise
-        return _dicom_info(ds)
-    w, h = _shown_size(im)
-    return ImageInfo(format=im.format or "unknown", width=w, height=h, mode=im.mode)
 
 
 def _resize(img: np.ndarray, target: tuple[int, int]) -> np.ndarray:
@@ -291,7 +270,7 @@ def _minmax(a: np.ndarray) -> np.ndarray:
 # --- DICOM ---
 
 
-def _read_dicom(fp: BinaryIO, header_only: bool = False):
+def _read_dicom(fp: BinaryIO, header_only: bool = False) -> Dataset:
     import pydicom  # imported here: most runs only see JPEGs, and pydicom costs ~0.2 s to import
 
     try:
@@ -301,24 +280,27 @@ def _read_dicom(fp: BinaryIO, header_only: bool = False):
         raise _Bad(f"damaged DICOM file ({_first_line(exc)})") from exc
 
 
-def _headerless_dicom(fp: BinaryIO):
+def _headerless_dicom(fp: BinaryIO) -> Dataset | None:
     """A DICOM dataset written without the 128-byte preamble, or None when the data is not one."""
     import pydicom
 
     fp.seek(0)
+    if fp.read(2) not in (b"\x02\x00", b"\x08\x00"):  # tags come sorted: such a file starts in group 0002 or 0008
+        return None
+    fp.seek(0)
     try:
         ds = pydicom.dcmread(fp, force=True)
-        return ds if "PixelData" in ds else None
+        return ds if "PixelData" in ds else None  # force=True "parses" almost anything; pixels make it real
     except Exception:
         return None
 
 
-def _dicom_info(ds) -> ImageInfo:
+def _dicom_info(ds: Dataset) -> ImageInfo:
     pi = _dicom_checks(ds)
     return ImageInfo(format="DICOM", width=int(ds.Columns), height=int(ds.Rows), mode=f"{pi} {ds.BitsStored}-bit")
 
 
-def _dicom_checks(ds) -> str:
+def _dicom_checks(ds: Dataset) -> str:
     if "PixelData" not in ds:
         raise _Bad("DICOM file has no pixel data")
     pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
@@ -328,7 +310,7 @@ def _dicom_checks(ds) -> str:
     return pi
 
 
-def _dicom_pixels(ds) -> np.ndarray:
+def _dicom_pixels(ds: Dataset) -> np.ndarray:
     """First frame -> modality LUT -> VOI LUT or window (or min-max) -> [0, 1], MONOCHROME1 inverted."""
     from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, pixel_array
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian

@@ -1,0 +1,87 @@
+"""``pneumo evaluate``: predict a labelled folder through the inference path and write the evaluation files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pneumo.data import ImageRecord, read_split_csv, scan_dataset
+from pneumo.evaluate import write_evaluation
+from pneumo.imaging import load_image
+from pneumo.inference import Predictor
+from pneumo.modelfile import meta_json
+
+GALLERY_SIZE = 128  # pixels per gallery tile; the gallery needs thumbnails, not the network input
+
+
+def select_records(
+    data_dir: Path, split: str | None = None, split_csv: Path | None = None
+) -> tuple[list[ImageRecord], str]:
+    """Which labelled images to evaluate, and a description of the choice.
+
+    A split CSV selects its ``val`` rows; a root with a split level defaults to ``test``; otherwise every image.
+    """
+    ds = scan_dataset(data_dir)
+    if split_csv is not None:
+        wanted = {row.path for row in read_split_csv(split_csv) if row.split == (split or "val")}
+        recs = [r for r in ds.training_records() if r.rel in wanted]
+        return recs, f"{split or 'val'} rows of {split_csv}"
+    levels = [s for s in ds.splits if s is not None]
+    if levels:
+        chosen = split or ("test" if "test" in levels else levels[0])
+        if chosen not in levels:
+            raise ValueError(f"{data_dir}: no '{chosen}' split (found {', '.join(levels)})")
+        return ds.select(chosen), f"split '{chosen}' of {data_dir}"
+    if split:
+        raise ValueError(f"{data_dir}: has no train/val/test level, so --split {split} cannot apply")
+    return list(ds.records), f"all images of {data_dir}"
+
+
+def evaluate_folder(
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    model: str | Path | None = None,
+    split: str | None = None,
+    split_csv: Path | None = None,
+    threshold: float | None = None,
+    tta: bool = False,
+) -> dict:
+    """Predict every labelled image and write report.txt, metrics.json, predictions.csv and plots."""
+    recs, described = select_records(Path(data_dir), split, split_csv)
+    labels = {r.label for r in recs}
+    if not recs or not labels <= {"NORMAL", "PNEUMONIA"}:
+        raise ValueError(f"{data_dir}: expected NORMAL/ and PNEUMONIA/ images, found {sorted(labels) or 'none'}")
+    predictor = Predictor.load(model, threshold=threshold)
+    preds = list(predictor.predict_sources(((str(r.path), r.path) for r in recs), tta=tta))
+    keep = [i for i, p in enumerate(preds) if p.error is None]
+    if not keep:
+        raise ValueError(f"{data_dir}: none of the {len(recs)} images could be read")
+    y = np.array([int(recs[i].label == "PNEUMONIA") for i in keep])
+    prob = np.array([preds[i].probability for i in keep])
+    meta = predictor.meta
+    multiclass = y_class = None
+    if meta.has_subtypes:
+        sub = {"none": 0, "bacteria": 1, "virus": 2}
+        known = [j for j, i in enumerate(keep) if recs[i].subtype in sub]
+        multiclass = np.array([[preds[i].p_normal, preds[i].p_bacterial, preds[i].p_viral] for i in keep])[known]
+        y_class = np.array([sub[recs[keep[j]].subtype] for j in known])
+    images = [load_image(recs[i].path, GALLERY_SIZE) for i in keep]
+    metrics = write_evaluation(
+        out_dir,
+        y=y,
+        prob=prob,
+        threshold=predictor.threshold,
+        paths=[str(recs[i].path) for i in keep],
+        class_names=("NORMAL", "PNEUMONIA"),
+        probs_multiclass=multiclass,
+        y_class=y_class,
+        images=images,
+        model_meta={**meta_json(meta), "evaluated_on": described, "tta": tta},
+    )
+    unreadable = [p for p in preds if p.error]
+    metrics["report"] = (Path(out_dir) / "report.txt").read_text()
+    if unreadable:
+        metrics["report"] += f"\n{len(unreadable)} unreadable file(s) skipped, e.g. {unreadable[0].error}\n"
+    return metrics

@@ -1,0 +1,119 @@
+"""Grad-CAM heat maps (the ``grad-cam`` package) on the PyTorch twin of a model file.
+
+The probability and decision shown come from the same ONNX path as ``pneumo predict``, so an overlay never
+disagrees with a prediction; the twin only supplies gradients. The Grad-CAM target is the pneumonia log-odds,
+so the map shows what pushed the model towards pneumonia, for binary and subtype models alike.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pneumo.export import torch_twin
+from pneumo.imaging import ImageLoadError, load_image, probe_image
+from pneumo.inference import Prediction, Predictor
+from pneumo.modelfile import ModelFile, load_model_file
+from pneumo.models import cam_target_layer
+from pneumo.preprocess import to_input
+
+DISPLAY_MAX = 512
+
+
+def _pneumonia_log_odds(output: torch.Tensor) -> torch.Tensor:
+    return torch.logsumexp(output[..., 1:], dim=-1) - output[..., 0]
+
+
+@dataclass
+class Explanation:
+    prediction: Prediction
+    heatmap: np.ndarray  # H x W in [0, 1] at the display size
+    image: np.ndarray  # the X-ray at the display size (aspect ratio kept), [0, 1]
+
+
+class Explainer:
+    """Loads a model file once; explains images from paths or bytes."""
+
+    def __init__(self, model: ModelFile):
+        from pytorch_grad_cam import GradCAM
+
+        self.model = model
+        self.predictor = Predictor(model)
+        self.net = torch_twin(model)
+        self.cam = GradCAM(model=self.net, target_layers=[cam_target_layer(self.net, model.meta.arch)])
+
+    @classmethod
+    def load(cls, model: str | Path | None = None) -> Explainer:
+        return cls(load_model_file(model))
+
+    def heatmap(self, image: np.ndarray) -> np.ndarray:
+        """Grad-CAM map (input size, [0, 1]) for one image already at the model's input size."""
+        x = torch.from_numpy(to_input([image], self.model.meta.preprocessing))
+        cam = self.cam(input_tensor=x, targets=[_pneumonia_log_odds])[0]
+        return np.nan_to_num(cam.astype(np.float32))
+
+    def explain(self, source: str | Path | bytes, name: str) -> Explanation:
+        size = self.model.meta.preprocessing.image_size
+        net_input = load_image(source, size, name=name)
+        pred = self.predictor.predict_arrays([net_input], [name])[0]
+        info = probe_image(source, name=name)
+        scale = min(1.0, DISPLAY_MAX / max(info.width, info.height))
+        shape = (max(2, round(info.height * scale)), max(2, round(info.width * scale)))
+        display = load_image(source, shape, name=name)
+        cam = self.heatmap(net_input)
+        from PIL import Image
+
+        cam_big = np.asarray(Image.fromarray(cam, mode="F").resize(shape[::-1], Image.Resampling.BILINEAR))
+        return Explanation(pred, np.clip(cam_big, 0, 1), display)
+
+
+def overlay_png(exp: Explanation, *, show_heatmap: bool = True, title: str | None = None) -> bytes:
+    """The X-ray with the heat map over it and the probability and decision above it, as PNG bytes."""
+    from matplotlib.figure import Figure
+
+    p = exp.prediction
+    h, w = exp.image.shape
+    fig = Figure(figsize=(6, 6 * h / w + 0.9), dpi=110)
+    ax = fig.add_axes((0, 0, 1, h / (h + 0.15 * w)))
+    ax.imshow(exp.image, cmap="gray", vmin=0, vmax=1)
+    if show_heatmap:
+        ax.imshow(exp.heatmap, cmap="jet", alpha=0.35 * (exp.heatmap > 0.1) + 0.1, vmin=0, vmax=1)
+    ax.set_axis_off()
+    color = "#c62828" if p.prediction == "PNEUMONIA" else "#2e7d32"
+    headline = f"{p.prediction}  P(pneumonia) = {p.probability:.2f}  (threshold {p.threshold:.2f})"
+    fig.text(0.02, 0.97, title or Path(p.path).name, fontsize=9, va="top", color="#333333")
+    fig.text(0.02, 0.935, headline, fontsize=12, va="top", color=color, weight="bold")
+    if p.in_domain is False:
+        fig.text(0.02, 0.895, "WARNING: unlike the X-rays this model was validated on; do not rely on it",
+                 fontsize=9, va="top", color="#e65100", weight="bold")  # fmt: skip
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def explain_files(
+    files: Sequence[Path], output: Path, model: str | Path | None = None
+) -> tuple[list[Path], list[str]]:
+    """Write ``<stem>_gradcam.png`` for each file into ``output``; returns (written, one-line failures)."""
+    explainer = Explainer.load(model)
+    output.mkdir(parents=True, exist_ok=True)
+    written, failures, used = [], [], set()
+    for f in files:
+        try:
+            exp = explainer.explain(f, str(f))
+        except ImageLoadError as exc:
+            failures.append(str(exc))
+            continue
+        stem = f.stem
+        while stem in used:  # same file name in two folders
+            stem += "_"
+        used.add(stem)
+        target = output / f"{stem}_gradcam.png"
+        target.write_bytes(overlay_png(exp))
+        written.append(target)
+    return written, failures
