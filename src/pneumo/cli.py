@@ -286,6 +286,42 @@ def export(
 
 
 @app.command()
+def robustness(
+    data_dir: Annotated[Path, typer.Argument(help="Dataset root the split CSV refers to")],
+    split_csv: Annotated[Path, typer.Option(help="A `pneumo data split` CSV; its val rows are used")],
+    model: ModelOpt = None,
+    extra: Annotated[
+        list[Path] | None, typer.Option(help="More labelled folders to report, e.g. original-size images")
+    ] = None,
+    out_json: Annotated[Path | None, typer.Option("--out", help="Write the results as JSON")] = None,
+    tta: Annotated[bool, typer.Option(help="Test-time augmentation")] = False,
+) -> None:
+    """Shifted validation: metrics under exposure, contrast, blur, sharpening, JPEG, resolution, noise and crop."""
+    import json
+
+    import numpy as np
+
+    from pneumo.evaluation_run import select_records
+    from pneumo.inference import Predictor
+    from pneumo.robustness import format_table, shifted_validation
+
+    recs, _ = _run(select_records, data_dir, "val", split_csv)
+    extras = {}
+    for folder in extra or []:
+        xr, _ = _run(select_records, folder)
+        extras[f"{folder.parent.name}/{folder.name}"] = (
+            [r.path for r in xr],
+            np.array([r.label == "PNEUMONIA" for r in xr], dtype=int),
+        )
+    predictor = _run(Predictor.load, model)
+    y = np.array([r.label == "PNEUMONIA" for r in recs], dtype=int)
+    results = _run(shifted_validation, predictor, [r.path for r in recs], y, tta=tta, extra=extras)
+    print(format_table(results))
+    if out_json:
+        out_json.write_text(json.dumps(results, indent=2))
+
+
+@app.command()
 def info(model: ModelOpt = None) -> None:
     """Print a model file's metadata (its model card) as JSON."""
     from pneumo.modelfile import read_meta

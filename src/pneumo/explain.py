@@ -96,9 +96,7 @@ def overlay_png(exp: Explanation, *, show_heatmap: bool = True, title: str | Non
     return buf.getvalue()
 
 
-def explain_files(
-    files: Sequence[Path], output: Path, model: str | Path | None = None
-) -> tuple[list[Path], list[str]]:
+def explain_files(files: Sequence[Path], output: Path, model: str | Path | None = None) -> tuple[list[Path], list[str]]:
     """Write ``<stem>_gradcam.png`` for each file into ``output``; returns (written, one-line failures)."""
     explainer = Explainer.load(model)
     output.mkdir(parents=True, exist_ok=True)

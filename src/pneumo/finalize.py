@@ -59,9 +59,7 @@ def validation_metrics(y_bin: np.ndarray, prob: np.ndarray, threshold: float, n_
     return out
 
 
-def finalize_run(
-    cfg: TrainConfig, net: PneumoNet, train, val, data_summary: dict, timing: dict
-) -> Path:
+def finalize_run(cfg: TrainConfig, net: PneumoNet, train, val, data_summary: dict, timing: dict) -> Path:
     """Write ``model.pneumo`` (and ``validation.json``) into the run directory; return the model path."""
     run = Path(cfg.out)
     preproc = cfg.preprocessing()

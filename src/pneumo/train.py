@@ -201,9 +201,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
 
     module = PneumoModule(cfg, _class_weights(cfg, train.targets))
     tl, vl = _loaders(cfg, train, val)
-    ckpt = ModelCheckpoint(
-        dirpath=run / "checkpoints", filename="best", monitor="val_auc", mode="max", save_last=True
-    )
+    ckpt = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor="val_auc", mode="max", save_last=True)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=cfg.devices,

@@ -1,0 +1,267 @@
+"""The FastAPI app behind ``pneumo serve``: the page at ``/``, the REST API under ``/api/v1``, ``/healthz``.
+
+Bad input is answered with a JSON ``detail`` a person can read and the right status code, never a 500; anything
+unexpected becomes a generic 500 whose traceback goes to the log without the exception's message (which can carry
+a client's file name).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pneumo import __version__
+from pneumo.inference import Predictor
+from pneumo.modelfile import ModelMeta, meta_json
+from pneumo.serve.analysis import Analyser, Analysis, UnreadableImage, UnsupportedImage, log_exception
+from pneumo.serve.upload import read_upload
+
+log = logging.getLogger("pneumo.serve")
+
+STATIC = Path(__file__).parent / "static"
+DISCLAIMER = (
+    "Decision support only. This result assists and does not replace a clinician's judgement; it was validated "
+    "on pediatric chest X-rays only and must be read together with the clinical picture."
+)
+# The page loads nothing from other hosts; images arrive as data: URLs. /docs is exempt (Swagger UI from a CDN).
+CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class PredictResponse(BaseModel):
+    """One X-ray's result. Probabilities are calibrated; ``prediction`` is ``probability >= threshold``."""
+
+    filename: str = Field(description="the name the client gave the file")
+    probability: float = Field(description="calibrated probability of pneumonia, 0..1")
+    prediction: Literal["PNEUMONIA", "NORMAL"]
+    threshold: float = Field(description="operating threshold: at or above it the decision is PNEUMONIA")
+    in_domain: bool | None = Field(description="false: the image is unlike the validation X-rays; do not rely on it")
+    domain_score: float | None = Field(
+        description="share of validation X-rays that lie further from the training images than this one "
+        "(near 1: typical; 0: stranger than all of them)"
+    )
+    p_normal: float | None = Field(description="subtype models only, else null")
+    p_bacterial: float | None = Field(description="subtype models only, else null")
+    p_viral: float | None = Field(description="subtype models only, else null")
+    image: str = Field(description="the X-ray as decoded by the model's loader, base64 PNG (at most 512 px)")
+    heatmap: str | None = Field(
+        description="Grad-CAM heat map as a base64 RGBA PNG the size of `image`, to lay over it; null unless explain"
+    )
+    explain_error: str | None = Field(description="why `heatmap` is null although explain was asked for")
+    model_name: str
+    model_version: str
+    disclaimer: str
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+class ModelCard(ModelMeta):
+    """The model file's metadata plus what this server adds."""
+
+    max_upload_mb: float = Field(description="largest upload this server accepts")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "JPEG, PNG or DICOM"},
+                        "explain": {"type": "boolean", "default": False, "description": "also return a heat map"},
+                    },
+                }
+            }
+        },
+    }
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "malformed multipart body"},
+    413: {"model": ErrorResponse, "description": "upload larger than the server's limit"},
+    415: {"model": ErrorResponse, "description": "not an image, or a format the service does not read"},
+    422: {"model": ErrorResponse, "description": "no `file` field, or an image that cannot be decoded"},
+}
+
+
+class _SecurityHeaders:
+    """nosniff everywhere, a strict CSP on everything but the Swagger pages, no caching of API answers."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                headers.setdefault("Referrer-Policy", "no-referrer")
+                if not path.startswith(("/docs", "/redoc")):
+                    headers.setdefault("Content-Security-Policy", CSP)
+                if path.startswith("/api/"):
+                    headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class _CatchAll:
+    """Turns any unhandled exception into a generic JSON 500; logs frames and type, never the message."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            # Not re-raised: uvicorn would log the message, and messages can name a client's file.
+            log_exception(f"unhandled error on {scope['method']} {scope['path']}", exc)
+            if not started:
+                body = {"detail": "internal server error; the result could not be computed (see the server log)"}
+                await JSONResponse(body, status_code=500)(scope, receive, send)
+
+
+def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 with ``detail`` as one readable line (the structured list stays under ``errors``)."""
+    parts = [f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()]
+    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
+    return JSONResponse({"detail": "; ".join(parts) or "invalid request", "errors": errors}, status_code=422)
+
+
+def _b64(png: bytes | None) -> str | None:
+    return None if png is None else base64.b64encode(png).decode("ascii")
+
+
+def _response(result: Analysis, filename: str, predictor: Predictor) -> PredictResponse:
+    p, meta = result.prediction, predictor.meta
+    return PredictResponse(
+        filename=filename,
+        probability=p.probability,
+        prediction=p.prediction,
+        threshold=p.threshold,
+        in_domain=p.in_domain,
+        domain_score=p.domain_score,
+        p_normal=p.p_normal,
+        p_bacterial=p.p_bacterial,
+        p_viral=p.p_viral,
+        image=_b64(result.image_png),
+        heatmap=_b64(result.heatmap_png),
+        explain_error=result.explain_error,
+        model_name=meta.name,
+        model_version=meta.version,
+        disclaimer=DISCLAIMER,
+    )
+
+
+def create_app(model: str | Path | None = None, max_upload_mb: float = 50.0) -> FastAPI:
+    """The app with its model loaded (a bad model path raises ModelFileError here, before any server starts)."""
+    if not max_upload_mb > 0:
+        raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
+    max_bytes = int(max_upload_mb * 2**20)
+    predictor = Predictor.load(model)
+    analyser = Analyser(predictor)
+    meta = predictor.meta
+
+    app = FastAPI(
+        title="Pneumo",
+        version=__version__,
+        summary="Second-opinion pneumonia detection on pediatric chest X-rays. Assists, never replaces, a clinician.",
+    )
+    app.state.predictor = predictor
+    app.state.analyser = analyser
+    app.state.max_bytes = max_bytes
+    app.add_middleware(_CatchAll)
+    app.add_middleware(_SecurityHeaders)  # added last = outermost, so the catch-all's 500 gets the headers too
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.post(
+        "/api/v1/predict",
+        response_model=PredictResponse,
+        responses=_ERRORS,
+        openapi_extra=_UPLOAD_BODY,
+        summary="Probability of pneumonia for one chest X-ray",
+    )
+    async def predict(
+        request: Request,
+        explain: Annotated[bool, Query(description="also return a Grad-CAM heat map (slower)")] = False,
+    ) -> PredictResponse:
+        """Upload one image as the multipart field ``file``; ``explain`` may also be a form field."""
+        data, filename, fields = await read_upload(request, max_bytes)
+        explain = explain or fields.get("explain", "").strip().lower() in _TRUE
+        try:
+            # Off the event loop: /healthz and other requests keep being answered during a prediction.
+            result = await run_in_threadpool(analyser.analyse, data, filename, explain)
+        except UnsupportedImage as exc:
+            raise HTTPException(415, str(exc)) from None
+        except UnreadableImage as exc:
+            raise HTTPException(422, str(exc)) from None
+        return _response(result, filename, predictor)
+
+    card = ModelCard(**meta_json(meta), max_upload_mb=max_upload_mb)
+
+    @app.get("/api/v1/model", response_model=ModelCard, summary="The model card: metadata, threshold, metrics")
+    def model_card() -> ModelCard:
+        """Everything the model file says about itself (``pneumo.modelfile.ModelMeta``) plus the upload limit."""
+        return card
+
+    @app.get("/healthz", response_model=Health, summary="Liveness")
+    def healthz() -> Health:
+        return Health()
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    log.info("model %s %s loaded (%s, threshold %.3f)", meta.name, meta.version, meta.arch, predictor.threshold)
+    return app
+
+
+def run_server(
+    host: str = "127.0.0.1", port: int = 8000, model: str | Path | None = None, max_upload_mb: float = 50.0
+) -> None:
+    """Load the model, then serve the page and API with uvicorn until interrupted."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    app = create_app(model, max_upload_mb)
+    log.info("serving on http://%s:%d/ (API docs at /docs)", host, port)
+    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)

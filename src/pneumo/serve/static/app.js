@@ -1,0 +1,203 @@
+// Pneumo's page: upload X-rays, show each result in its own card. No framework, no build step, no other hosts.
+"use strict";
+
+// Relative URLs, so the page also works when the app is mounted under a path prefix.
+const API_PREDICT = "api/v1/predict";
+const API_MODEL = "api/v1/model";
+const PARALLEL_UPLOADS = 2; // the server shares its CPUs with everyone else: no point flooding it
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const pct = (p) => `${(p * 100).toFixed(1)}%`;
+
+let model = null;
+const queue = [];
+let running = 0;
+
+function formatMetric(value) {
+  return typeof value === "number" && Number.isFinite(value) ? pct(value) : "not recorded";
+}
+
+async function loadModelInfo() {
+  try {
+    const res = await fetch(API_MODEL);
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    model = await res.json();
+  } catch (err) {
+    $("#model-name").textContent = "unavailable";
+    return;
+  }
+  const v = model.validation || {};
+  $("#model-name").textContent = `${model.name} v${model.version}`;
+  $("#model-threshold").textContent = model.threshold.toFixed(3);
+  $("#model-sensitivity").textContent = formatMetric(v.sensitivity);
+  $("#model-specificity").textContent = formatMetric(v.specificity);
+  $("#footer-version").textContent = `Pneumo ${model.pneumo_version} · model ${model.name} v${model.version}`;
+  if (model.max_upload_mb) $("#upload-limit").textContent = `, up to ${model.max_upload_mb} MB each`;
+}
+
+function newCard(file) {
+  const card = $("#card-template").content.firstElementChild.cloneNode(true);
+  $(".file-name", card).textContent = file.name;
+  card.dataset.filename = file.name;
+  return card;
+}
+
+function showError(card, message) {
+  card.dataset.state = "error";
+  $(".status", card).textContent = "Not analysed";
+  const box = $(".card-error", card);
+  box.textContent = message;
+  box.hidden = false;
+}
+
+function showHeatmap(card, result) {
+  const overlay = $(".heatmap-img", card);
+  const toggle = $(".heatmap-toggle", card);
+  const note = $(".heatmap-note", card);
+  if (result.heatmap) {
+    overlay.src = `data:image/png;base64,${result.heatmap}`;
+    overlay.alt = `Grad-CAM heat map over ${result.filename}: warmer colours pushed the model towards pneumonia`;
+    overlay.hidden = false;
+    toggle.hidden = false;
+    $("input", toggle).addEventListener("change", (e) => {
+      overlay.hidden = !e.target.checked;
+    });
+    note.textContent = "Warm colours: regions that pushed the model towards pneumonia (not a lesion outline).";
+  } else if (result.explain_error) {
+    note.textContent = `No heat map: ${result.explain_error}`;
+  }
+}
+
+function showResult(card, r) {
+  const pneumonia = r.prediction === "PNEUMONIA";
+  card.dataset.state = "done";
+  card.dataset.prediction = r.prediction;
+  card.classList.add(pneumonia ? "is-pneumonia" : "is-normal");
+  $(".status", card).textContent = `${r.model_name} v${r.model_version}`;
+
+  const img = $(".xray-img", card);
+  img.src = `data:image/png;base64,${r.image}`;
+  img.alt = `Chest X-ray ${r.filename} as read by the model`;
+  showHeatmap(card, r);
+
+  const decision = $(".decision", card);
+  decision.textContent = r.prediction;
+  decision.classList.add(pneumonia ? "pneumonia" : "normal");
+  $(".probability", card).textContent = pct(r.probability);
+  card.dataset.probability = String(r.probability);
+
+  const bar = $(".bar", card);
+  bar.setAttribute("aria-valuenow", (r.probability * 100).toFixed(1));
+  bar.setAttribute("aria-label", `Probability of pneumonia ${pct(r.probability)}, threshold ${pct(r.threshold)}`);
+  // CSSOM writes are allowed by the page's CSP (which forbids inline style attributes in markup).
+  $(".bar-fill", card).style.width = pct(r.probability);
+  $(".bar-threshold", card).style.left = pct(r.threshold);
+  $(".threshold-text", card).textContent =
+    `Operating threshold ${pct(r.threshold)}: ${pneumonia ? "at or above" : "below"} it, hence ${r.prediction}.`;
+
+  if (r.p_normal !== null && r.p_normal !== undefined) {
+    $('[data-testid="p-normal"]', card).textContent = pct(r.p_normal);
+    $('[data-testid="p-bacterial"]', card).textContent = pct(r.p_bacterial);
+    $('[data-testid="p-viral"]', card).textContent = pct(r.p_viral);
+    $(".subtypes", card).hidden = false;
+  }
+
+  const domain = $(".domain-line", card);
+  if (r.in_domain === false) {
+    $(".ood-warning", card).hidden = false;
+    card.classList.add("is-ood");
+    card.dataset.inDomain = "false";
+    domain.textContent = "Domain check: FAILED — the image is unlike the validation X-rays.";
+  } else if (r.in_domain === true) {
+    card.dataset.inDomain = "true";
+    domain.textContent = "Domain check: passed (the image resembles the validation X-rays).";
+  } else {
+    domain.textContent = "Domain check: not available for this model.";
+  }
+  $(".card-body", card).hidden = false;
+}
+
+async function analyse(file, card) {
+  const form = new FormData();
+  form.append("file", file, file.name);
+  form.append("explain", $("#explain-toggle").checked ? "true" : "false");
+  let res;
+  try {
+    res = await fetch(API_PREDICT, { method: "POST", body: form });
+  } catch (err) {
+    showError(card, "The server could not be reached. Is `pneumo serve` still running?");
+    return;
+  }
+  let body = null;
+  try {
+    body = await res.json();
+  } catch (err) {
+    body = null;
+  }
+  if (!res.ok) {
+    const detail = body && typeof body.detail === "string" ? body.detail : `HTTP ${res.status}`;
+    showError(card, detail);
+    return;
+  }
+  showResult(card, body);
+}
+
+function pump() {
+  while (running < PARALLEL_UPLOADS && queue.length) {
+    const { file, card } = queue.shift();
+    running += 1;
+    analyse(file, card).finally(() => {
+      running -= 1;
+      pump();
+    });
+  }
+}
+
+function addFiles(files) {
+  // The newest batch goes on top, in the order the files were chosen.
+  const batch = document.createDocumentFragment();
+  for (const file of files) {
+    const card = newCard(file);
+    batch.append(card);
+    queue.push({ file, card });
+  }
+  $("#results").prepend(batch);
+  $("#empty-state").hidden = $("#results").children.length > 0;
+  pump();
+}
+
+function setUpDropZone() {
+  const zone = $("#drop-zone");
+  const input = $("#file-input");
+  input.addEventListener("change", () => {
+    addFiles(Array.from(input.files));
+    input.value = ""; // choosing the same file again must fire "change" again
+  });
+  for (const type of ["dragenter", "dragover"]) {
+    zone.addEventListener(type, (e) => {
+      e.preventDefault();
+      zone.classList.add("dragging");
+    });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    zone.addEventListener(type, () => zone.classList.remove("dragging"));
+  }
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    if (e.dataTransfer && e.dataTransfer.files.length) addFiles(Array.from(e.dataTransfer.files));
+  });
+  // A file dropped next to the zone must not make the browser navigate away from the results.
+  window.addEventListener("dragover", (e) => e.preventDefault());
+  window.addEventListener("drop", (e) => e.preventDefault());
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  setUpDropZone();
+  $("#clear-results").addEventListener("click", () => {
+    for (const card of document.querySelectorAll('#results > [data-state="done"], #results > [data-state="error"]')) {
+      card.remove();
+    }
+    $("#empty-state").hidden = $("#results").children.length > 0;
+  });
+  loadModelInfo();
+});

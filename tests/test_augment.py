@@ -1,0 +1,99 @@
+"""pneumo.augment: the batched training twins agree with the numpy inference path; each transform does its job."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pneumo.augment import AugmentConfig, augment_batch, equalize_batch, gaussian_blur, normalize_batch
+from pneumo.modelfile import Preprocessing
+from pneumo.preprocess import equalize, to_input
+
+OFF = {
+    "rotation_deg": 0.0, "shear_deg": 0.0, "zoom": 0.0, "translate": 0.0, "hflip_p": 0.0, "brightness": 0.0,
+    "contrast": 0.0, "gamma": 0.0, "blur_sharpen_p": 0.0, "resolution_loss_p": 0.0, "noise_p": 0.0,
+}  # fmt: skip
+
+
+def _images(n: int = 6, size: int = 32, seed: int = 0) -> np.ndarray:
+    """Random images of different character: uniform noise, a smooth gradient, few grey levels, a flat one."""
+    rng = np.random.default_rng(seed)
+    yy = np.linspace(0, 1, size, dtype=np.float32)[:, None] * np.ones((1, size), np.float32)
+    imgs = [rng.random((size, size), dtype=np.float32) for _ in range(n - 3)]
+    imgs.append(np.clip(0.2 + 0.5 * yy + 0.05 * rng.standard_normal((size, size)), 0, 1).astype(np.float32))
+    imgs.append(rng.choice(np.array([0.1, 0.5, 0.9], np.float32), (size, size)))
+    imgs.append(np.full((size, size), 0.37, np.float32))  # flat
+    return np.stack(imgs)
+
+
+def test_equalize_batch_matches_numpy_equalize():
+    imgs = _images()
+    got = equalize_batch(torch.from_numpy(imgs)[:, None]).numpy()[:, 0]
+    for g, img in zip(got, imgs, strict=True):
+        np.testing.assert_allclose(g, equalize(img), atol=1e-6, rtol=0)
+    assert np.all(got[-1] == 0.5)  # the flat image
+
+
+def test_normalize_batch_matches_to_input():
+    imgs = _images()
+    for cfg in (Preprocessing(image_size=32), Preprocessing(image_size=32, normalization="none", mean=0.4, std=0.3)):
+        got = normalize_batch(torch.from_numpy(imgs)[:, None], cfg).numpy()
+        np.testing.assert_allclose(got, to_input(list(imgs), cfg), atol=1e-5, rtol=0)
+
+
+def _batch(n: int = 8, size: int = 32) -> torch.Tensor:
+    return torch.from_numpy(_images(n, size, seed=1)[:, None]).clamp(0.01, 0.99)
+
+
+def test_augment_batch_shape_range_changes_and_seeded():
+    x = _batch()
+    cfg = AugmentConfig()
+    torch.manual_seed(5)
+    a = augment_batch(x, cfg)
+    assert a.shape == x.shape and a.dtype == x.dtype
+    assert a.min() >= 0 and a.max() <= 1
+    assert torch.isfinite(a).all()
+    assert (a - x).abs().amax(dim=(1, 2, 3)).min() > 1e-3  # every image changed
+    torch.manual_seed(5)
+    torch.testing.assert_close(augment_batch(x, cfg), a, rtol=0, atol=0)
+    torch.manual_seed(6)
+    assert not torch.allclose(augment_batch(x, cfg), a)
+    assert torch.equal(x, _batch())  # the input is not modified in place
+
+
+def test_augment_disabled_is_identity():
+    x = _batch()
+    assert torch.equal(augment_batch(x, AugmentConfig(enabled=False)), x)
+
+
+def test_everything_off_is_identity():
+    x = _batch()
+    torch.testing.assert_close(augment_batch(x, AugmentConfig(**OFF)), x, atol=1e-5, rtol=0)
+
+
+def test_hflip_alone_is_torch_flip():
+    x = _batch()
+    got = augment_batch(x, AugmentConfig(**{**OFF, "hflip_p": 1.0}))
+    torch.testing.assert_close(got, torch.flip(x, dims=[-1]), atol=1e-5, rtol=0)
+
+
+def test_gaussian_blur_sigma_zero_and_per_image_sigma():
+    x = _batch(4)
+    torch.testing.assert_close(gaussian_blur(x, torch.zeros(4)), x, atol=1e-5, rtol=0)
+    sigma = torch.tensor([0.0, 0.5, 1.0, 2.0])
+    y = gaussian_blur(x[:1].expand(4, -1, -1, -1).contiguous(), sigma)
+    torch.testing.assert_close(y[0], x[0], atol=1e-5, rtol=0)  # each image gets its own sigma
+    var = y.var(dim=(1, 2, 3))
+    assert torch.all(var[1:] < var[:-1])  # more blur, less variance
+    torch.testing.assert_close(y.mean(dim=(1, 2, 3)), x[0].mean().expand(4), atol=2e-3, rtol=0)  # mass kept
+
+
+@pytest.mark.parametrize("field", ["brightness", "contrast", "gamma", "noise_p", "rotation_deg", "blur_sharpen_p"])
+def test_each_transform_alone_changes_images(field):
+    value = {"noise_p": 1.0, "blur_sharpen_p": 1.0, "rotation_deg": 20.0}.get(field, 0.3)
+    x = _batch()
+    torch.manual_seed(0)
+    y = augment_batch(x[:5], AugmentConfig(**{**OFF, field: value}))  # the first 5 are not flat
+    assert (y - x[:5]).abs().amax() > 1e-3
+    assert y.min() >= 0 and y.max() <= 1

