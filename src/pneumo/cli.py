@@ -36,7 +36,13 @@ def _fail(exc: BaseException) -> None:
     """One line a person can act on, then a non-zero exit; the traceback only with --debug."""
     if _state["debug"]:
         raise exc
-    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        e = exc.errors()[0]
+        msg = f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
+    else:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
     raise typer.Exit(2 if isinstance(exc, UsageError) else 1)
 
@@ -105,8 +111,10 @@ def data_split(
 def train(
     data_dir: Annotated[Path, typer.Argument(help="Dataset root (the train split is used; val is carved by patient)")],
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory")],
-    arch: Annotated[str, typer.Option(help="Architecture (see `pneumo models`)")] = "efficientnet_lite0",
-    task: Annotated[str, typer.Option(help="binary or subtype")] = "binary",
+    arch: Annotated[
+        str | None, typer.Option(help="Architecture (see `pneumo models`) [default: efficientnet_lite0]")
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="binary or subtype [default: binary]")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs")] = None,
     image_size: Annotated[int | None, typer.Option(help="Input size in pixels")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size")] = None,
@@ -120,9 +128,9 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Random seed")] = None,
     target_sensitivity: Annotated[float | None, typer.Option(help="Operating-point sensitivity")] = None,
     max_train_images: Annotated[int | None, typer.Option(help="Subsample the training images")] = None,
-    devices: Annotated[int, typer.Option(help="Processes per node (data parallel)")] = 1,
-    num_nodes: Annotated[int, typer.Option(help="Nodes")] = 1,
-    strategy: Annotated[str, typer.Option(help="Lightning strategy, e.g. ddp")] = "auto",
+    devices: Annotated[int | None, typer.Option(help="Processes per node (data parallel) [default: 1]")] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="Nodes [default: 1]")] = None,
+    strategy: Annotated[str | None, typer.Option(help="Lightning strategy, e.g. ddp [default: auto]")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch threads per process")] = None,
     config: Annotated[Path | None, typer.Option(help="A config.yaml to start from (flags override it)")] = None,
     resume: Annotated[bool, typer.Option(help="Resume from the run's last checkpoint")] = False,
@@ -144,7 +152,8 @@ def train(
     if "pretrained" not in merged or merged["pretrained"] is None:
         from pneumo.models import ARCHS
 
-        merged["pretrained"] = arch in ARCHS and ARCHS[arch].pretrained_available
+        name = merged.get("arch", "efficientnet_lite0")
+        merged["pretrained"] = name in ARCHS and ARCHS[name].pretrained_available
     if not augment:
         merged.setdefault("augment", {})
         merged["augment"] = {**dict(merged["augment"]), "enabled": False}
@@ -346,21 +355,21 @@ def serve(
 def main(argv: list[str] | None = None) -> int:
     """Entry point; ``main([...])`` runs in-process (tests) and returns the exit code."""
     try:
-        app(args=argv, prog_name="pneumo", standalone_mode=False)
+        # Outside standalone mode click returns the code of a typer.Exit instead of raising it.
+        rv = app(args=argv, prog_name="pneumo", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
     except typer.Exit as exc:
         return exc.exit_code
     except SystemExit as exc:  # click's own usage errors
         return int(exc.code or 0)
-    except Exception as exc:  # click.UsageError and friends
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        # click's usage errors (typer vendors click, so match by shape rather than by class)
+        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+        if type(exc).__name__ == "Abort":
             return 1
         raise
-    return 0
 
 
 if __name__ == "__main__":

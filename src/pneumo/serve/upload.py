@@ -46,6 +46,10 @@ class _InMemoryMultiPartParser(MultiPartParser):
         self.spool_max_size = spool_max_size
 
 
+def _missing_file() -> HTTPException:
+    return HTTPException(422, "no file in the upload: send the image as multipart/form-data in the field 'file'")
+
+
 def too_large(max_bytes: int) -> HTTPException:
     """The 413 for an upload over the limit."""
     return HTTPException(413, f"the upload is larger than the limit of {max_bytes / 2**20:g} MB")
@@ -55,10 +59,13 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str, dic
     """The bytes and client-side name of the multipart field ``file``, and the form's text fields.
 
     Raises HTTPException: 413 over ``max_bytes`` (from Content-Length before reading, and by counting while
-    reading, since the header can lie or be absent), 415 for a body that is not multipart, 400 for a malformed
-    one and 422 when the ``file`` field is missing.
+    reading, since the header can lie or be absent), 415 for a body that is neither multipart nor a form, 400 for
+    a malformed multipart body and 422 when the ``file`` field is missing.
     """
-    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+    content_type = request.headers.get("content-type", "").lower()
+    if not content_type.startswith("multipart/form-data"):
+        if content_type.startswith("application/x-www-form-urlencoded") or not content_type:
+            raise _missing_file()  # a form (or nothing) without the file: the same answer as a multipart one
         raise HTTPException(415, f"send the image as multipart/form-data in the field 'file'; {ACCEPTED}")
     body_limit = max_bytes + MULTIPART_OVERHEAD
     declared = request.headers.get("content-length", "")
@@ -81,7 +88,7 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str, dic
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
-            raise HTTPException(422, "no file in the upload: send the image in the multipart field 'file'")
+            raise _missing_file()
         data = await upload.read()
         fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
     finally:

@@ -1,0 +1,135 @@
+"""pneumo.inference: calibrated probabilities straight from the ONNX graph, order, batching, TTA, and no torch."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from pneumo.imaging import load_image
+from pneumo.inference import Predictor
+from pneumo.modelfile import ModelFileError, load_model_file
+from pneumo.preprocess import to_input
+from pneumo.probability import calibrated_probability, subtype_probabilities
+
+
+def _xray(seed: int, size: int = 96) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = 0.25 + 0.4 * yy + 0.25 * np.exp(-((xx - rng.uniform(0.2, 0.8)) ** 2 + (yy - 0.5) ** 2) / 0.03)
+    return (np.clip(img + 0.05 * rng.standard_normal((size, size)), 0, 1) * 255).astype(np.uint8)
+
+
+def _png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(_xray(seed)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model):
+    return Predictor.load(tiny_model)
+
+
+def _reference(model_path, sources: list[bytes]) -> np.ndarray:
+    """Logits computed by hand: the same loader and preprocessing, our own ONNX Runtime session."""
+    mf = load_model_file(model_path)
+    size = mf.meta.preprocessing.image_size
+    x = to_input([load_image(s, size) for s in sources], mf.meta.preprocessing)
+    sess = ort.InferenceSession(mf.onnx, providers=["CPUExecutionProvider"])
+    return sess.run(["logits"], {"image": x})[0]
+
+
+def test_probability_is_the_calibrated_probability(tiny_model, predictor):
+    sources = [_png(s) for s in range(5)]
+    logits = _reference(tiny_model, sources)
+    m = predictor.meta
+    assert m.temperature != 1.0  # otherwise a predictor ignoring the temperature would pass
+    expected = calibrated_probability(logits, m.temperature, m.calibration_bias)
+    preds = list(predictor.predict_sources([(f"f{i}", s) for i, s in enumerate(sources)]))
+    assert [p.path for p in preds] == [f"f{i}" for i in range(5)]
+    np.testing.assert_allclose([p.probability for p in preds], expected, atol=1e-6)
+    for p in preds:
+        assert p.prediction == ("PNEUMONIA" if p.probability >= m.threshold else "NORMAL")
+        assert p.threshold == m.threshold and p.error is None
+        assert isinstance(p.in_domain, bool) and 0 <= p.domain_score <= 1
+        assert p.p_normal is None  # binary model: no subtype columns
+
+
+def test_subtype_probabilities(tiny_subtype_model):
+    pred = Predictor.load(tiny_subtype_model)
+    sources = [_png(s) for s in range(4)]
+    logits = _reference(tiny_subtype_model, sources)
+    m = pred.meta
+    expected = subtype_probabilities(logits, m.temperature, m.calibration_bias)
+    got = list(pred.predict_sources([(str(i), s) for i, s in enumerate(sources)]))
+    np.testing.assert_allclose([[p.p_normal, p.p_bacterial, p.p_viral] for p in got], expected, atol=1e-6)
+    for p in got:
+        assert p.p_normal + p.p_bacterial + p.p_viral == pytest.approx(1.0)
+        assert p.p_normal == pytest.approx(1 - p.probability)
+
+
+def test_batch_size_does_not_change_results(predictor):
+    sources = [(f"f{i:02d}", _png(i)) for i in range(20)]
+    sources.insert(7, ("bad", b"not an image"))
+    runs = {bs: list(predictor.predict_sources(sources, batch_size=bs, workers=w)) for bs, w in ((1, 1), (16, 2))}
+    a, b = runs[1], runs[16]
+    assert [p.path for p in a] == [p.path for p in b] == [n for n, _ in sources]
+    for pa, pb in zip(a, b, strict=True):
+        assert (pa.error is None) == (pb.error is None)
+        if pa.error is None:
+            assert pa.probability == pytest.approx(pb.probability, abs=1e-6)
+            assert pa.domain_score == pytest.approx(pb.domain_score, abs=1e-6)
+    assert a[7].error and a[7].probability is None and a[7].prediction is None
+
+
+def test_tta_averages_logits_with_the_mirror(tiny_model, predictor):
+    src = _png(3)
+    img = load_image(src, predictor.size)
+    logits = _reference(tiny_model, [src])
+    mirrored = _reference(tiny_model, [_png_of(img[:, ::-1])])
+    m = predictor.meta
+    expected = calibrated_probability((logits + mirrored) / 2, m.temperature, m.calibration_bias)[0]
+    assert predictor.predict_one(src, "x", tta=True).probability == pytest.approx(expected, abs=1e-5)
+    assert predictor.predict_one(src, "x").probability != pytest.approx(expected, abs=1e-7)
+
+
+def _png_of(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray((img * 255).round().astype(np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_threshold_override(tiny_model):
+    assert Predictor.load(tiny_model, threshold=0.0).predict_one(_png(0), "x").prediction == "PNEUMONIA"
+    assert Predictor.load(tiny_model, threshold=1.0).predict_one(_png(0), "x").prediction == "NORMAL"
+
+
+def test_empty_and_bad_model(predictor, tmp_path):
+    assert predictor.predict_arrays([], []) == []
+    with pytest.raises(ModelFileError):
+        Predictor.load(tmp_path)
+
+
+@pytest.mark.parametrize("module", ["pneumo.inference", "pneumo.cli", "pneumo.predict_io", "pneumo.modelfile"])
+def test_inference_path_does_not_import_torch(module):
+    code = f"import sys, {module}; print(sorted(m for m in ('torch', 'lightning', 'timm') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_predict_run_does_not_import_torch(tiny_model, tmp_path):
+    img = tmp_path / "a.png"
+    img.write_bytes(_png(0))
+    code = (
+        "import sys; from pneumo.cli import main; "
+        f"rc = main(['predict', {str(img)!r}, '--model', {str(tiny_model)!r}, '-o', {str(tmp_path / 'o.csv')!r}]); "
+        "print(rc, sorted(m for m in ('torch', 'lightning', 'timm') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "0 []"

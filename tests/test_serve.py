@@ -1,0 +1,381 @@
+"""The REST API and page of ``pneumo serve``, in-process through FastAPI's TestClient, on real (tiny) model files."""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import re
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("multipart")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from pneumo.inference import Predictor  # noqa: E402
+from pneumo.modelfile import ModelFileError  # noqa: E402
+from pneumo.serve.app import STATIC, create_app  # noqa: E402
+
+PREDICT = "/api/v1/predict"
+
+
+def png_bytes(h: int = 200, w: int = 300, seed: int = 0, noise: float = 0.1) -> bytes:
+    """A smooth grey gradient with noise: an image the loader reads, at a known size."""
+    rng = np.random.default_rng(seed)
+    yy = np.linspace(0.2, 0.8, h)[:, None] * np.ones((1, w))
+    img = np.clip(yy + noise * rng.standard_normal((h, w)), 0, 1)
+    buf = io.BytesIO()
+    Image.fromarray((img * 255).astype(np.uint8), mode="L").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def jpeg_bytes(h: int = 400, w: int = 300) -> bytes:
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png_bytes(h, w))).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def decode_b64_png(text: str) -> Image.Image:
+    data = base64.b64decode(text, validate=True)
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im
+
+
+def post(client: TestClient, payload: bytes, name: str = "xray.png", **kwargs):
+    return client.post(PREDICT, files={"file": (name, payload, "application/octet-stream")}, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_model) -> TestClient:
+    return TestClient(create_app(tiny_model))
+
+
+@pytest.fixture(scope="module")
+def small_limit_client(tiny_model) -> TestClient:
+    return TestClient(create_app(tiny_model, max_upload_mb=0.05))
+
+
+def assert_error(resp, status: int, *words: str) -> str:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    detail = resp.json()["detail"]
+    assert isinstance(detail, str) and detail
+    for w in words:
+        assert w.lower() in detail.lower(), detail
+    return detail
+
+
+# --- the simple endpoints ---
+
+
+def test_healthz(client):
+    resp = client.get("/healthz")
+    assert resp.status_code == 200
+    assert resp.json() == {"status": "ok"}
+
+
+def test_model_card_is_the_model_files_metadata(client, tiny_model):
+    card = client.get("/api/v1/model").json()
+    meta = Predictor.load(tiny_model).meta
+    assert card["name"] == meta.name == "tiny-binary"
+    assert card["threshold"] == pytest.approx(meta.threshold)
+    assert card["temperature"] == pytest.approx(meta.temperature)
+    assert card["validation"] == meta.validation
+    assert card["domain_guard"]["cutoff"] == pytest.approx(meta.domain_guard.cutoff)
+    assert card["max_upload_mb"] == 50.0
+
+
+def test_bad_model_path_fails_before_serving(tmp_path):
+    with pytest.raises(ModelFileError, match="no such model file"):
+        create_app(tmp_path / "missing.pneumo")
+
+
+def test_openapi_documents_the_upload_and_the_response(client):
+    spec = client.get("/openapi.json").json()
+    op = spec["paths"]["/api/v1/predict"]["post"]
+    assert "file" in op["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert {"413", "415", "422"} <= set(op["responses"])
+    fields = spec["components"]["schemas"]["PredictResponse"]["properties"]
+    assert {"probability", "prediction", "threshold", "in_domain", "heatmap", "image", "disclaimer"} <= set(fields)
+
+
+# --- the page ---
+
+
+def test_page_is_served_with_its_assets_and_no_other_hosts(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assets = re.findall(r'(?:src|href)="(static/[^"]+)"', page.text)
+    assert {"static/app.js", "static/style.css"} <= set(assets)
+    texts = {"/": page.text}
+    for a in assets:
+        resp = client.get("/" + a)
+        assert resp.status_code == 200, a
+        texts[a] = resp.text
+    for where, text in texts.items():  # offline: nothing may be fetched from another host
+        assert not re.findall(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, flags=re.I), where
+    for testid in ("file-input", "drop-zone", "results", "disclaimer", "model-info", "result-card", "ood-warning"):
+        assert f'data-testid="{testid}"' in page.text
+    assert "does not replace a clinician" in page.text
+
+
+def test_every_static_file_is_reachable():
+    names = {p.name for p in STATIC.iterdir()}
+    assert {"index.html", "app.js", "style.css"} <= names
+
+
+# --- predictions ---
+
+
+def test_predict_png_matches_the_cli_path(client, tiny_model):
+    data = png_bytes(200, 300)
+    resp = post(client, data, "child.png")
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    expected = Predictor.load(tiny_model).predict_one(data, "child.png")
+    assert body["filename"] == "child.png"
+    assert body["probability"] == pytest.approx(expected.probability, abs=1e-6)
+    assert body["prediction"] == expected.prediction
+    assert body["prediction"] == ("PNEUMONIA" if body["probability"] >= body["threshold"] else "NORMAL")
+    assert body["in_domain"] == expected.in_domain
+    assert body["domain_score"] == pytest.approx(expected.domain_score)
+    assert body["p_normal"] is body["p_bacterial"] is body["p_viral"] is None
+    assert body["heatmap"] is None and body["explain_error"] is None
+    assert body["model_name"] == "tiny-binary" and body["model_version"]
+    assert "clinician" in body["disclaimer"]
+    assert decode_b64_png(body["image"]).size == (300, 200)  # the X-ray at its own size (under 512 px)
+    assert resp.headers["cache-control"] == "no-store"
+
+
+def test_large_images_come_back_at_display_size(client):
+    im = decode_b64_png(post(client, jpeg_bytes(1024, 800), "big.jpeg").json()["image"])
+    assert im.size == (400, 512) and im.mode == "L"
+
+
+@pytest.mark.parametrize("how", ["form", "query"])
+def test_explain_returns_a_heatmap_png_the_size_of_the_image(client, how):
+    pytest.importorskip("pytorch_grad_cam")
+    kwargs = {"data": {"explain": "true"}} if how == "form" else {"params": {"explain": "true"}}
+    body = post(client, png_bytes(160, 240), **kwargs).json()
+    assert body["explain_error"] is None
+    heat = decode_b64_png(body["heatmap"])
+    assert heat.mode == "RGBA" and heat.size == decode_b64_png(body["image"]).size == (240, 160)
+    alpha = np.asarray(heat)[..., 3]
+    assert alpha.min() < alpha.max()  # some of the map shows, some stays transparent
+
+
+def test_explain_without_torch_gives_a_note_not_a_failure(tiny_model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pneumo.explain", None)  # any import of it now raises ImportError
+    body = post(TestClient(create_app(tiny_model)), png_bytes(), data={"explain": "true"}).json()
+    assert body["heatmap"] is None
+    assert "explain" in body["explain_error"]
+    assert body["probability"] is not None
+
+
+def test_subtype_model_returns_subtype_probabilities(tiny_subtype_model):
+    body = post(TestClient(create_app(tiny_subtype_model)), png_bytes()).json()
+    p = [body["p_normal"], body["p_bacterial"], body["p_viral"]]
+    assert all(v is not None and 0 <= v <= 1 for v in p)
+    assert sum(p) == pytest.approx(1.0)
+    assert body["p_normal"] == pytest.approx(1 - body["probability"])
+
+
+def test_real_jpeg(client, fullres_dir):
+    path = sorted(fullres_dir.rglob("*.jpeg"))[0]
+    body = post(client, path.read_bytes(), path.name).json()
+    assert 0 <= body["probability"] <= 1
+    assert max(decode_b64_png(body["image"]).size) == 512
+
+
+@pytest.mark.parametrize("name", ["Issue44_Monochrome1-Jpeg.dcm", "vlut_04.dcm"])
+def test_real_dicom_comes_back_as_a_png(client, dicom_dir, name):
+    resp = post(client, (dicom_dir / name).read_bytes(), name)
+    assert resp.status_code == 200, resp.text
+    assert decode_b64_png(resp.json()["image"]).mode == "L"
+
+
+# --- bad input: the right code and a readable detail, never a 500 ---
+
+
+def test_upload_over_the_limit_is_413(small_limit_client):
+    assert_error(post(small_limit_client, png_bytes(300, 300, noise=0.5)), 413, "limit")
+
+
+def test_413_does_not_trust_a_missing_content_length(small_limit_client):
+    """A chunked body has no Content-Length: the server must count the bytes it reads."""
+    boundary = "pneumoboundary"
+    payload = png_bytes(300, 300, noise=0.5)
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'.encode()
+    body = head + payload + f"\r\n--{boundary}--\r\n".encode()
+
+    def chunks():
+        for i in range(0, len(body), 8192):
+            yield body[i : i + 8192]
+
+    resp = small_limit_client.post(
+        PREDICT, content=chunks(), headers={"content-type": f"multipart/form-data; boundary={boundary}"}
+    )
+    assert "content-length" not in resp.request.headers
+    assert_error(resp, 413, "limit")
+
+
+def test_under_the_limit_is_accepted_by_the_small_limit_server(small_limit_client):
+    assert post(small_limit_client, png_bytes(64, 64, noise=0.0)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("data", "word"),
+    [
+        (b"patient notes: cough, fever\n" * 20, "text"),
+        (b"GIF89a" + bytes(range(256)) * 4, "GIF"),
+        (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n" + bytes(200), "PDF"),
+        (bytes(range(256)) * 4, "not a recognised"),
+        (b"", "empty"),
+    ],
+    ids=["text", "gif", "pdf", "binary", "empty"],
+)
+def test_not_an_image_is_415(client, data, word):
+    assert_error(post(client, data, "scan.jpeg"), 415, word)
+
+
+def test_a_real_gif_is_refused_although_pillow_could_read_it(client):
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png_bytes())).save(buf, "GIF")
+    assert_error(post(client, buf.getvalue(), "xray.gif"), 415, "GIF")
+
+
+def test_a_body_that_is_not_multipart_is_415(client):
+    resp = client.post(PREDICT, content=png_bytes(), headers={"content-type": "image/png"})
+    assert_error(resp, 415, "multipart")
+
+
+def test_truncated_jpeg_is_422(client):
+    data = jpeg_bytes(400, 300)
+    assert_error(post(client, data[: len(data) // 2], "cut.jpeg"), 422, "truncated")
+
+
+def _dicom_without_pixels(path: Path) -> bytes:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from pydicom import Dataset
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.PatientName = "Doe^Jane"
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = 64, 64
+    ds.save_as(path, enforce_file_format=True)
+    return path.read_bytes()
+
+
+def test_dicom_without_pixel_data_is_422(client, tmp_path):
+    data = _dicom_without_pixels(tmp_path / "nopixels.dcm")
+    assert data[128:132] == b"DICM"
+    resp = post(client, data, "nopixels.dcm")
+    assert_error(resp, 422, "no pixel data")
+    assert "Doe" not in resp.text  # no patient tag ever leaves the server
+
+
+def test_real_dicom_without_pixel_data_is_422(client, dicom_dir):
+    assert_error(post(client, (dicom_dir / "Issue56-NoPixelData.dcm").read_bytes(), "x.dcm"), 422, "pixel data")
+
+
+def test_decompression_bomb_is_422(client):
+    buf = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(buf, "PNG")  # 81 MP of zeros compresses to ~80 kB
+    assert_error(post(client, buf.getvalue(), "bomb.png"), 422, "limit")
+
+
+def test_missing_file_field_is_422(client):
+    assert_error(client.post(PREDICT, data={"explain": "true"}), 422, "file")
+    wrong_field = client.post(PREDICT, files={"image": ("x.png", png_bytes())}, data={"explain": "true"})
+    assert_error(wrong_field, 422, "file")
+    assert_error(client.post(PREDICT), 422, "file")
+
+
+def test_invalid_query_value_is_422_with_a_readable_detail(client):
+    assert_error(post(client, png_bytes(), params={"explain": "perhaps"}), 422, "explain")
+
+
+def test_unexpected_errors_are_a_generic_500_that_leaks_nothing(tiny_model, monkeypatch, caplog):
+    app = create_app(tiny_model)
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("cannot open /data/patients/Doe_Jane.dcm")
+
+    monkeypatch.setattr(app.state.analyser, "analyse", explode)
+    with caplog.at_level(logging.ERROR, logger="pneumo.serve"):
+        resp = post(TestClient(app), png_bytes(), "Doe_Jane.png")
+    detail = assert_error(resp, 500, "internal")
+    assert "Doe" not in detail and "/data" not in resp.text
+    assert "RuntimeError" in caplog.text and "Doe" not in caplog.text
+    assert resp.headers["x-content-type-options"] == "nosniff"
+
+
+# --- privacy and concurrency ---
+
+
+def test_uploads_never_touch_the_disk(client, monkeypatch):
+    """A 2 MB upload (over Starlette's 1 MB default spool) must stay in memory: any temp file is an error."""
+
+    def no_disk(*args, **kwargs):
+        raise AssertionError("an upload was about to be written to disk")
+
+    monkeypatch.setattr(tempfile.SpooledTemporaryFile, "rollover", no_disk)
+    for name in ("mkstemp", "TemporaryFile", "NamedTemporaryFile"):
+        monkeypatch.setattr(tempfile, name, no_disk)
+    data = png_bytes(1500, 1500, noise=0.6)
+    assert len(data) > 1.5 * 2**20
+    resp = post(client, data, "large.png")
+    assert resp.status_code == 200, resp.text
+
+
+def test_healthz_answers_while_a_prediction_runs(tiny_model):
+    import anyio
+    import httpx
+
+    app = create_app(tiny_model)
+    started, release = threading.Event(), threading.Event()
+    analyse = app.state.analyser.analyse
+
+    def slow_analyse(*args, **kwargs):
+        started.set()
+        release.wait(10)
+        return analyse(*args, **kwargs)
+
+    app.state.analyser.analyse = slow_analyse
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http, anyio.create_task_group() as tg:
+            results = {}
+
+            async def predict():
+                results["predict"] = await http.post(PREDICT, files={"file": ("x.png", png_bytes())})
+
+            tg.start_soon(predict)
+            await anyio.to_thread.run_sync(started.wait, 10)
+            health = await http.get("/healthz")  # would hang if the prediction blocked the event loop
+            results["health_while_busy"] = health.status_code == 200 and "predict" not in results
+            release.set()
+        return results
+
+    results = anyio.run(main)
+    assert results["health_while_busy"]
+    assert results["predict"].status_code == 200
