@@ -70,7 +70,7 @@ def test_run_directory_resolves(tmp_path):
 
 
 def test_directory_without_model_file(tmp_path):
-    with pytest.raises(ModelFileError, match="no model.pneumo"):
+    with pytest.raises(ModelFileError, match=r"no model\.pneumo"):
         load_model_file(tmp_path)
 
 
@@ -81,7 +81,7 @@ def test_missing_file(tmp_path):
 
 def test_zip_without_meta(tmp_path):
     path = _zip(tmp_path / "m.pneumo", {ONNX: b"x"})
-    with pytest.raises(ModelFileError, match="no meta.json"):
+    with pytest.raises(ModelFileError, match=r"no meta\.json"):
         load_model_file(path)
 
 

@@ -13,15 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
-pytest.importorskip("fastapi")
-pytest.importorskip("multipart")
-from fastapi.testclient import TestClient  # noqa: E402
-
-from pneumo.inference import Predictor  # noqa: E402
-from pneumo.modelfile import ModelFileError  # noqa: E402
-from pneumo.serve.app import STATIC, create_app  # noqa: E402
+from pneumo.inference import Predictor
+from pneumo.modelfile import ModelFileError
+from pneumo.serve.app import STATIC, create_app
 
 PREDICT = "/api/v1/predict"
 
@@ -266,10 +263,9 @@ def test_truncated_jpeg_is_422(client):
 
 
 def _dicom_without_pixels(path: Path) -> bytes:
+    from pydicom import Dataset
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    from pydicom import Dataset
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
@@ -363,7 +359,10 @@ def test_healthz_answers_while_a_prediction_runs(tiny_model):
 
     async def main():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http, anyio.create_task_group() as tg:
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http,
+            anyio.create_task_group() as tg,
+        ):
             results = {}
 
             async def predict():

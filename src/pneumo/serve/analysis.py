@@ -11,6 +11,7 @@ import logging
 import threading
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -24,7 +25,7 @@ log = logging.getLogger("pneumo.serve")
 
 # Large enough to read on a tablet, small enough that a response stays a few hundred kB.
 DISPLAY_MAX = 512
-_HEATMAP_FLOOR = 0.15  # below this the map is left transparent so the X-ray stays readable
+_HEATMAP_FLOOR = 0.2  # below this the map is left transparent so the X-ray stays readable
 
 
 class UnsupportedImage(Exception):
@@ -55,7 +56,7 @@ def heatmap_rgba_png(cam: np.ndarray) -> bytes:
     from matplotlib import colormaps
 
     rgba = colormaps["jet"](np.clip(cam, 0, 1))
-    rgba[..., 3] = 0.65 * np.clip((cam - _HEATMAP_FLOOR) / (1 - _HEATMAP_FLOOR), 0, 1) ** 0.7
+    rgba[..., 3] = 0.5 * np.clip((cam - _HEATMAP_FLOOR) / (1 - _HEATMAP_FLOOR), 0, 1) ** 0.7
     buf = io.BytesIO()
     Image.fromarray(np.round(rgba * 255).astype(np.uint8), mode="RGBA").save(buf, "PNG", compress_level=3)
     return buf.getvalue()
@@ -130,6 +131,9 @@ class Analyser:
 
 
 def log_exception(what: str, exc: BaseException) -> None:
-    """The traceback's frames and the exception type only: messages can carry a client's file name."""
-    frames = "".join(traceback.format_tb(exc.__traceback__))
-    log.error("%s: %s\n%s", what, type(exc).__name__, frames.rstrip())
+    """Where it failed (module, line, function per frame) and the exception type: no message and no source text,
+    since either can carry a client's file name."""
+    frames = "\n".join(
+        f"  {Path(f.filename).name}:{f.lineno} in {f.name}" for f in traceback.extract_tb(exc.__traceback__)
+    )
+    log.error("%s: %s\n%s", what, type(exc).__name__, frames)

@@ -28,7 +28,7 @@ async function loadModelInfo() {
   }
   const v = model.validation || {};
   $("#model-name").textContent = `${model.name} v${model.version}`;
-  $("#model-threshold").textContent = model.threshold.toFixed(3);
+  $("#model-threshold").textContent = pct(model.threshold);
   $("#model-sensitivity").textContent = formatMetric(v.sensitivity);
   $("#model-specificity").textContent = formatMetric(v.specificity);
   $("#footer-version").textContent = `Pneumo ${model.pneumo_version} · model ${model.name} v${model.version}`;
@@ -105,6 +105,7 @@ function showResult(card, r) {
   const domain = $(".domain-line", card);
   if (r.in_domain === false) {
     $(".ood-warning", card).hidden = false;
+    $(".unreliable-tag", card).hidden = false;
     card.classList.add("is-ood");
     card.dataset.inDomain = "false";
     domain.textContent = "Domain check: FAILED — the image is unlike the validation X-rays.";

@@ -1,0 +1,208 @@
+"""The page in a real headless Chromium against a real uvicorn server on 127.0.0.1.
+
+Needs Debian's chromium at /usr/bin/chromium (``apt-get install chromium``) and Playwright for Python.
+``PNEUMO_SCREENSHOT=1`` also writes docs/screenshot.png from real full-size X-rays with heat maps
+(``PNEUMO_SCREENSHOT_MODEL`` picks the model; default: the bundled one, else the tiny test model).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[1]
+CARD = '[data-testid="result-card"]'
+TIMEOUT_MS = 30_000
+
+
+def _png(path: Path, h: int = 320, w: int = 280) -> Path:
+    yy = np.linspace(0.15, 0.85, h)[:, None] * np.ones((1, w))
+    img = np.clip(yy + 0.1 * np.random.default_rng(1).standard_normal((h, w)), 0, 1)
+    Image.fromarray((img * 255).astype(np.uint8), mode="L").save(path)
+    return path
+
+
+class _Server:
+    """uvicorn in a background thread on a free loopback port; the socket is bound first, so no port race."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> _Server:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium to run the browser tests")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+            headless=True,
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model):
+    from pneumo.serve.app import create_app
+
+    with _Server(create_app(tiny_model)) as srv:
+        yield srv
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    # Loopback only: a request to any other host would mean the page is not offline-safe.
+    outside = []
+    page.on("request", lambda r: None if r.url.startswith(("http://127.0.0.1", "data:")) else outside.append(r.url))
+    page.goto(server.url)
+    yield page
+    context.close()
+    assert not outside, f"the page tried to reach other hosts: {outside}"
+
+
+def _api(server, path: Path, explain: bool = False) -> dict:
+    with path.open("rb") as f:
+        resp = httpx.post(
+            server.url + "api/v1/predict", files={"file": (path.name, f)}, data={"explain": str(explain).lower()}
+        )
+    return {"status": resp.status_code, **resp.json()}
+
+
+def _done_card(page, name: str):
+    card = page.locator(f'{CARD}[data-filename="{name}"]')
+    card.and_(page.locator('[data-state="done"], [data-state="error"]')).wait_for(timeout=TIMEOUT_MS)
+    return card
+
+
+def _xrays(tmp_path: Path, fullres: Path | None) -> list[Path]:
+    files = [_png(tmp_path / "generated.png")]
+    if fullres is not None:
+        files.append(sorted(fullres.rglob("*.jpeg"))[0])
+    return files
+
+
+@pytest.fixture
+def fullres_or_none() -> Path | None:
+    from conftest import SHARED_DATA
+
+    path = SHARED_DATA / "chest_xray_fullres" / "val"
+    return path if path.is_dir() else None
+
+
+def test_page_shows_the_model_card_and_the_disclaimer(page):
+    page.locator("#model-name").filter(has_text="tiny-binary").wait_for(timeout=TIMEOUT_MS)
+    assert page.locator("#model-threshold").inner_text() == "50.0%"
+    assert page.locator("#model-sensitivity").inner_text() == "not recorded"  # the tiny model has none
+    assert "does not replace a clinician" in page.get_by_test_id("disclaimer").inner_text()
+
+
+def test_result_cards_match_the_api(page, server, tmp_path, fullres_or_none):
+    files = _xrays(tmp_path, fullres_or_none)
+    page.get_by_test_id("file-input").set_input_files([str(f) for f in files])
+    assert page.locator(CARD).count() == len(files)
+    for f in files:
+        card = _done_card(page, f.name)
+        api = _api(server, f, explain=True)
+        assert api["status"] == 200
+        assert card.get_attribute("data-state") == "done"
+        decision = card.get_by_test_id("decision")
+        assert decision.inner_text() == api["prediction"]
+        assert api["prediction"].lower() in decision.get_attribute("class").split()  # red or green
+        assert card.get_by_test_id("probability").inner_text() == f"{api['probability'] * 100:.1f}%"
+        assert card.get_by_test_id("xray").evaluate("img => img.naturalWidth") > 0
+        assert card.get_by_test_id("ood-warning").is_visible() == (api["in_domain"] is False)
+        # The heat map lies over the X-ray and its toggle hides it.
+        heatmap = card.get_by_test_id("heatmap")
+        assert heatmap.is_visible()
+        card.get_by_test_id("heatmap-toggle").uncheck()
+        assert not heatmap.is_visible()
+
+
+def test_a_bad_file_shows_the_api_error_in_its_own_card(page, server, tmp_path):
+    bad = tmp_path / "notes.jpeg"
+    bad.write_text("not an x-ray, just text\n" * 10)
+    good = _png(tmp_path / "fine.png")
+    page.get_by_test_id("file-input").set_input_files([str(bad), str(good)])
+    card = _done_card(page, bad.name)
+    assert card.get_attribute("data-state") == "error"
+    api = _api(server, bad)
+    assert api["status"] == 415
+    assert card.get_by_test_id("error").inner_text() == api["detail"]
+    assert _done_card(page, good.name).get_attribute("data-state") == "done"  # one bad file spoils nothing else
+
+
+def test_the_file_picker_is_keyboard_reachable(page):
+    page.locator("body").focus()
+    for _ in range(10):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement && document.activeElement.id") == "file-input":
+            break
+    assert page.evaluate("document.activeElement.id") == "file-input"
+
+
+@pytest.mark.skipif(os.environ.get("PNEUMO_SCREENSHOT") != "1", reason="set PNEUMO_SCREENSHOT=1 to write it")
+def test_write_screenshot(browser, tiny_model, fullres_or_none, tmp_path):
+    from pneumo.modelfile import ModelFileError, bundled_model_path
+    from pneumo.serve.app import create_app
+
+    if fullres_or_none is None:
+        pytest.skip("the screenshot needs the real full-size X-rays")
+    model = os.environ.get("PNEUMO_SCREENSHOT_MODEL")
+    if model is None:
+        try:
+            model = bundled_model_path()
+        except ModelFileError:
+            model = tiny_model
+    files = [sorted((fullres_or_none / c).glob("*.jpeg"))[0] for c in ("PNEUMONIA", "NORMAL")]
+    files.append(_png(tmp_path / "not-a-chest-xray.png"))  # shows the out-of-domain warning
+    with _Server(create_app(model)) as srv:
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+        page = context.new_page()
+        page.goto(srv.url)
+        page.locator("#model-name").filter(has_not_text="loading").wait_for(timeout=TIMEOUT_MS)
+        page.get_by_test_id("file-input").set_input_files([str(f) for f in files])
+        for f in files:
+            _done_card(page, f.name)
+        png = page.screenshot(full_page=True)
+        context.close()
+    target = REPO / "docs" / "screenshot.png"
+    target.parent.mkdir(exist_ok=True)
+    target.write_bytes(png)
+    assert Image.open(io.BytesIO(png)).size[0] == 1280

@@ -1,0 +1,259 @@
+"""``pneumo predict`` in-process: good and bad files side by side, exit codes, CSV / JSON, thresholds, real data."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from pneumo.cli import main
+from pneumo.imaging import load_image
+from pneumo.modelfile import load_model_file
+from pneumo.preprocess import to_input
+from pneumo.probability import calibrated_probability
+
+HEADER = ["path", "probability", "prediction", "threshold", "in_domain", "domain_score", "error"]
+SUBTYPE_HEADER = [*HEADER, "p_normal", "p_bacterial", "p_viral"]
+
+
+def _xray(seed: int, size: int = 80) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = 0.25 + 0.4 * yy + 0.25 * np.exp(-((xx - rng.uniform(0.2, 0.8)) ** 2 + (yy - 0.5) ** 2) / 0.03)
+    return Image.fromarray((np.clip(img + 0.05 * rng.standard_normal((size, size)), 0, 1) * 255).astype(np.uint8))
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _bomb_png() -> bytes:
+    """A PNG whose header claims 30000 x 30000 grey pixels (900 MP) over a few bytes of data."""
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
+    )
+
+
+def _dicom_without_pixels(path: Path) -> Path:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR image storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "CR", "anon"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+GOOD = ["a_good.png", "b_good.jpg", "c_noext"]
+BAD = ["d_empty.png", "e_truncated.jpg", "f_text.jpeg", "g_bomb.png", "h_nopixels.dcm"]
+
+
+@pytest.fixture
+def mixed(tmp_path) -> Path:
+    d = tmp_path / "in"
+    (d / "sub").mkdir(parents=True)
+    _xray(0).save(d / "a_good.png")
+    _xray(1).save(d / "b_good.jpg", quality=90)
+    _xray(2).save(d / "c_noext", "PNG")  # no extension: the content decides
+    (d / "d_empty.png").write_bytes(b"")
+    buf = io.BytesIO()
+    _xray(3, 200).save(buf, "JPEG", quality=95)
+    (d / "e_truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (d / "f_text.jpeg").write_text("this is not a JPEG\n")
+    (d / "g_bomb.png").write_bytes(_bomb_png())
+    _dicom_without_pixels(d / "h_nopixels.dcm")
+    _xray(4).save(d / "sub" / "i_nested.png")
+    _xray(5).save(d / ".hidden.png")  # hidden: skipped
+    (d / "notes.txt").write_text("skipped: not an image suffix")
+    return d
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], [dict(zip(rows[0], r, strict=True)) for r in rows[1:]]
+
+
+def _predict(*args) -> int:
+    return main(["predict", *map(str, args)])
+
+
+def test_mixed_folder_csv(mixed, tiny_model, tmp_path, capsys):
+    out = tmp_path / "x.csv"
+    assert _predict(mixed, "--model", tiny_model, "--output", out) == 3  # some unreadable, rest still written
+    header, rows = _read_csv(out)
+    assert header == HEADER
+    names = [Path(r["path"]).name for r in rows]
+    assert names == [*GOOD, *BAD, "i_nested.png"]  # sub/i_nested.png sorts after h_nopixels.dcm
+    assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)  # stable, sorted order
+    by_name = {Path(r["path"]).name: r for r in rows}
+    for n in [*GOOD, "i_nested.png"]:
+        r = by_name[n]
+        assert r["error"] == "" and 0 <= float(r["probability"]) <= 1
+        assert r["prediction"] in {"PNEUMONIA", "NORMAL"} and r["in_domain"] in {"true", "false"}
+        assert float(r["threshold"]) == pytest.approx(0.5)
+    for n in BAD:
+        r = by_name[n]
+        assert r["error"] and r["probability"] == "" and r["prediction"] == "" and r["domain_score"] == ""
+        assert n in r["error"]  # the message names the file
+    assert "decompression bomb" in by_name["g_bomb.png"]["error"]
+    captured = capsys.readouterr()
+    assert "5 unreadable" in captured.out
+    assert "Traceback" not in captured.out + captured.err
+
+
+def test_mixed_folder_json_has_the_same_fields(mixed, tiny_model, tmp_path):
+    csv_out, json_out = tmp_path / "x.csv", tmp_path / "x.json"
+    assert _predict(mixed, "-m", tiny_model, "-o", csv_out) == 3
+    assert _predict(mixed, "-m", tiny_model, "-o", json_out) == 3
+    items = json.loads(json_out.read_text())
+    _, rows = _read_csv(csv_out)
+    assert [list(i) for i in items] == [HEADER] * len(rows)
+    assert [i["path"] for i in items] == [r["path"] for r in rows]
+    for i, r in zip(items, rows, strict=True):
+        if r["error"]:
+            assert i["probability"] is None and i["prediction"] is None and i["error"] == r["error"]
+        else:
+            assert i["probability"] == pytest.approx(float(r["probability"]), abs=1e-6)
+            assert i["in_domain"] is (r["in_domain"] == "true")
+
+
+def test_probabilities_are_calibrated(mixed, tiny_model, tmp_path):
+    out = tmp_path / "x.csv"
+    _predict(mixed, "-m", tiny_model, "-o", out)
+    _, rows = _read_csv(out)
+    good = [r for r in rows if not r["error"]]
+    mf = load_model_file(tiny_model)
+    pre = mf.meta.preprocessing
+    x = to_input([load_image(r["path"], pre.image_size) for r in good], pre)
+    logits = ort.InferenceSession(mf.onnx, providers=["CPUExecutionProvider"]).run(["logits"], {"image": x})[0]
+    expected = calibrated_probability(logits, mf.meta.temperature, mf.meta.calibration_bias)
+    np.testing.assert_allclose([float(r["probability"]) for r in good], expected, atol=2e-6)
+
+
+def test_all_good_exits_zero_and_prints_a_table(mixed, tiny_model, capsys):
+    assert _predict(mixed / "a_good.png", mixed / "c_noext", "-m", tiny_model) == 0
+    out = capsys.readouterr().out
+    assert "a_good.png" in out and "2 files:" in out
+
+
+def test_subtype_model_columns(mixed, tiny_subtype_model, tmp_path):
+    out = tmp_path / "x.csv"
+    assert _predict(mixed, "-m", tiny_subtype_model, "-o", out) == 3
+    header, rows = _read_csv(out)
+    assert header == SUBTYPE_HEADER
+    for r in rows:
+        if r["error"]:
+            assert r["p_normal"] == r["p_bacterial"] == r["p_viral"] == ""
+        else:
+            parts = [float(r[c]) for c in ("p_normal", "p_bacterial", "p_viral")]
+            assert sum(parts) == pytest.approx(1.0, abs=1e-5)
+            assert parts[0] == pytest.approx(1 - float(r["probability"]), abs=1e-5)
+    js = tmp_path / "x.json"
+    _predict(mixed, "-m", tiny_subtype_model, "-o", js)
+    assert list(json.loads(js.read_text())[0]) == SUBTYPE_HEADER
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["/nonexistent/file.png"], ["/nonexistent/*.png"], ["--threshold", "1.5", "{img}"], ["{empty_dir}"]],
+    ids=["missing-file", "glob-matches-nothing", "bad-threshold", "no-images"],
+)
+def test_usage_errors_exit_2(args, mixed, tiny_model, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    args = [a.format(img=mixed / "a_good.png", empty_dir=tmp_path / "empty") for a in args]
+    assert _predict(*args, "-m", tiny_model) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+
+
+def test_missing_model_exits_1(mixed, tmp_path, capsys):
+    assert _predict(mixed / "a_good.png", "-m", tmp_path / "no.pneumo") == 1
+    assert "no such model file" in capsys.readouterr().err
+
+
+def test_threshold_extremes(mixed, tiny_model, tmp_path):
+    for t, expected in (("0.0", "PNEUMONIA"), ("1.0", "NORMAL")):
+        out = tmp_path / f"t{t}.csv"
+        _predict(mixed, "-m", tiny_model, "--threshold", t, "-o", out)
+        _, rows = _read_csv(out)
+        good = [r for r in rows if not r["error"]]
+        assert good and all(r["threshold"] == f"{float(t):.6f}" for r in rows)
+        assert all(r["prediction"] == expected for r in good if float(r["probability"]) < 1.0)
+
+
+def test_globs(mixed, tiny_model, tmp_path):
+    out = tmp_path / "x.csv"
+    assert _predict(str(mixed / "*_good.*"), str(mixed / "**" / "i_*.png"), "-m", tiny_model, "-o", out) == 0
+    _, rows = _read_csv(out)
+    assert [Path(r["path"]).name for r in rows] == ["a_good.png", "b_good.jpg", "i_nested.png"]
+
+
+def test_tta_and_batch_size(mixed, tiny_model, tmp_path):
+    results = {}
+    for name, extra in {"b1": ["--batch-size", "1"], "b16": ["--batch-size", "16"], "tta": ["--tta"]}.items():
+        out = tmp_path / f"{name}.csv"
+        assert _predict(mixed, "-m", tiny_model, "-o", out, *extra) == 3
+        results[name] = _read_csv(out)[1]
+    assert results["b1"] == results["b16"]  # byte-for-byte the same rows
+    probs = {k: [r["probability"] for r in v if not r["error"]] for k, v in results.items()}
+    assert probs["tta"] != probs["b16"] and len(probs["tta"]) == len(probs["b16"])
+
+
+def test_pneumo_help_is_light():
+    code = "import sys; from pneumo.cli import main; main(['--help']); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("False")
+    assert "predict" in out.stdout
+
+
+# --- real data (skips when ../shared/data is absent) ---
+
+
+def test_real_fullres_images(fullres_dir, tiny_model, tmp_path):
+    out = tmp_path / "x.csv"
+    assert _predict(fullres_dir, "-m", tiny_model, "-o", out) == 0
+    _, rows = _read_csv(out)
+    assert len(rows) == 16 and all(not r["error"] for r in rows)
+
+
+def test_real_dicoms(dicom_dir, tiny_model, tmp_path):
+    import pydicom.data
+
+    d = tmp_path / "dcm"
+    d.mkdir()
+    for f in dicom_dir.glob("*.dcm"):
+        shutil.copy(f, d / f.name)
+    extra = []
+    for name in ("RG1_UNCR.dcm", "RG1_J2KI.dcm", "RG3_UNCR.dcm"):
+        p = pydicom.data.get_testdata_file(name, download=False)
+        if p:
+            shutil.copy(p, d / f"pydicom_{name}")
+            extra.append(f"pydicom_{name}")
+    out = tmp_path / "x.csv"
+    assert _predict(d, "-m", tiny_model, "-o", out) == 3  # Issue56-NoPixelData.dcm cannot be predicted
+    _, rows = _read_csv(out)
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert len(rows) == len(list(dicom_dir.glob("*.dcm"))) + len(extra)
+    assert by_name["Issue56-NoPixelData.dcm"]["error"] and by_name["Issue56-NoPixelData.dcm"]["probability"] == ""
+    for name, r in by_name.items():
+        if name != "Issue56-NoPixelData.dcm":
+            assert not r["error"], r["error"]
+            assert 0 <= float(r["probability"]) <= 1
