@@ -122,11 +122,6 @@ def test_object_arrays_are_never_unpickled(tmp_path):
         load_model_file(path)
 
 
-@pytest.mark.xfail(
-    reason="BUG: modelfile.load_model_file catches BadZipFile and ValueError only; zlib.error from a damaged "
-    "deflate stream escapes as a raw traceback",
-    strict=True,
-)
 def test_corrupt_member_data(tmp_path):
     """Damage inside a compressed member (a bad disk, a partial copy) must still be a ModelFileError."""
     path = save_model_file(tmp_path / "m.pneumo", _model())

@@ -17,8 +17,8 @@ from pneumo.models import (
     set_transfer_mode,
 )
 
-# densenet121 pools four times by 2 after a stride-4 stem: 64 px leaves a 2x2 map, enough for a smoke test.
-SIZE = 64
+# densenet121 reduces by 32: 32 px is the smallest input that still leaves a (1 x 1) map, and it keeps this fast.
+SIZE = 32
 
 
 @pytest.fixture(autouse=True)
@@ -40,13 +40,13 @@ def test_registry():
 @pytest.mark.parametrize("name", list_models())
 def test_forward_shapes_finite_and_gradients(name):
     net = create_model(name, 2).train()
-    x = torch.rand(3, 1, SIZE, SIZE)
+    x = torch.rand(2, 1, SIZE, SIZE)
     logits = net(x)
-    assert logits.shape == (3, 2)
+    assert logits.shape == (2, 2)
     assert torch.isfinite(logits).all()
     logits2, feats = net.eval().forward_with_features(x)
-    assert feats.shape == (3, net.num_features)
-    assert logits2.shape == (3, 2)
+    assert feats.shape == (2, net.num_features)
+    assert logits2.shape == (2, 2)
     assert torch.isfinite(feats).all()
     # the head really reads the features (eval: dropout off)
     torch.testing.assert_close(logits2, net.head(feats))

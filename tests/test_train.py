@@ -131,12 +131,6 @@ def test_subtype_task_via_cli(dataset, tmp_path, monkeypatch, capsys):
     assert p.p_normal == pytest.approx(1 - p.probability)
 
 
-@pytest.mark.xfail(
-    reason="BUG: (1) train.py configure_optimizers builds OneCycleLR for the new epoch count, then Lightning loads "
-    "the checkpoint's scheduler state with the old total_steps -> 'Tried to step 5 times. The specified number of "
-    "total steps is 4'; (2) CSVLogger(run, version='logs') deletes the existing metrics.csv, so history is lost",
-    strict=True,
-)
 def test_resume_continues_and_appends(dataset, cache_dir, tmp_path):
     run = tmp_path / "resume"
     fit(_cfg(dataset, run, cache_dir, epochs=1, balance="none"))

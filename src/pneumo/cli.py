@@ -127,6 +127,7 @@ def train(
     val_fraction: Annotated[float | None, typer.Option(help="Validation share when no --split")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed")] = None,
     target_sensitivity: Annotated[float | None, typer.Option(help="Operating-point sensitivity")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early-stopping patience in epochs")] = None,
     max_train_images: Annotated[int | None, typer.Option(help="Subsample the training images")] = None,
     devices: Annotated[int | None, typer.Option(help="Processes per node (data parallel) [default: 1]")] = None,
     num_nodes: Annotated[int | None, typer.Option(help="Nodes [default: 1]")] = None,
@@ -145,7 +146,7 @@ def train(
         "data_dir": data_dir, "out": out_dir, "arch": arch, "task": task, "epochs": epochs,
         "image_size": image_size, "batch_size": batch_size, "lr": lr, "balance": balance, "transfer": transfer,
         "pretrained": pretrained, "split_csv": split, "val_fraction": val_fraction, "seed": seed,
-        "target_sensitivity": target_sensitivity, "max_train_images": max_train_images, "devices": devices,
+        "target_sensitivity": target_sensitivity, "patience": patience, "max_train_images": max_train_images, "devices": devices,
         "num_nodes": num_nodes, "strategy": strategy, "threads": threads,
     }  # fmt: skip
     merged = {**base, **{k: v for k, v in flags.items() if v is not None}}
@@ -161,7 +162,8 @@ def train(
     from pneumo.train import fit
 
     path = _run(fit, cfg, resume=resume)
-    out.print(f"wrote {path}", highlight=False)
+    if path is not None:  # None on the non-zero ranks of a distributed run
+        out.print(f"wrote {path}", highlight=False)
 
 
 @app.command()

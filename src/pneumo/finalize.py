@@ -29,7 +29,7 @@ def infer_batches(net: PneumoNet, images: np.ndarray, preproc, batch: int = 64) 
     net = net.eval().to(memory_format=torch.channels_last)
     logits, feats = [], []
     for i in range(0, len(images), batch):
-        x = torch.from_numpy(np.asarray(images[i : i + batch])).float()[:, None] / 255.0
+        x = torch.from_numpy(np.array(images[i : i + batch])).float()[:, None] / 255.0
         x = normalize_batch(x, preproc).contiguous(memory_format=torch.channels_last)
         lg, f = net.forward_with_features(x)
         logits.append(lg.numpy())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -157,17 +158,22 @@ def load_model_file(model: str | Path | None = None, *, parts: tuple[str, ...] =
             meta = ModelMeta.model_validate_json(zf.read(META))
             onnx = zf.read(ONNX) if "onnx" in parts and ONNX in names else None
             weights = zf.read(WEIGHTS) if "weights" in parts and WEIGHTS in names else None
-            arrays: dict[str, np.ndarray] = {}
-            if ARRAYS in names:
-                with np.load(io.BytesIO(zf.read(ARRAYS)), allow_pickle=False) as npz:
-                    arrays = {k: npz[k] for k in npz.files}
-    except zipfile.BadZipFile as exc:
-        raise ModelFileError(f"{path}: not a Pneumo model file ({exc})") from exc
+            arrays = _read_arrays(zf, path) if ARRAYS in names else {}
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        raise ModelFileError(f"{path}: not a Pneumo model file or damaged ({exc})") from exc
     except ValueError as exc:  # pydantic validation of meta.json
         raise ModelFileError(f"{path}: invalid model metadata: {exc}".splitlines()[0]) from exc
     if meta.format_version > FORMAT_VERSION:
         raise ModelFileError(f"{path}: made by a newer Pneumo (format {meta.format_version}); upgrade pneumo")
     return ModelFile(meta=meta, onnx=onnx, weights=weights, arrays=arrays, path=path)
+
+
+def _read_arrays(zf: zipfile.ZipFile, path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(io.BytesIO(zf.read(ARRAYS)), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except ValueError as exc:  # e.g. an object array, which would need unpickling
+        raise ModelFileError(f"{path}: {ARRAYS} refused: {exc}".splitlines()[0]) from exc
 
 
 def read_meta(model: str | Path | None = None) -> ModelMeta:

@@ -160,11 +160,26 @@ class PneumoModule(L.LightningModule):
         self.log("val_auc", self.val_auc.compute(), prog_bar=True, sync_dist=False)
         self.val_auc.reset()
 
+    def on_train_start(self):
+        # A run resumed with more --epochs restores the old OneCycle plan; stretch it to the new total instead
+        # of failing when the step count passes the old one (OneCycleLR keeps its phases as plain end steps).
+        sched = self.lr_schedulers()
+        total = int(self.trainer.estimated_stepping_batches)
+        if sched is not None and getattr(sched, "total_steps", total) != total:
+            sched.total_steps = total
+            ends = [float(self.PCT_START * total) - 1, total - 1]
+            for phase, end in zip(sched._schedule_phases, ends, strict=True):
+                phase["end_step"] = end
+
+    PCT_START = 0.15
+
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.cfg.lr, total_steps=total, pct_start=0.15)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=self.cfg.lr, total_steps=total, pct_start=self.PCT_START
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
@@ -185,8 +200,41 @@ def _class_weights(cfg: TrainConfig, targets: np.ndarray) -> list[float] | None:
     return (counts.sum() / (len(counts) * np.maximum(counts, 1))).tolist()
 
 
-def fit(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Train, then (on the main process) calibrate, fit the domain guard, export and write ``model.pneumo``."""
+def _keep_metrics_history(run: Path) -> Path | None:
+    """Lightning's CSV logger deletes metrics.csv when it starts; keep the epochs before a resume aside."""
+    current = run / "logs" / "metrics.csv"
+    kept = run / "logs" / "metrics_before_resume.csv"
+    if current.is_file():
+        if kept.is_file():  # an earlier resume was itself interrupted: keep everything seen so far
+            _merge_metrics(kept, current)
+        current.replace(kept)
+    return kept if kept.is_file() else None
+
+
+def _merge_metrics(history: Path, current: Path) -> None:
+    """``current`` becomes the rows of ``history`` followed by its own, over the union of their columns."""
+    import csv
+
+    rows, cols = [], []
+    for f in (history, current):
+        if f.is_file():
+            with f.open(newline="") as fh:
+                reader = csv.DictReader(fh)
+                cols += [c for c in reader.fieldnames or [] if c not in cols]
+                rows += list(reader)
+    tmp = current.with_suffix(".tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=cols, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(current)
+    history.unlink()
+
+
+def fit(cfg: TrainConfig, resume: bool = False) -> Path | None:
+    """Train, then (on the main process) calibrate, fit the domain guard, export and write ``model.pneumo``.
+
+    Returns the model file's path on the main process and ``None`` on the other ranks of a distributed run."""
     from pneumo.finalize import finalize_run
 
     run = Path(cfg.out)
@@ -216,11 +264,15 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
         default_root_dir=run,
     )
     last = run / "checkpoints" / "last.ckpt"
+    resuming = resume and last.is_file()
+    history = _keep_metrics_history(run) if resuming else None
     t1 = time.time()
-    trainer.fit(module, tl, vl, ckpt_path=str(last) if resume and last.is_file() else None)
+    trainer.fit(module, tl, vl, ckpt_path=str(last) if resuming else None)
     train_seconds = time.time() - t1
+    if history is not None and trainer.is_global_zero:
+        _merge_metrics(history, run / "logs" / "metrics.csv")
     if not trainer.is_global_zero:
-        return run / "model.pneumo"
+        return None
 
     timing = {"data_seconds": round(data_seconds, 1), "train_seconds": round(train_seconds, 1)}
     timing["epochs"] = int(trainer.current_epoch)

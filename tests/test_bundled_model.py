@@ -1,0 +1,48 @@
+"""The model shipped inside the package: present, self-describing, accurate on real images, guarded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pneumo.inference import Predictor
+from pneumo.modelfile import bundled_model_path, load_model_file
+from pneumo.ood import adult_chest_radiographs, photographs, synthetic
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor.load(None)
+
+
+def test_bundled_model_is_small_and_self_describing():
+    path = bundled_model_path()
+    assert path.stat().st_size < 60 * 2**20
+    mf = load_model_file(path)
+    meta = mf.meta
+    assert mf.onnx and mf.weights, "predict needs the ONNX graph, explain the weights"
+    assert meta.class_names[0] == "NORMAL" and meta.preprocessing.image_size >= 64
+    assert 0.0 < meta.threshold < 1.0 and meta.temperature > 0
+    assert meta.target_sensitivity >= 0.98 and meta.validation["sensitivity"] >= 0.98
+    assert meta.domain_guard is not None and meta.domain_guard.validation_flag_rate <= 0.05
+    assert meta.has_subtypes, "the default model carries the bacterial / viral head"
+
+
+def test_bundled_model_reads_original_size_xrays(predictor, fullres_dir):
+    paths = sorted(fullres_dir.rglob("*.jpeg"))
+    preds = list(predictor.predict_sources((str(p), p) for p in paths))
+    truth = np.array(["PNEUMONIA" in str(p.parent) for p in paths])
+    decided = np.array([p.prediction == "PNEUMONIA" for p in preds])
+    assert len(paths) == 16
+    assert (decided == truth).mean() >= 0.8
+    assert decided[truth].all(), "every pneumonia among the 16 originals is caught"
+    assert sum(p.in_domain for p in preds) >= 14
+
+
+def test_bundled_model_flags_what_is_not_a_pediatric_chest_xray(predictor):
+    samples = list(photographs()) + list(synthetic())
+    preds = list(predictor.predict_sources(samples))
+    flagged = np.mean([p.in_domain is False for p in preds])
+    assert len(preds) > 100 and flagged >= 0.99
+    adult = list(predictor.predict_sources(adult_chest_radiographs()))
+    assert adult and all(p.in_domain is False for p in adult)
