@@ -146,8 +146,8 @@ def train(
         "data_dir": data_dir, "out": out_dir, "arch": arch, "task": task, "epochs": epochs,
         "image_size": image_size, "batch_size": batch_size, "lr": lr, "balance": balance, "transfer": transfer,
         "pretrained": pretrained, "split_csv": split, "val_fraction": val_fraction, "seed": seed,
-        "target_sensitivity": target_sensitivity, "patience": patience, "max_train_images": max_train_images, "devices": devices,
-        "num_nodes": num_nodes, "strategy": strategy, "threads": threads,
+        "target_sensitivity": target_sensitivity, "patience": patience, "max_train_images": max_train_images,
+        "devices": devices, "num_nodes": num_nodes, "strategy": strategy, "threads": threads,
     }  # fmt: skip
     merged = {**base, **{k: v for k, v in flags.items() if v is not None}}
     if "pretrained" not in merged or merged["pretrained"] is None:
