@@ -50,7 +50,8 @@ def test_score_in_unit_interval_and_monotone_in_distance(guard):
     direction = rng.standard_normal(DIM)
     direction /= np.linalg.norm(direction)
     steps = np.linspace(0, 60, 121)
-    feats = arrays["domain_mean"].astype(np.float64) + steps[:, None] * direction
+    # start at the training mean in raw feature space (the guard standardises internally)
+    feats = arrays["domain_feature_mean"].astype(np.float64) + steps[:, None] * direction
     in_domain, score = domain_check(feats, g, arrays)
     assert np.all((score >= 0) & (score <= 1))
     assert np.all(np.diff(score) <= 0)  # further out, never more typical

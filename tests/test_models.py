@@ -44,12 +44,22 @@ def test_forward_shapes_finite_and_gradients(name):
     logits = net(x)
     assert logits.shape == (2, 2)
     assert torch.isfinite(logits).all()
+    spec = ARCHS[name]
+    seen = []
+    if spec.domain_layer is not None:
+        net.get_submodule(spec.domain_layer).register_forward_hook(lambda m, a, o: seen.append(o.detach()))
     logits2, feats = net.eval().forward_with_features(x)
-    assert feats.shape == (2, net.num_features)
+    if spec.domain_layer is None:  # the guard falls back to the pooled features
+        assert feats.shape == (2, net.num_features)
+    else:  # per-channel mean and std of the mid-level domain layer
+        act = seen[-1]
+        assert feats.shape == (2, 2 * act.shape[1])
+        torch.testing.assert_close(feats[:, : act.shape[1]], act.mean(dim=(2, 3)))
+        torch.testing.assert_close(feats[:, act.shape[1] :], act.std(dim=(2, 3), correction=0), atol=1e-4, rtol=1e-3)
     assert logits2.shape == (2, 2)
     assert torch.isfinite(feats).all()
-    # the head really reads the features (eval: dropout off)
-    torch.testing.assert_close(logits2, net.head(feats))
+    # the same logits as the plain forward pass (eval: dropout off)
+    torch.testing.assert_close(logits2, net(x))
 
     net.train()
     net.zero_grad()

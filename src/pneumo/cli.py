@@ -167,6 +167,17 @@ def train(
 
 
 @app.command()
+def finalize(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory with checkpoints/")],
+    target_sensitivity: Annotated[float | None, typer.Option(help="Operating-point sensitivity")] = None,
+) -> None:
+    """Recalibrate, choose the threshold, refit the domain guard and re-export a run without retraining."""
+    from pneumo.train import refinalize
+
+    out.print(f"wrote {_run(refinalize, run_dir, target_sensitivity)}", highlight=False)
+
+
+@app.command()
 def models() -> None:
     """List the architectures `pneumo train --arch` accepts."""
     from pneumo.models import ARCHS

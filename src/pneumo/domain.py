@@ -1,6 +1,7 @@
 """Domain guard: is this image like the pediatric chest X-rays the model was validated on?
 
-It works in the network's own pooled-feature space. Training features are centred and projected on their top
+It works in the network's own feature space (mid-level activation statistics, see :class:`pneumo.models.PneumoNet`).
+Features are standardised per dimension with the training statistics, then projected on their top
 principal components; an image's distance combines the Mahalanobis distance inside that subspace (Hotelling's
 T^2) with the squared residual outside it (Q statistic), each scaled to mean 1 on the training features so that
 neither dominates. The cut-off is a quantile of the validation distances; the stored sorted validation distances
@@ -17,8 +18,12 @@ from pneumo.modelfile import DomainGuard
 _EPS = 1e-6
 
 
+def _standardize(features: np.ndarray, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    return (np.asarray(features, dtype=np.float64) - arrays["domain_feature_mean"]) / arrays["domain_feature_std"]
+
+
 def _distance(features: np.ndarray, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    f = np.asarray(features, dtype=np.float64) - arrays["domain_mean"]
+    f = _standardize(features, arrays) - arrays["domain_mean"]
     z = f @ arrays["domain_components"].T
     t2 = (z**2 / arrays["domain_variances"]).sum(1) / arrays["domain_scale"][0]
     resid = f - z @ arrays["domain_components"]
@@ -30,7 +35,10 @@ def fit_domain_guard(
     train_features: np.ndarray, val_features: np.ndarray, components: int = 32, quantile: float = 0.98
 ) -> tuple[DomainGuard, dict[str, np.ndarray]]:
     """Fit the guard on training features; set the cut-off at ``quantile`` of the validation distances."""
-    x = np.asarray(train_features, dtype=np.float64)
+    raw = np.asarray(train_features, dtype=np.float64)
+    # Standardised so that no channel dominates by scale alone (mean and std features differ by orders).
+    scaling = {"domain_feature_mean": raw.mean(0), "domain_feature_std": raw.std(0) + 1e-6}
+    x = _standardize(raw, scaling)
     mean = x.mean(0)
     xc = x - mean
     k = int(min(components, x.shape[0] - 1, x.shape[1]))
@@ -41,6 +49,7 @@ def fit_domain_guard(
     t2 = (z**2 / var).sum(1)
     q = ((xc - z @ comps) ** 2).sum(1)
     arrays = {
+        **scaling,
         "domain_mean": mean,
         "domain_components": comps,
         "domain_variances": var,

@@ -17,14 +17,32 @@ from torch import nn
 
 
 class PneumoNet(nn.Module):
-    """Backbone -> pooled features -> dropout -> linear head."""
+    """Backbone -> pooled features -> dropout -> linear head, plus the domain-guard features.
 
-    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, dropout: float = 0.2):
+    The domain guard reads the mean and standard deviation of a mid-level layer's activations rather than the
+    final pooled features: fine-tuning collapses the last layers onto what separates normal from pneumonia, while
+    mid-level texture statistics still tell a chest X-ray from a photograph, a document or an adult radiograph.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_features: int,
+        num_classes: int,
+        dropout: float = 0.2,
+        domain_layer: str | None = None,
+    ):
         super().__init__()
         self.backbone = backbone
         self.num_features = num_features
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(num_features, num_classes)
+        self._domain_act: torch.Tensor | None = None
+        if domain_layer:
+            self.get_submodule(domain_layer).register_forward_hook(self._keep_domain_activation)
+
+    def _keep_domain_activation(self, module: nn.Module, args, output: torch.Tensor) -> None:
+        self._domain_act = output
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
@@ -33,8 +51,15 @@ class PneumoNet(nn.Module):
         return self.head(self.dropout(self.forward_features(x)))
 
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, domain features)``; the features are per-channel mean and std of the domain layer."""
+        self._domain_act = None
         f = self.forward_features(x)
-        return self.head(f), f
+        act, self._domain_act = self._domain_act, None
+        if act is None:
+            return self.head(f), f
+        mean = act.mean(dim=(2, 3))
+        std = (act - mean[:, :, None, None]).pow(2).mean(dim=(2, 3)).clamp_min(1e-8).sqrt()
+        return self.head(f), torch.cat([mean, std], dim=1)
 
 
 class WithFeatures(nn.Module):
@@ -136,6 +161,7 @@ class ArchSpec:
 
     build: Callable[[bool], nn.Module]
     cam_layer: str  # dotted path of the layer Grad-CAM reads, relative to PneumoNet
+    domain_layer: str | None = None  # mid-level layer whose activation statistics feed the domain guard
     pretrained_available: bool = False
     description: str = ""
 
@@ -143,18 +169,30 @@ class ArchSpec:
 ARCHS: dict[str, ArchSpec] = {
     "dense": ArchSpec(lambda p: DenseBaseline(), "backbone.pool", description="MLP on a 32x32 thumbnail"),
     "cnn-small": ArchSpec(
-        lambda p: SimpleCNN((16, 32, 64, 128), 1), "backbone.blocks.3", description="4 conv blocks, 0.1M params"
+        lambda p: SimpleCNN((16, 32, 64, 128), 1),
+        "backbone.blocks.3",
+        "backbone.blocks.2",
+        description="4 conv blocks, 0.1M params",
     ),
     "cnn-deep": ArchSpec(
-        lambda p: SimpleCNN((32, 64, 128, 256, 256), 2), "backbone.blocks.4", description="5 double-conv blocks"
+        lambda p: SimpleCNN((32, 64, 128, 256, 256), 2),
+        "backbone.blocks.4",
+        "backbone.blocks.3",
+        description="5 double-conv blocks",
     ),
-    "resnet18": ArchSpec(lambda p: _timm_backbone("resnet18", p), "backbone.layer4", description="timm ResNet-18"),
+    "resnet18": ArchSpec(
+        lambda p: _timm_backbone("resnet18", p), "backbone.layer4", "backbone.layer3", description="timm ResNet-18"
+    ),
     "densenet121": ArchSpec(
-        lambda p: _timm_backbone("densenet121", p), "backbone.features", description="timm DenseNet-121"
+        lambda p: _timm_backbone("densenet121", p),
+        "backbone.features",
+        "backbone.features.denseblock3",
+        description="timm DenseNet-121",
     ),
     "efficientnet_lite0": ArchSpec(
         lambda p: _timm_backbone("efficientnet_lite0", p),
         "backbone.bn2",
+        "backbone.blocks.4",
         pretrained_available=True,
         description="timm EfficientNet-Lite0, ImageNet weights shipped in a package",
     ),
@@ -174,7 +212,7 @@ def create_model(name: str, num_classes: int = 2, pretrained: bool = False, drop
     if pretrained and not spec.pretrained_available:
         raise ValueError(f"{name} has no shipped ImageNet weights; use pretrained=False")
     backbone = spec.build(pretrained)
-    return PneumoNet(backbone, int(backbone.num_features), num_classes, dropout)
+    return PneumoNet(backbone, int(backbone.num_features), num_classes, dropout, spec.domain_layer)
 
 
 def cam_target_layer(model: PneumoNet, name: str) -> nn.Module:

@@ -113,25 +113,25 @@ def shifted_validation(
     """Metrics on clean validation and under every perturbation, plus the mean probability change and the share
     of decisions that flip; ``extra`` maps a name to ``(paths, y)`` of further sets (e.g. original-size images)."""
     y = np.asarray(y)
-    base, _ = predict_perturbed(predictor, paths, None, tta)
-    results = {"clean": _summary(y, base, predictor.threshold, base)}
+    base, preds = predict_perturbed(predictor, paths, None, tta)
+    results = {"clean": _summary(y, base, predictor.threshold, base, preds)}
     for name, f in PERTURBATIONS.items():
-        prob, _ = predict_perturbed(predictor, paths, f, tta)
-        results[name] = _summary(y, prob, predictor.threshold, base)
+        prob, preds = predict_perturbed(predictor, paths, f, tta)
+        results[name] = _summary(y, prob, predictor.threshold, base, preds)
     shifted = [r for k, r in results.items() if k != "clean"]
     results["shifted (mean)"] = {
         k: float(np.mean([r[k] for r in shifted])) for k in shifted[0] if isinstance(shifted[0][k], float)
     }
     for name, (xpaths, xy) in (extra or {}).items():
         prob, preds = predict_perturbed(predictor, xpaths, None, tta)
-        results[name] = _summary(np.asarray(xy), prob, predictor.threshold, None)
-        results[name]["flagged_out_of_domain"] = float(np.mean([p.in_domain is False for p in preds]))
+        results[name] = _summary(np.asarray(xy), prob, predictor.threshold, None, preds)
     return results
 
 
-def _summary(y: np.ndarray, prob: np.ndarray, threshold: float, base: np.ndarray | None) -> dict:
+def _summary(y: np.ndarray, prob: np.ndarray, threshold: float, base: np.ndarray | None, preds) -> dict:
     m = binary_metrics(y, prob, threshold)
     out = {k: float(m[k]) for k in ("accuracy", "sensitivity", "specificity", "roc_auc", "ece")}
+    out["flagged_out_of_domain"] = float(np.mean([p.in_domain is False for p in preds]))
     if base is not None:
         out["mean_abs_change"] = float(np.mean(np.abs(prob - base)))
         out["decisions_flipped"] = float(np.mean((prob >= threshold) != (base >= threshold)))
@@ -141,6 +141,7 @@ def _summary(y: np.ndarray, prob: np.ndarray, threshold: float, base: np.ndarray
 def format_table(results: dict[str, dict]) -> str:
     """A markdown table of :func:`shifted_validation` results."""
     cols = ["accuracy", "sensitivity", "specificity", "roc_auc", "ece", "mean_abs_change", "decisions_flipped"]
+    cols.append("flagged_out_of_domain")
     lines = ["| condition | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for name, r in results.items():
         cells = [f"{r[c]:.3f}" if isinstance(r.get(c), float) and np.isfinite(r[c]) else "—" for c in cols]

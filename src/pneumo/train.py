@@ -283,8 +283,28 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path | None:
     return finalize_run(cfg, module.net, train, val, summary, timing)
 
 
+def refinalize(run: Path, target_sensitivity: float | None = None) -> Path:
+    """Re-run calibration, threshold choice, domain-guard fitting and export on a finished run's best checkpoint
+    (after changing those steps or the target sensitivity) without training again."""
+    from pneumo.finalize import finalize_run
+
+    run = Path(run)
+    cfg = TrainConfig.load(run / "config.yaml")
+    if target_sensitivity is not None:
+        cfg = cfg.model_copy(update={"target_sensitivity": target_sensitivity})
+    ckpts = [run / "checkpoints" / n for n in ("best.ckpt", "last.ckpt")]
+    ckpt = next((c for c in ckpts if c.is_file()), None)
+    if ckpt is None:
+        raise FileNotFoundError(f"{run}: no checkpoints/best.ckpt or last.ckpt to finalize")
+    train, val, summary = load_splits(cfg)
+    net = create_model(cfg.arch, len(TASK_CLASSES[cfg.task]), pretrained=False, dropout=cfg.dropout)
+    net.load_state_dict(_net_state(str(ckpt)))
+    timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").is_file() else {}
+    return finalize_run(cfg, net, train, val, summary, timing)
+
+
 def _net_state(ckpt_path: str) -> dict[str, torch.Tensor]:
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
     return {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
 
 
