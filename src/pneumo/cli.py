@@ -115,6 +115,9 @@ def train(
         str | None, typer.Option(help="Architecture (see `pneumo models`) [default: efficientnet_lite0]")
     ] = None,
     task: Annotated[str | None, typer.Option(help="binary or subtype [default: binary]")] = None,
+    subtype_head: Annotated[
+        bool | None, typer.Option(help="With --task binary: add a normal/bacterial/viral head [default: off]")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs")] = None,
     image_size: Annotated[int | None, typer.Option(help="Input size in pixels")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size")] = None,
@@ -143,9 +146,9 @@ def train(
     if resume and (out_dir / "config.yaml").is_file() and not config:
         base = TrainConfig.load(out_dir / "config.yaml").model_dump()
     flags = {
-        "data_dir": data_dir, "out": out_dir, "arch": arch, "task": task, "epochs": epochs,
-        "image_size": image_size, "batch_size": batch_size, "lr": lr, "balance": balance, "transfer": transfer,
-        "pretrained": pretrained, "split_csv": split, "val_fraction": val_fraction, "seed": seed,
+        "data_dir": data_dir, "out": out_dir, "arch": arch, "task": task, "subtype_head": subtype_head,
+        "epochs": epochs, "image_size": image_size, "batch_size": batch_size, "lr": lr, "balance": balance,
+        "transfer": transfer, "pretrained": pretrained, "split_csv": split, "val_fraction": val_fraction, "seed": seed,
         "target_sensitivity": target_sensitivity, "patience": patience, "max_train_images": max_train_images,
         "devices": devices, "num_nodes": num_nodes, "strategy": strategy, "threads": threads,
     }  # fmt: skip

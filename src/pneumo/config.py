@@ -19,6 +19,7 @@ class TrainConfig(BaseModel):
     out: Path
     arch: str = "efficientnet_lite0"
     task: Literal["binary", "subtype"] = "binary"
+    subtype_head: bool = Field(default=False, description="binary task plus a normal/bacterial/viral head")
     pretrained: bool = True
     transfer: Literal["full", "top", "linear"] = "full"
     image_size: int = 160

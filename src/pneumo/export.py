@@ -33,8 +33,8 @@ def export_onnx(net: PneumoNet, image_size: int, *, batch: int = 2, seed: int = 
             (x,),
             buf,
             input_names=["image"],
-            output_names=["logits", "features"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}},
+            output_names=wrapped.output_names,
+            dynamic_axes={name: {0: "batch"} for name in ["image", *wrapped.output_names]},
             opset_version=OPSET,
             dynamo=False,  # the TorchScript exporter needs no onnxscript and handles every registered arch
         )
@@ -42,7 +42,7 @@ def export_onnx(net: PneumoNet, image_size: int, *, batch: int = 2, seed: int = 
     data = buf.getvalue()
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = sess.run(None, {"image": x.numpy()})
-    for name, r, g in zip(("logits", "features"), ref, got, strict=True):
+    for name, r, g in zip(wrapped.output_names, ref, got, strict=True):
         err = float(np.max(np.abs(r - g)))
         if not np.isfinite(err) or err > TOLERANCE * max(1.0, float(np.max(np.abs(r)))):
             raise ExportError(f"ONNX {name} differ from PyTorch by {err:.2e} (tolerance {TOLERANCE:g})")

@@ -78,26 +78,32 @@ class Predictor:
         self.meta = model.meta
         self.threshold = self.meta.threshold if threshold is None else float(threshold)
         self.size = self.meta.preprocessing.image_size
+        names = {o.name for o in self.session.get_outputs()}
+        self.outputs = ["logits", "features"] + (["subtype_logits"] if "subtype_logits" in names else [])
 
     @classmethod
     def load(cls, model: str | Path | None = None, **kwargs) -> Predictor:
         return cls(open_model(model), **kwargs)
 
-    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, features = self.session.run(["logits", "features"], {"image": batch})
-        return logits, features
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        outs = self.session.run(self.outputs, {"image": batch})
+        return outs[0], outs[1], outs[2] if len(outs) > 2 else None
 
     def predict_arrays(self, images: Sequence[np.ndarray], names: Sequence[str], tta: bool = False) -> list[Prediction]:
         """Predict images already decoded at the model's input size (2-D, [0, 1])."""
         if not images:
             return []
         x = to_input(list(images), self.meta.preprocessing)
-        logits, features = self._run(x)
+        logits, features, sub = self._run(x)
         if tta:  # the mirror image: the model was trained with horizontal flips, so both views are in-distribution
-            logits = (logits + self._run(np.ascontiguousarray(x[..., ::-1]))[0]) / 2
+            flipped = self._run(np.ascontiguousarray(x[..., ::-1]))
+            logits = (logits + flipped[0]) / 2
+            sub = None if sub is None else (sub + flipped[2]) / 2
         m = self.meta
         prob = calibrated_probability(logits, m.temperature, m.calibration_bias)
-        subtypes = subtype_probabilities(logits, m.temperature, m.calibration_bias) if m.has_subtypes else None
+        subtypes = None
+        if m.has_subtypes:
+            subtypes = subtype_probabilities(logits, m.temperature, m.calibration_bias, sub)
         if m.domain_guard is not None and self.model.arrays:
             in_domain, score = domain_check(features, m.domain_guard, self.model.arrays)
         else:

@@ -90,7 +90,7 @@ class ModelMeta(BaseModel):
 
     @property
     def has_subtypes(self) -> bool:
-        return self.task == "subtype"
+        return self.task == "subtype" or bool(self.arch_kwargs.get("subtype_head"))
 
 
 class ModelFile(BaseModel):

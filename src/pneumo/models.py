@@ -31,12 +31,16 @@ class PneumoNet(nn.Module):
         num_classes: int,
         dropout: float = 0.2,
         domain_layer: str | None = None,
+        subtype_head: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
         self.num_features = num_features
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(num_features, num_classes)
+        # A second head for normal / bacterial / viral beside the binary one: the binary decision keeps its own
+        # head (trained on what matters most), the subtype split comes from this one.
+        self.subtype_head = nn.Linear(num_features, 3) if subtype_head else None
         self._domain_act: torch.Tensor | None = None
         if domain_layer:
             self.get_submodule(domain_layer).register_forward_hook(self._keep_domain_activation)
@@ -52,25 +56,39 @@ class PneumoNet(nn.Module):
 
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits, domain features)``; the features are per-channel mean and std of the domain layer."""
+        logits, _, feats = self.forward_all(x)
+        return logits, feats
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """``(logits, subtype logits or None, domain features)``."""
         self._domain_act = None
         f = self.forward_features(x)
         act, self._domain_act = self._domain_act, None
+        g = self.dropout(f)
+        logits = self.head(g)
+        sub = self.subtype_head(g) if self.subtype_head is not None else None
         if act is None:
-            return self.head(f), f
+            return logits, sub, f
         mean = act.mean(dim=(2, 3))
         std = (act - mean[:, :, None, None]).pow(2).mean(dim=(2, 3)).clamp_min(1e-8).sqrt()
-        return self.head(f), torch.cat([mean, std], dim=1)
+        return logits, sub, torch.cat([mean, std], dim=1)
 
 
 class WithFeatures(nn.Module):
-    """Export wrapper: returns ``(logits, features)`` so one ONNX graph serves prediction and the domain guard."""
+    """Export wrapper: ``(logits, features[, subtype_logits])``, so one ONNX graph serves prediction, the domain
+    guard and the subtype split."""
 
     def __init__(self, net: PneumoNet):
         super().__init__()
         self.net = net
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.net.forward_with_features(x)
+    @property
+    def output_names(self) -> list[str]:
+        return ["logits", "features"] + (["subtype_logits"] if self.net.subtype_head is not None else [])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, sub, feats = self.net.forward_all(x)
+        return (logits, feats) if sub is None else (logits, feats, sub)
 
 
 def _conv_block(cin: int, cout: int, convs: int) -> nn.Sequential:
@@ -204,15 +222,17 @@ def list_models() -> list[str]:
     return sorted(ARCHS)
 
 
-def create_model(name: str, num_classes: int = 2, pretrained: bool = False, dropout: float = 0.2) -> PneumoNet:
-    """Build a registered architecture for 1-channel input with a ``num_classes`` head."""
+def create_model(
+    name: str, num_classes: int = 2, pretrained: bool = False, dropout: float = 0.2, subtype_head: bool = False
+) -> PneumoNet:
+    """Build a registered architecture for 1-channel input with a ``num_classes`` head (and a subtype head)."""
     if name not in ARCHS:
         raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(list_models())}")
     spec = ARCHS[name]
     if pretrained and not spec.pretrained_available:
         raise ValueError(f"{name} has no shipped ImageNet weights; use pretrained=False")
     backbone = spec.build(pretrained)
-    return PneumoNet(backbone, int(backbone.num_features), num_classes, dropout, spec.domain_layer)
+    return PneumoNet(backbone, int(backbone.num_features), num_classes, dropout, spec.domain_layer, subtype_head)
 
 
 def cam_target_layer(model: PneumoNet, name: str) -> nn.Module:

@@ -35,9 +35,17 @@ def calibrated_probability(logits: np.ndarray, temperature: float = 1.0, bias: f
     return sigmoid(pneumonia_log_odds(logits) / temperature + bias)
 
 
-def subtype_probabilities(logits: np.ndarray, temperature: float = 1.0, bias: float = 0.0) -> np.ndarray:
+def subtype_probabilities(
+    logits: np.ndarray, temperature: float = 1.0, bias: float = 0.0, subtype_logits: np.ndarray | None = None
+) -> np.ndarray:
     """N x 3 (normal, bacterial, viral): the calibrated pneumonia probability shared out in the model's own
-    bacterial : viral ratio, so the three always sum to 1 and ``p_normal == 1 - probability``."""
+    bacterial : viral ratio, so the three always sum to 1 and ``p_normal == 1 - probability``.
+
+    The ratio comes from ``subtype_logits`` (a separate subtype head) when given, else from the subtype logits
+    themselves (a model trained on the three classes)."""
     p = calibrated_probability(logits, temperature, bias)
-    split = softmax(np.asarray(logits)[:, 1:], temperature)
+    if subtype_logits is None:
+        split = softmax(np.asarray(logits)[:, 1:], temperature)
+    else:
+        split = softmax(np.asarray(subtype_logits)[:, 1:])
     return np.column_stack([1.0 - p, p[:, None] * split])

@@ -28,6 +28,7 @@ from pneumo.modelfile import TASK_CLASSES
 from pneumo.models import create_model, set_transfer_mode
 
 SUBTYPE_INDEX = {"none": 0, "bacteria": 1, "virus": 2}
+UNKNOWN_SUBTYPE = 3  # pneumonia whose subtype the file name does not tell: trains the binary head only
 
 
 @dataclass
@@ -55,10 +56,19 @@ class CachedImages(torch.utils.data.Dataset):
         return torch.from_numpy(np.array(self.split.images[j]))[None], int(self.split.targets[j])
 
 
-def _targets(labels: list[str], subtypes: list[str], task: str) -> np.ndarray:
-    if task == "binary":
+def _targets(labels: list[str], subtypes: list[str], task: str, subtype_head: bool = False) -> np.ndarray:
+    """Class indices: 0/1 for the binary task; 0/1/2 (normal/bacterial/viral) for the subtype task and for the
+    binary task with a subtype head (then also 3 = pneumonia of unknown subtype); -1 = unusable for the task."""
+    if task == "binary" and not subtype_head:
         return np.array([int(lbl.upper() == "PNEUMONIA") for lbl in labels], dtype=np.int64)
-    return np.array([SUBTYPE_INDEX.get(s, -1) for s in subtypes], dtype=np.int64)
+    unknown = UNKNOWN_SUBTYPE if task == "binary" else -1
+    pairs = zip(labels, subtypes, strict=True)
+    return np.array([0 if lbl.upper() != "PNEUMONIA" else SUBTYPE_INDEX.get(s, unknown) for lbl, s in pairs])
+
+
+def task_targets(targets: np.ndarray, task: str) -> np.ndarray:
+    """What the main head is trained on: the class index for the subtype task, pneumonia or not otherwise."""
+    return targets if task == "subtype" else (targets > 0).astype(targets.dtype)
 
 
 def load_splits(cfg: TrainConfig) -> tuple[SplitData, SplitData, dict]:
@@ -79,7 +89,7 @@ def load_splits(cfg: TrainConfig) -> tuple[SplitData, SplitData, dict]:
             keep = np.random.default_rng(cfg.seed).choice(len(recs), cfg.max_train_images, replace=False)
             recs = [recs[i] for i in sorted(keep)]
         cache = build_cache([r.path for r in recs], cfg.image_size, cfg.cache_dir)
-        targets = _targets([r.label for r in recs], [r.subtype for r in recs], cfg.task)
+        targets = _targets([r.label for r in recs], [r.subtype for r in recs], cfg.task, cfg.subtype_head)
         ok = np.asarray(cache.ok) & (targets >= 0)
         idx = np.flatnonzero(ok)
         out.append(
@@ -95,8 +105,8 @@ def load_splits(cfg: TrainConfig) -> tuple[SplitData, SplitData, dict]:
         "data_dir": str(cfg.data_dir),
         "train_images": len(train.targets),
         "val_images": len(val.targets),
-        "train_class_counts": np.bincount(train.targets).tolist(),
-        "val_class_counts": np.bincount(val.targets).tolist(),
+        "train_class_counts": np.bincount(task_targets(train.targets, cfg.task)).tolist(),
+        "val_class_counts": np.bincount(task_targets(val.targets, cfg.task)).tolist(),
         "val_patients": len({r.patient_id for r, s in zip(records, splits, strict=True) if s == "val"}),
         "split": str(cfg.split_csv) if cfg.split_csv else f"patient-grouped, val_fraction={cfg.val_fraction}",
     }
@@ -125,7 +135,9 @@ class PneumoModule(L.LightningModule):
         self.save_hyperparameters({"cfg": cfg.model_dump(mode="json"), "class_weights": class_weights})
         self.cfg = cfg
         num_classes = len(TASK_CLASSES[cfg.task])
-        self.net = create_model(cfg.arch, num_classes, pretrained=cfg.pretrained, dropout=cfg.dropout)
+        self.net = create_model(
+            cfg.arch, num_classes, pretrained=cfg.pretrained, dropout=cfg.dropout, subtype_head=cfg.subtype_head
+        )
         set_transfer_mode(self.net, cfg.transfer)
         self.net = self.net.to(memory_format=torch.channels_last)
         self.register_buffer("class_weights", torch.tensor(class_weights) if class_weights else torch.ones(0))
@@ -140,16 +152,20 @@ class PneumoModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        logits = self.net(self._inputs(x, train=True))
+        logits, sub, _ = self.net.forward_all(self._inputs(x, train=True))
         weight = self.class_weights if self.class_weights.numel() else None
-        loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=self.cfg.label_smoothing)
+        target = y if self.cfg.task == "subtype" else (y > 0).long()
+        loss = F.cross_entropy(logits, target, weight=weight, label_smoothing=self.cfg.label_smoothing)
+        if sub is not None:
+            sub_target = torch.where(y >= UNKNOWN_SUBTYPE, torch.full_like(y, -100), y)
+            loss = loss + F.cross_entropy(sub, sub_target, label_smoothing=self.cfg.label_smoothing)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y), sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
         logits = self.net(self._inputs(x, train=False))
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y if self.cfg.task == "subtype" else (y > 0).long())
         p_pneumonia = 1 - logits.softmax(1)[:, 0]
         self.val_auc.update(p_pneumonia, (y > 0).long())
         acc = ((p_pneumonia >= 0.5).long() == (y > 0).long()).float().mean()
@@ -184,7 +200,7 @@ class PneumoModule(L.LightningModule):
 
 
 def _loaders(cfg: TrainConfig, train: SplitData, val: SplitData):
-    idx = balanced_indices(train.targets, cfg.seed) if cfg.balance == "oversample" else None
+    idx = balanced_indices(task_targets(train.targets, cfg.task), cfg.seed) if cfg.balance == "oversample" else None
     train_ds, val_ds = CachedImages(train, idx), CachedImages(val)
     gen = torch.Generator().manual_seed(cfg.seed)
     # No worker processes: a batch is a memmap slice; workers would only compete for the two cores.
@@ -196,7 +212,7 @@ def _loaders(cfg: TrainConfig, train: SplitData, val: SplitData):
 def _class_weights(cfg: TrainConfig, targets: np.ndarray) -> list[float] | None:
     if cfg.balance != "weights":
         return None
-    counts = np.bincount(targets, minlength=len(TASK_CLASSES[cfg.task])).astype(float)
+    counts = np.bincount(task_targets(targets, cfg.task), minlength=len(TASK_CLASSES[cfg.task])).astype(float)
     return (counts.sum() / (len(counts) * np.maximum(counts, 1))).tolist()
 
 
@@ -297,7 +313,9 @@ def refinalize(run: Path, target_sensitivity: float | None = None) -> Path:
     if ckpt is None:
         raise FileNotFoundError(f"{run}: no checkpoints/best.ckpt or last.ckpt to finalize")
     train, val, summary = load_splits(cfg)
-    net = create_model(cfg.arch, len(TASK_CLASSES[cfg.task]), pretrained=False, dropout=cfg.dropout)
+    net = create_model(
+        cfg.arch, len(TASK_CLASSES[cfg.task]), pretrained=False, dropout=cfg.dropout, subtype_head=cfg.subtype_head
+    )
     net.load_state_dict(_net_state(str(ckpt)))
     timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").is_file() else {}
     return finalize_run(cfg, net, train, val, summary, timing)
