@@ -131,6 +131,21 @@ def test_subtype_task_via_cli(dataset, tmp_path, monkeypatch, capsys):
     assert p.p_normal == pytest.approx(1 - p.probability)
 
 
+def test_binary_task_with_subtype_head(dataset, cache_dir, tmp_path):
+    run = tmp_path / "head"
+    fit(_cfg(dataset, run, cache_dir, epochs=1, subtype_head=True))
+    mf = load_model_file(run)
+    assert mf.meta.task == "binary" and mf.meta.class_names == ["NORMAL", "PNEUMONIA"] and mf.meta.has_subtypes
+    assert {"subtype_accuracy", "bacterial_vs_viral_accuracy"} <= set(mf.meta.validation)
+    import onnxruntime as ort
+
+    outputs = [o.name for o in ort.InferenceSession(mf.onnx).get_outputs()]
+    assert outputs == ["logits", "features", "subtype_logits"]
+    p = Predictor.load(run).predict_one(next(dataset.rglob("person1_virus_*.png")), "x")
+    assert p.p_normal + p.p_bacterial + p.p_viral == pytest.approx(1.0)
+    assert p.p_normal == pytest.approx(1 - p.probability)  # the binary head decides, the subtype head splits
+
+
 def test_resume_continues_and_appends(dataset, cache_dir, tmp_path):
     run = tmp_path / "resume"
     fit(_cfg(dataset, run, cache_dir, epochs=1, balance="none"))
@@ -207,3 +222,15 @@ def test_ddp_two_processes(dataset, tmp_path):
     assert mf.meta.data["train_images"] + mf.meta.data["val_images"] == 2 * N_PER_CLASS
     assert _epochs(run) == [0]
     assert Predictor.load(run).predict_one(next(dataset.rglob("*.png")), "x").error is None
+
+
+def test_targets_per_task():
+    from pneumo.train import _targets, task_targets
+
+    labels = ["NORMAL", "PNEUMONIA", "PNEUMONIA", "PNEUMONIA"]
+    subtypes = ["none", "bacteria", "virus", "unknown"]
+    assert _targets(labels, subtypes, "binary").tolist() == [0, 1, 1, 1]
+    assert _targets(labels, subtypes, "subtype").tolist() == [0, 1, 2, -1]  # unknown subtype: unusable
+    head = _targets(labels, subtypes, "binary", subtype_head=True)
+    assert head.tolist() == [0, 1, 2, 3]  # unknown subtype still trains the binary head
+    assert task_targets(head, "binary").tolist() == [0, 1, 1, 1]

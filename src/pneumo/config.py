@@ -22,15 +22,15 @@ class TrainConfig(BaseModel):
     subtype_head: bool = Field(default=False, description="binary task plus a normal/bacterial/viral head")
     pretrained: bool = True
     transfer: Literal["full", "top", "linear"] = "full"
-    image_size: int = 160
+    image_size: int = 128
     normalization: Literal["none", "equalize"] = "equalize"
-    epochs: int = 8
+    epochs: int = 6
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-4
     dropout: float = 0.2
     label_smoothing: float = 0.05
-    balance: Literal["weights", "oversample", "none"] = "oversample"
+    balance: Literal["weights", "oversample", "none"] = "weights"
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     val_fraction: float = 0.1
     split_csv: Path | None = Field(default=None, description="a split written by `pneumo data split`")
