@@ -120,6 +120,7 @@ def train(
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs")] = None,
     image_size: Annotated[int | None, typer.Option(help="Input size in pixels")] = None,
+    normalization: Annotated[str | None, typer.Option(help="equalize (histogram) or none [default: equalize]")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate")] = None,
     balance: Annotated[str | None, typer.Option(help="weights, oversample or none")] = None,
@@ -145,13 +146,9 @@ def train(
     base = TrainConfig.load(config).model_dump() if config else {}
     if resume and (out_dir / "config.yaml").is_file() and not config:
         base = TrainConfig.load(out_dir / "config.yaml").model_dump()
-    flags = {
-        "data_dir": data_dir, "out": out_dir, "arch": arch, "task": task, "subtype_head": subtype_head,
-        "epochs": epochs, "image_size": image_size, "batch_size": batch_size, "lr": lr, "balance": balance,
-        "transfer": transfer, "pretrained": pretrained, "split_csv": split, "val_fraction": val_fraction, "seed": seed,
-        "target_sensitivity": target_sensitivity, "patience": patience, "max_train_images": max_train_images,
-        "devices": devices, "num_nodes": num_nodes, "strategy": strategy, "threads": threads,
-    }  # fmt: skip
+    # Every option named like a config field sets it; the three whose names differ are mapped by hand.
+    given = {k: v for k, v in locals().items() if k in TrainConfig.model_fields and k != "augment"}
+    flags = {**given, "out": out_dir, "split_csv": split}
     merged = {**base, **{k: v for k, v in flags.items() if v is not None}}
     if "pretrained" not in merged or merged["pretrained"] is None:
         from pneumo.models import ARCHS
