@@ -66,6 +66,7 @@ def test_shifted_validation_reports_every_condition(labelled, tiny_model):
     res = shifted_validation(Predictor.load(tiny_model), [r.path for r in recs], y)
     assert set(PERTURBATIONS) <= set(res) and {"clean", "shifted (mean)"} <= set(res)
     assert res["clean"]["mean_abs_change"] == 0.0
+    assert 0.0 <= res["clean"]["flagged_out_of_domain"] <= 1.0
     # an untrained net still reacts to a 2-sigma blur: the probe measures change, it is not a constant
     assert res["blur sigma 2"]["mean_abs_change"] > 0
     assert "| clean |" in format_table(res)

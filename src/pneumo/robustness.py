@@ -103,7 +103,7 @@ def predict_perturbed(predictor: Predictor, paths: Sequence[Path], perturb: Pert
         img = Image.fromarray(np.round(load_image(p) * 255).astype(np.uint8))
         return str(p), _encode(perturb(img))
 
-    preds = predictor.predict_sources((source(p) for p in paths), batch_size=32, tta=tta)
+    preds = list(predictor.predict_sources((source(p) for p in paths), batch_size=32, tta=tta))
     return np.array([p.probability for p in preds]), preds
 
 
