@@ -45,7 +45,6 @@ class TrainConfig(BaseModel):
     name: str | None = None
     cache_dir: Path | None = None
     domain_quantile: float = 0.98
-    export_onnx: bool = True
 
     def preprocessing(self) -> Preprocessing:
         return Preprocessing(image_size=self.image_size, normalization=self.normalization)

@@ -10,7 +10,7 @@ from pneumo.data import ImageRecord, read_split_csv, scan_dataset
 from pneumo.evaluate import write_evaluation
 from pneumo.imaging import load_image
 from pneumo.inference import Predictor
-from pneumo.modelfile import meta_json
+from pneumo.modelfile import TASK_CLASSES, meta_json
 
 GALLERY_SIZE = 128  # pixels per gallery tile; the gallery needs thumbnails, not the network input
 
@@ -62,11 +62,11 @@ def evaluate_folder(
     prob = np.array([preds[i].probability for i in keep])
     meta = predictor.meta
     multiclass = y_class = None
-    if meta.has_subtypes:
-        sub = {"none": 0, "bacteria": 1, "virus": 2}
-        known = [j for j, i in enumerate(keep) if recs[i].subtype in sub]
-        multiclass = np.array([[preds[i].p_normal, preds[i].p_bacterial, preds[i].p_viral] for i in keep])[known]
-        y_class = np.array([sub[recs[keep[j]].subtype] for j in known])
+    sub = {"none": 0, "bacteria": 1, "virus": 2}
+    # The subtype report needs every image's subtype (Kermany file names give it); otherwise it is left out.
+    if meta.has_subtypes and all(recs[i].subtype in sub for i in keep):
+        multiclass = np.array([[preds[i].p_normal, preds[i].p_bacterial, preds[i].p_viral] for i in keep])
+        y_class = np.array([sub[recs[i].subtype] for i in keep])
     images = [load_image(recs[i].path, GALLERY_SIZE) for i in keep]
     metrics = write_evaluation(
         out_dir,
@@ -74,7 +74,7 @@ def evaluate_folder(
         prob=prob,
         threshold=predictor.threshold,
         paths=[str(recs[i].path) for i in keep],
-        class_names=("NORMAL", "PNEUMONIA"),
+        class_names=tuple(TASK_CLASSES["subtype"] if multiclass is not None else TASK_CLASSES["binary"]),
         probs_multiclass=multiclass,
         y_class=y_class,
         images=images,
