@@ -80,6 +80,11 @@ def load_splits(cfg: TrainConfig) -> tuple[SplitData, SplitData, dict]:
     if cfg.split_csv:
         by_rel = {row.path: row.split for row in read_split_csv(cfg.split_csv)}
         splits = [by_rel.get(r.rel, "unused") for r in records]
+        if "val" not in splits:
+            raise ValueError(
+                f"{cfg.split_csv}: no validation image of it is under {cfg.data_dir} "
+                "(make the split with `pneumo data split` on the same folder you train on)"
+            )
     else:
         splits = split_dataset(records, val_fraction=cfg.val_fraction, seed=cfg.seed)
     out = []
