@@ -19,7 +19,10 @@ _EPS = 1e-6
 
 
 def _standardize(features: np.ndarray, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    return (np.asarray(features, dtype=np.float64) - arrays["domain_feature_mean"]) / arrays["domain_feature_std"]
+    f = np.asarray(features, dtype=np.float64)
+    if "domain_feature_mean" not in arrays:  # model files written before the guard standardised its features
+        return f
+    return (f - arrays["domain_feature_mean"]) / arrays["domain_feature_std"]
 
 
 def _distance(features: np.ndarray, arrays: dict[str, np.ndarray]) -> np.ndarray:
