@@ -551,3 +551,14 @@ def test_real_fullres_jpegs_load_at_224(fullres_dir):
         assert lungs < middle, path.name
         info = probe_image(path)
         assert info.format == "JPEG" and max(info.width, info.height) >= 900
+
+
+def test_display_image_keeps_the_aspect_ratio_and_map_resizes(tmp_path):
+    from pneumo.imaging import load_display_image, resize_map
+
+    path = tmp_path / "wide.png"
+    Image.fromarray(np.tile(np.arange(300, dtype=np.uint8) % 256, (150, 1))).save(path)
+    assert load_display_image(path, 100).shape == (50, 100)
+    assert load_display_image(path, 1000).shape == (150, 300)  # never enlarged
+    m = resize_map(np.array([[0.0, 1.0], [0.0, 1.0]], dtype=np.float32), (4, 8))
+    assert m.shape == (4, 8) and m[:, 0].max() < 0.5 < m[:, -1].min()

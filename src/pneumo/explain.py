@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pneumo.export import torch_twin
-from pneumo.imaging import ImageLoadError, load_image, probe_image
+from pneumo.imaging import ImageLoadError, load_display_image, load_image, resize_map
 from pneumo.inference import Prediction, Predictor
 from pneumo.modelfile import ModelFile, load_model_file
 from pneumo.models import cam_target_layer
@@ -61,15 +61,9 @@ class Explainer:
         size = self.model.meta.preprocessing.image_size
         net_input = load_image(source, size, name=name)
         pred = self.predictor.predict_arrays([net_input], [name])[0]
-        info = probe_image(source, name=name)
-        scale = min(1.0, DISPLAY_MAX / max(info.width, info.height))
-        shape = (max(2, round(info.height * scale)), max(2, round(info.width * scale)))
-        display = load_image(source, shape, name=name)
-        cam = self.heatmap(net_input)
-        from PIL import Image
-
-        cam_big = np.asarray(Image.fromarray(cam, mode="F").resize(shape[::-1], Image.Resampling.BILINEAR))
-        return Explanation(pred, np.clip(cam_big, 0, 1), display)
+        display = load_display_image(source, DISPLAY_MAX, name=name)
+        cam = resize_map(self.heatmap(net_input), display.shape)
+        return Explanation(pred, np.clip(cam, 0, 1), display)
 
 
 def overlay_png(exp: Explanation, *, show_heatmap: bool = True, title: str | None = None) -> bytes:

@@ -90,6 +90,21 @@ def probe_image(source: str | os.PathLike | bytes, *, name: str | None = None) -
     return _guarded(source, name, _probe)
 
 
+def load_display_image(
+    source: str | os.PathLike | bytes, max_side: int = 512, *, name: str | None = None
+) -> np.ndarray:
+    """The image for showing to a person: aspect ratio kept, the longer side at most ``max_side`` pixels."""
+    info = probe_image(source, name=name)
+    scale = min(1.0, max_side / max(info.width, info.height))
+    return load_image(source, (max(2, round(info.height * scale)), max(2, round(info.width * scale))), name=name)
+
+
+def resize_map(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float map (e.g. a heat map) to ``shape`` = (height, width); no decoding involved."""
+    im = Image.fromarray(np.ascontiguousarray(values, dtype=np.float32))
+    return np.asarray(im.resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
+
+
 def _guarded(source: str | os.PathLike | bytes, name: str | None, read: Callable[[BinaryIO, bytes], _T]) -> _T:
     """Open ``source`` and run ``read(file, first_bytes)``; whatever goes wrong leaves as one ImageLoadError."""
     label = name if name is not None else "<bytes>" if isinstance(source, _BYTES) else os.fspath(source)

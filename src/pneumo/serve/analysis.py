@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pneumo.imaging import ImageLoadError, load_image, probe_image
+from pneumo.imaging import ImageLoadError, load_display_image, load_image, resize_map
 from pneumo.inference import Prediction, Predictor
 from pneumo.modelfile import ModelFileError
 from pneumo.serve.upload import maybe_headerless_dicom, sniff_format, unsupported_reason
@@ -62,11 +62,6 @@ def heatmap_rgba_png(cam: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _display_shape(width: int, height: int) -> tuple[int, int]:
-    scale = min(1.0, DISPLAY_MAX / max(width, height))
-    return max(2, round(height * scale)), max(2, round(width * scale))
-
-
 class Analyser:
     """Wraps a loaded Predictor; explains with a lazily loaded, lock-guarded Explainer."""
 
@@ -83,8 +78,7 @@ class Analyser:
             raise UnsupportedImage(unsupported_reason(data))
         try:
             net_input = load_image(data, self.predictor.size, name=name)
-            info = probe_image(data, name=name)
-            display = load_image(data, _display_shape(info.width, info.height), name=name)
+            display = load_display_image(data, DISPLAY_MAX, name=name)
         except ImageLoadError as exc:
             raise (UnreadableImage if recognised else UnsupportedImage)(str(exc)) from None
         return net_input, display
@@ -108,8 +102,7 @@ class Analyser:
             except Exception as exc:  # a heat map is an extra: its failure must not cost the prediction
                 log_exception("heat map failed", exc)
                 return None, "the heat map could not be computed for this image"
-        cam = np.asarray(Image.fromarray(cam, mode="F").resize(shape[::-1], Image.Resampling.BILINEAR))
-        return heatmap_rgba_png(cam), None
+        return heatmap_rgba_png(resize_map(cam, shape)), None
 
     def _load_explainer(self):
         """The Explainer, loaded once; on failure ``None`` with the reason kept in ``_explainer_error``."""
