@@ -557,7 +557,7 @@ def test_display_image_keeps_the_aspect_ratio_and_map_resizes(tmp_path):
     from pneumo.imaging import load_display_image, resize_map
 
     path = tmp_path / "wide.png"
-    Image.fromarray(np.tile(np.arange(300, dtype=np.uint8) % 256, (150, 1))).save(path)
+    Image.fromarray(np.tile((np.arange(300) % 256).astype(np.uint8), (150, 1))).save(path)
     assert load_display_image(path, 100).shape == (50, 100)
     assert load_display_image(path, 1000).shape == (150, 300)  # never enlarged
     m = resize_map(np.array([[0.0, 1.0], [0.0, 1.0]], dtype=np.float32), (4, 8))
