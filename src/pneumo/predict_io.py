@@ -85,19 +85,23 @@ def summary_line(preds: Sequence[Prediction]) -> str:
 
 def render_table(preds: Sequence[Prediction], subtypes: bool):
     """A rich Table for the terminal."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(show_lines=False)
-    for name in ["file", "P(pneumonia)", "decision", "domain"] + (["normal/bact/viral"] if subtypes else []):
-        table.add_column(name, overflow="fold")
+    table.add_column("file", overflow="fold", ratio=1, min_width=16)
+    # The figures never wrap: a folded probability or decision is easy to misread.
+    for name in ["P(pneum.)", "decision", "domain"] + (["normal/bact/viral"] if subtypes else []):
+        table.add_column(name, no_wrap=True)
     for p in preds:
-        if p.error:
-            row = [p.path, "", "[red]unreadable[/red]", p.error]
+        if p.error:  # the reason goes under the file name, so the narrow figure columns stay narrow
+            reason = p.error.removeprefix(f"{p.path}: ")
+            row = [f"{p.path}\n[red]{escape(reason)}[/red]", "", "[red]unreadable[/red]", ""]
         else:
             style = "bold red" if p.prediction == "PNEUMONIA" else "green"
-            domain = "" if p.in_domain is None else ("ok" if p.in_domain else "[bold yellow]OUT OF DOMAIN[/]")
+            domain = "" if p.in_domain is None else ("ok" if p.in_domain else "[bold yellow]OUT[/]")
             if p.domain_score is not None:
-                domain += f" ({p.domain_score:.2f})"
+                domain += f" {p.domain_score:.2f}"
             row = [p.path, f"{p.probability:.3f}", f"[{style}]{p.prediction}[/]", domain]
         if subtypes:
             row.append("" if p.p_normal is None else f"{p.p_normal:.2f}/{p.p_bacterial:.2f}/{p.p_viral:.2f}")
