@@ -26,6 +26,11 @@ def select_records(
     if split_csv is not None:
         wanted = {row.path for row in read_split_csv(split_csv) if row.split == (split or "val")}
         recs = [r for r in ds.training_records() if r.rel in wanted]
+        if not recs:
+            raise ValueError(
+                f"{split_csv}: none of its {split or 'val'} rows is under {data_dir} "
+                "(use the folder the split was made on)"
+            )
         return recs, f"{split or 'val'} rows of {split_csv}"
     levels = [s for s in ds.splits if s is not None]
     if levels:
