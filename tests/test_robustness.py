@@ -78,3 +78,14 @@ def test_reference_outliers_decode_through_the_loader():
     for name, data in samples:
         img = load_image(data, 32, name=name)
         assert img.shape == (32, 32)
+
+
+def test_split_csv_of_another_folder_is_refused_clearly(labelled, tmp_path):
+    from pneumo.data import make_split
+
+    csv_path = make_split(labelled, tmp_path / "split.csv", val_fraction=0.3)  # paths like train/NORMAL/...
+    assert csv_path
+    recs, _ = select_records(labelled, "val", tmp_path / "split.csv")
+    assert recs and all(r.split == "train" for r in recs)  # val rows are carved out of the train split
+    with pytest.raises(ValueError, match="none of its val rows"):
+        select_records(labelled / "train", "val", tmp_path / "split.csv")
