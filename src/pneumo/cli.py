@@ -233,7 +233,7 @@ def predict(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write results to a .csv or .json")] = None,
     threshold: Annotated[float | None, typer.Option(help="Decision threshold [default: the model's]")] = None,
     tta: Annotated[bool, typer.Option(help="Test-time augmentation (average with the mirrored image)")] = False,
-    batch_size: Annotated[int, typer.Option(help="Images per ONNX Runtime call")] = 16,
+    batch_size: Annotated[int, typer.Option(help="Images per ONNX Runtime call")] = 64,
 ) -> None:
     """Calibrated probability of pneumonia, decision at the model's threshold, and a domain check, per file.
 

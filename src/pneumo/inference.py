@@ -93,7 +93,10 @@ class Predictor:
         """Predict images already decoded at the model's input size (2-D, [0, 1])."""
         if not images:
             return []
-        x = to_input(list(images), self.meta.preprocessing)
+        return self._predict_inputs(to_input(list(images), self.meta.preprocessing), names, tta)
+
+    def _predict_inputs(self, x: np.ndarray, names: Sequence[str], tta: bool) -> list[Prediction]:
+        """Predict a prepared batch (N x 1 x H x W, normalised as the model expects)."""
         logits, features, sub = self._run(x)
         if tta:  # the mirror image: the model was trained with horizontal flips, so both views are in-distribution
             flipped = self._run(np.ascontiguousarray(x[..., ::-1]))
@@ -107,7 +110,7 @@ class Predictor:
         if m.domain_guard is not None and self.model.arrays:
             in_domain, score = domain_check(features, m.domain_guard, self.model.arrays)
         else:
-            in_domain, score = [None] * len(images), [None] * len(images)
+            in_domain, score = [None] * len(names), [None] * len(names)
         out = []
         for i, name in enumerate(names):
             p = float(prob[i])
@@ -125,16 +128,20 @@ class Predictor:
         return out
 
     def _decode(self, item: tuple[str, Source]) -> tuple[str, np.ndarray | None, str | None]:
+        """Decode and prepare one input in a worker thread, so that equalisation overlaps inference too."""
         name, source = item
         try:
-            return name, load_image(source, self.size, name=name), None
+            img = load_image(source, self.size, name=name)
         except ImageLoadError as exc:
             return name, None, str(exc)
+        return name, to_input([img], self.meta.preprocessing)[0], None
 
     def predict_sources(
-        self, sources: Iterable[tuple[str, Source]], *, batch_size: int = 16, workers: int = 2, tta: bool = False
+        self, sources: Iterable[tuple[str, Source]], *, batch_size: int = 64, workers: int = 2, tta: bool = False
     ) -> Iterator[Prediction]:
-        """Decode and predict ``(name, path-or-bytes)`` pairs, yielding one result per input in input order."""
+        """Decode and predict ``(name, path-or-bytes)`` pairs, yielding one result per input in input order.
+
+        Batches of 64 keep ONNX Runtime busy long enough for the decoding of the next batch to overlap it."""
         items = iter(sources)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
 
@@ -146,8 +153,9 @@ class Predictor:
             while pending:
                 decoded = [f.result() for f in pending]
                 pending = submit_batch()  # the next batch decodes while this one is on the network
-                good = [(n, img) for n, img, err in decoded if err is None]
-                preds = iter(self.predict_arrays([g[1] for g in good], [g[0] for g in good], tta=tta))
+                good = [(n, x) for n, x, err in decoded if err is None]
+                batch = np.stack([g[1] for g in good]) if good else None
+                preds = iter(self._predict_inputs(batch, [g[0] for g in good], tta) if good else [])
                 for name, _, err in decoded:
                     yield next(preds) if err is None else Prediction(path=name, threshold=self.threshold, error=err)
 
