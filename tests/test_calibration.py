@@ -1,4 +1,4 @@
-"""Calibration: softmax, temperature scaling, ECE, reliability bins, threshold choice."""
+"""Calibration: softmax, temperature and bias fitting, ECE, reliability bins, threshold choice."""
 
 from __future__ import annotations
 
@@ -14,13 +14,11 @@ from hypothesis import strategies as st
 from pneumo.calibration import (
     choose_threshold,
     expected_calibration_error,
-    fit_temperature,
-    nll,
+    fit_calibration,
     operating_point,
-    pneumonia_probability,
     reliability_bins,
-    softmax,
 )
+from pneumo.probability import calibrated_probability, softmax
 
 
 def test_softmax_matches_scipy_and_is_stable():
@@ -32,10 +30,10 @@ def test_softmax_matches_scipy_and_is_stable():
 
 
 def test_pneumonia_probability_is_one_minus_normal():
-    assert pneumonia_probability(np.array([[0.0, 0.0], [0.0, np.log(3.0)]])) == pytest.approx([0.5, 0.75])
-    assert pneumonia_probability(np.zeros((1, 3))) == pytest.approx([2 / 3])
+    assert calibrated_probability(np.array([[0.0, 0.0], [0.0, np.log(3.0)]])) == pytest.approx([0.5, 0.75])
+    assert calibrated_probability(np.zeros((1, 3))) == pytest.approx([2 / 3])
     # temperature 2 on logit gap log 9 gives odds 3
-    assert pneumonia_probability(np.array([[0.0, np.log(9.0)]]), T=2.0) == pytest.approx([0.75])
+    assert calibrated_probability(np.array([[0.0, np.log(9.0)]]), 2.0) == pytest.approx([0.75])
 
 
 def test_ece_constant_predictor_on_balanced_labels_is_0_4():
@@ -80,28 +78,38 @@ def _true_model(rng, n, c):
     return logits, y_class
 
 
+def _binary_nll(logits, y, t, b):
+    p = np.clip(calibrated_probability(logits, t, b), 1e-12, 1 - 1e-12)
+    return float(-np.mean(np.where(y > 0, np.log(p), np.log(1 - p))))
+
+
 @pytest.mark.parametrize("c", [2, 3])
-def test_fit_temperature_recovers_overconfidence(c):
+def test_fit_calibration_undoes_overconfidence(c):
     logits, y_class = _true_model(np.random.default_rng(3), 4000, c)
     y = (y_class > 0).astype(int)
     over = 3.0 * logits
-    t = fit_temperature(over, y, y_class if c == 3 else None)
-    assert t == pytest.approx(3.0, rel=0.1)
-    before = expected_calibration_error(pneumonia_probability(over), y)
-    after = expected_calibration_error(pneumonia_probability(over, t), y)
+    t, b = fit_calibration(over, y)
+    if c == 2:  # the binary log-odds is exactly three times too large, with no prior shift
+        assert t == pytest.approx(3.0, rel=0.1) and b == pytest.approx(0.0, abs=0.1)
+    before = expected_calibration_error(calibrated_probability(over), y)
+    after = expected_calibration_error(calibrated_probability(over, t, b), y)
     assert after < before / 2
-    assert nll(over, y, None, t) < nll(over, y, None, 1.0)
+    assert _binary_nll(over, y, t, b) < _binary_nll(over, y, 1.0, 0.0)
 
 
-def test_fit_temperature_binary_objective_on_subtype_logits():
-    logits, y_class = _true_model(np.random.default_rng(4), 4000, 3)
+def test_fit_calibration_recovers_a_prior_shift():
+    # Class-balanced training shifts the log-odds by a constant; the bias must take it back out.
+    logits, y_class = _true_model(np.random.default_rng(4), 6000, 2)
     y = (y_class > 0).astype(int)
-    assert fit_temperature(logits / 2.0, y) == pytest.approx(0.5, rel=0.15)
+    shifted = logits.copy()
+    shifted[:, 1] -= 1.0
+    t, b = fit_calibration(shifted, y)
+    assert t == pytest.approx(1.0, rel=0.1) and b == pytest.approx(1.0, abs=0.15)
 
 
-def test_fit_temperature_rejects_bad_shape():
+def test_fit_calibration_rejects_bad_shape():
     with pytest.raises(ValueError, match="N x C"):
-        fit_temperature(np.zeros(5), np.zeros(5))
+        fit_calibration(np.zeros(5), np.zeros(5))
 
 
 def test_choose_threshold_examples():

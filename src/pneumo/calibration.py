@@ -1,12 +1,12 @@
-"""Calibration and operating points: temperature scaling, ECE, reliability bins and threshold choice.
+"""Calibration and operating points: temperature and bias fitting, ECE, reliability bins and threshold choice.
 
 Everything here works on plain numpy arrays and needs only numpy and scipy, because training imports it to set the
 temperature and threshold that travel in the model file.
 
 Conventions shared by every function:
 
-- ``logits`` is N x C; column 0 is NORMAL, so the probability of pneumonia is ``1 - softmax(logits / T)[:, 0]`` both
-  for the binary task (C=2) and the subtype task (C=3, where pneumonia is BACTERIA or VIRUS).
+- ``logits`` is N x C; column 0 is NORMAL. The probability of pneumonia is the one :mod:`pneumo.probability`
+  defines (``calibrated_probability``), for the binary task (C=2) and the subtype task (C=3) alike.
 - ``y`` is the binary truth, 1 = pneumonia; ``prob`` is the probability of pneumonia.
 - a case is predicted positive when ``prob >= threshold``.
 """
@@ -17,61 +17,10 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import logsumexp
 
-from pneumo.probability import pneumonia_log_odds, softmax
+from pneumo.probability import pneumonia_log_odds
 
 T_BOUNDS = (0.05, 20.0)
-
-
-def pneumonia_probability(logits: np.ndarray, T: float = 1.0) -> np.ndarray:
-    """Probability of pneumonia, ``1 - softmax(logits / T)[:, 0]``, for binary or subtype logits."""
-    return 1.0 - softmax(logits, T)[:, 0]
-
-
-def _log_probs(logits: np.ndarray, T: float) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / T
-    return z - logsumexp(z, axis=1, keepdims=True)
-
-
-def nll(logits: np.ndarray, y_pneumonia: np.ndarray, y_class: np.ndarray | None = None, T: float = 1.0) -> float:
-    """Mean negative log-likelihood at temperature ``T``: of the true class if ``y_class`` is given, else binary.
-
-    The binary form scores ``1 - p_normal``; its log is taken as a log-sum-exp over the pneumonia columns, so it
-    stays finite where ``1 - p_normal`` would round to 0.
-    """
-    logp = _log_probs(logits, T)
-    if y_class is not None:
-        y_class = np.asarray(y_class, dtype=np.int64)
-        return float(-logp[np.arange(len(y_class)), y_class].mean())
-    y = np.asarray(y_pneumonia).astype(bool)
-    log_pos = logsumexp(logp[:, 1:], axis=1)
-    return float(-np.where(y, log_pos, logp[:, 0]).mean())
-
-
-def fit_temperature(logits: np.ndarray, y_pneumonia: np.ndarray, y_class: np.ndarray | None = None) -> float:
-    """Temperature ``T`` in [0.05, 20] minimising the validation NLL of ``softmax(logits / T)``.
-
-    Objective: for C=2, and for C=3 without ``y_class``, the NLL of the binary outcome (pneumonia or not), since
-    the pneumonia probability is what is thresholded and reported. For C=3 with ``y_class`` the NLL of the true
-    class index, because one temperature scales every probability the model shows, subtypes included, and the
-    multiclass NLL is the proper score for all of them (for C=2 the two objectives are the same number).
-    The search is on ``log T`` (bounded Brent), where the NLL is smooth and the scale is symmetric.
-    """
-    logits = np.asarray(logits, dtype=np.float64)
-    if logits.ndim != 2 or logits.shape[1] < 2:
-        raise ValueError(f"logits must be N x C with C >= 2, got shape {logits.shape}")
-    if y_class is not None and logits.shape[1] == 2:
-        y_class = None  # identical objective; the binary form also accepts y_pneumonia alone
-    lo, hi = math.log(T_BOUNDS[0]), math.log(T_BOUNDS[1])
-    res = minimize_scalar(
-        lambda log_t: nll(logits, y_pneumonia, y_class, math.exp(log_t)),
-        bounds=(lo, hi),
-        method="bounded",
-        options={"xatol": 1e-5},
-    )
-    return float(math.exp(res.x))
 
 
 def fit_calibration(logits: np.ndarray, y_pneumonia: np.ndarray) -> tuple[float, float]:
@@ -83,6 +32,9 @@ def fit_calibration(logits: np.ndarray, y_pneumonia: np.ndarray) -> tuple[float,
     """
     from scipy.optimize import minimize
 
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        raise ValueError(f"logits must be N x C with C >= 2, got shape {logits.shape}")
     z = pneumonia_log_odds(logits)
     y = np.asarray(y_pneumonia, dtype=np.float64)
 
