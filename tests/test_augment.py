@@ -11,8 +11,9 @@ from pneumo.modelfile import Preprocessing
 from pneumo.preprocess import equalize, to_input
 
 OFF = {
-    "rotation_deg": 0.0, "shear_deg": 0.0, "zoom": 0.0, "translate": 0.0, "hflip_p": 0.0, "brightness": 0.0,
-    "contrast": 0.0, "gamma": 0.0, "blur_sharpen_p": 0.0, "resolution_loss_p": 0.0, "noise_p": 0.0,
+    "rotation_deg": 0.0, "shear_deg": 0.0, "scale": (1.0, 1.0), "aspect": (1.0, 1.0), "translate": 0.0,
+    "hflip_p": 0.0, "brightness": 0.0, "contrast": 0.0, "gamma": 0.0, "blur_sharpen_p": 0.0,
+    "resolution_loss_p": 0.0, "noise_p": 0.0,
 }  # fmt: skip
 
 
@@ -97,3 +98,17 @@ def test_each_transform_alone_changes_images(field):
     y = augment_batch(x[:5], AugmentConfig(**{**OFF, field: value}))  # the first 5 are not flat
     assert (y - x[:5]).abs().amax() > 1e-3
     assert y.min() >= 0 and y.max() <= 1
+
+
+@pytest.mark.parametrize(("sx", "sy"), [(0.8, 0.8), (1.25, 1.25), (0.85, 1.0), (1.0, 0.85), (0.9, 1.1)])
+def test_rescale_content_is_the_numpy_twin_of_the_training_warp(sx, sy):
+    """Test-time views (numpy, inference) resample exactly as the training augmentation (grid_sample) does."""
+    from pneumo.augment import rescale_batch
+    from pneumo.preprocess import rescale_content
+
+    imgs = _images(4, size=40)
+    got = np.stack([rescale_content(img, sx, sy) for img in imgs])
+    ref = rescale_batch(torch.from_numpy(imgs)[:, None], sx, sy).numpy()[:, 0]
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+    if sx < 1:  # a shrunk image's margin repeats its edge column
+        np.testing.assert_allclose(got[:, :, 0], got[:, :, 1], atol=1e-6)

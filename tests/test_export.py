@@ -41,6 +41,31 @@ def test_export_check_fails_when_tolerance_cannot_be_met(small_net, monkeypatch)
         export_onnx(small_net, 32)
 
 
+def _shift_head_bias(data: bytes, delta: float) -> bytes:
+    """The same graph with ``delta`` added to the classifier's bias: its logits move by exactly ``delta``."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load_from_string(data)
+    (init,) = [t for t in proto.graph.initializer if t.name.endswith("head.bias")]
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(delta), init.name))
+    return proto.SerializeToString()
+
+
+@pytest.mark.parametrize(("delta", "refused"), [(1e-2, True), (-1e-2, True), (1e-4, False), (0.0, False)])
+def test_parity_check_pins_its_bound(small_net, delta, refused):
+    """The bound itself: a graph whose logits differ by 1e-2 is refused, one within 1e-4 is accepted."""
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert small_net(x).abs().max() < 1  # so the bound is absolute here: TOLERANCE, not TOLERANCE * |logit|
+    graph = _shift_head_bias(export_onnx(small_net, 32), delta)
+    if refused:
+        with pytest.raises(ExportError, match=r"ONNX logits differ from PyTorch by 1\.00e-02"):
+            export.verify_onnx(graph, small_net, x)
+    else:
+        export.verify_onnx(graph, small_net, x)
+
+
 def test_export_check_fails_on_nan():
     net = create_model("cnn-small", 2).eval()
     with torch.no_grad():

@@ -105,6 +105,56 @@ def _png_of(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def test_decision_at_the_threshold_is_pneumonia(tiny_model, predictor):
+    """The README promises PNEUMONIA when the probability is *at or above* the threshold: set the threshold to
+    exactly a predicted probability, then one float step above it."""
+    img = load_image(_png(0), predictor.size)
+    p = predictor.predict_arrays([img], ["x"])[0].probability
+    at = Predictor.load(tiny_model, threshold=p).predict_arrays([img], ["x"])[0]
+    assert at.probability == p and at.threshold == p
+    assert at.prediction == "PNEUMONIA"
+    above = Predictor.load(tiny_model, threshold=float(np.nextafter(p, 1.0))).predict_arrays([img], ["x"])[0]
+    assert above.prediction == "NORMAL"
+
+
+def test_test_time_scales_average_logits_and_match_training_side(tiny_model, tmp_path):
+    """A model file with ``preprocessing.tta`` averages the logits of its content scales, exactly as the
+    training side's calibration sees them (``finalize.infer_batches``); the domain guard reads the image as is."""
+    import torch
+
+    from pneumo.export import torch_twin
+    from pneumo.finalize import infer_batches
+    from pneumo.modelfile import save_model_file
+    from pneumo.preprocess import rescale_content
+
+    mf = load_model_file(tiny_model)
+    pre = mf.meta.preprocessing.model_copy(update={"tta": [0.8, 1.0]})
+    tta_path = save_model_file(tmp_path / "tta.pneumo", mf.model_copy(update={"meta": mf.meta.model_copy(
+        update={"preprocessing": pre})}))  # fmt: skip
+    plain, tta = Predictor.load(tiny_model), Predictor.load(tta_path)
+    imgs = [load_image(_png(s), pre.image_size) for s in range(4)]
+    got = tta.predict_arrays(imgs, list("abcd"))
+    shrunk = [rescale_content(np.asarray(i, np.float32) / (255.0 if i.dtype == np.uint8 else 1.0), 0.8, 0.8)
+              for i in imgs]  # fmt: skip
+    lg_as_is = _logits(plain, imgs)
+    lg_shrunk = _logits(plain, shrunk)
+    expected = calibrated_probability((lg_as_is + lg_shrunk) / 2, mf.meta.temperature, mf.meta.calibration_bias)
+    np.testing.assert_allclose([p.probability for p in got], expected, atol=1e-6)
+    as_is = plain.predict_arrays(imgs, list("abcd"))
+    assert [p.domain_score for p in got] == pytest.approx([p.domain_score for p in as_is])
+    assert not np.allclose([p.probability for p in got], [p.probability for p in as_is])
+
+    u8 = np.stack([np.asarray(i) if i.dtype == np.uint8 else np.round(i * 255).astype(np.uint8) for i in imgs])
+    torch.manual_seed(0)
+    logits, _, _ = infer_batches(torch_twin(mf), u8, pre)
+    train_side = calibrated_probability(logits, mf.meta.temperature, mf.meta.calibration_bias)
+    np.testing.assert_allclose(train_side, expected, atol=1e-4)
+
+
+def _logits(predictor: Predictor, imgs) -> np.ndarray:
+    return predictor.session.run(["logits"], {"image": to_input(imgs, predictor.meta.preprocessing)})[0]
+
+
 def test_threshold_override(tiny_model):
     assert Predictor.load(tiny_model, threshold=0.0).predict_one(_png(0), "x").prediction == "PNEUMONIA"
     assert Predictor.load(tiny_model, threshold=1.0).predict_one(_png(0), "x").prediction == "NORMAL"

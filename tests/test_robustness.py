@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
 
+from pneumo.evaluate import binary_metrics
 from pneumo.evaluation_run import evaluate_folder, select_records
 from pneumo.imaging import load_image
 from pneumo.inference import Predictor
 from pneumo.ood import photographs, synthetic
-from pneumo.robustness import PERTURBATIONS, format_table, shifted_validation
+from pneumo.robustness import GEOMETRY, PERTURBATIONS, WORST, format_table, shifted_validation, worst_case
 
 
 def _xray_like(seed: int, size: int = 96) -> Image.Image:
@@ -38,10 +41,57 @@ def test_perturbations_change_the_image_but_keep_it_a_grayscale_image(name):
     out = PERTURBATIONS[name](im)
     assert out.mode == "L"
     a, b = np.asarray(im, dtype=float), np.asarray(out, dtype=float)
-    if a.shape == b.shape:
-        assert np.abs(a - b).mean() > 0.1, f"{name} left the image unchanged"
+    if name.startswith("crop"):
+        assert b.shape[0] < a.shape[0]
     else:
-        assert name.startswith("crop") and b.shape[0] < a.shape[0]
+        assert a.shape == b.shape
+        assert np.abs(a - b).mean() > 0.1, f"{name} left the image unchanged"
+
+
+def _square(size: int = 100, half: int = 20) -> Image.Image:
+    """A bright centred square on a grey ground whose border mean is known (60)."""
+    a = np.full((size, size), 60, np.uint8)
+    a[size // 2 - half : size // 2 + half, size // 2 - half : size // 2 + half] = 200
+    return Image.fromarray(a)
+
+
+def _extent(a: np.ndarray, axis: int) -> tuple[int, int]:
+    """First and last index along ``axis`` where the square (> 130) is."""
+    idx = np.flatnonzero((a > 130).any(axis=1 - axis))
+    return int(idx[0]), int(idx[-1])
+
+
+@pytest.mark.parametrize(
+    ("name", "across", "down"),
+    [("zoom 0.8 (margin)", 0.8, 0.8), ("zoom 1.25 (cropped)", 1.25, 1.25), ("squeeze across 15%", 0.85, 1.0),
+     ("squeeze down 15%", 1.0, 0.85)],
+)  # fmt: skip
+def test_geometric_conditions_scale_the_content_about_the_centre(name, across, down):
+    out = np.asarray(GEOMETRY[name](_square()))
+    for axis, factor in ((1, across), (0, down)):
+        lo, hi = _extent(out, axis)
+        assert hi - lo + 1 == pytest.approx(40 * factor, abs=1.5), (name, axis)
+        assert (lo + hi) / 2 == pytest.approx(49.5, abs=1.0)  # still centred
+    if across < 1:  # a margin of the border's mean grey, not replicated edges
+        assert out[50, 0] == 60
+
+
+def test_shift_moves_the_content_by_its_share_of_the_frame():
+    out = np.asarray(GEOMETRY["shift right 10%"](_square()))
+    assert _extent(out, 1) == (40, 79) and _extent(out, 0) == (30, 69)
+    out = np.asarray(GEOMETRY["shift down 10%"](_square()))
+    assert _extent(out, 0) == (40, 79) and _extent(out, 1) == (30, 69)
+
+
+def test_worst_case_takes_each_figure_from_its_own_worst_condition():
+    per = {
+        "a": {"roc_auc": 0.99, "specificity": 0.70, "ece": 0.02, "decisions_flipped": 0.01},
+        "b": {"roc_auc": 0.90, "specificity": 0.95, "ece": 0.10, "decisions_flipped": float("nan")},
+        "c": {"roc_auc": float("nan"), "specificity": 0.80, "ece": 0.05, "decisions_flipped": 0.20},
+    }
+    w = worst_case(per)
+    assert (w["roc_auc"], w["specificity"], w["ece"], w["decisions_flipped"]) == (0.90, 0.70, 0.10, 0.20)
+    assert w["worst_of"] == {"roc_auc": "b", "specificity": "a", "ece": "b", "decisions_flipped": "c"}
 
 
 def test_select_records_defaults_to_test_split_and_rejects_unknown(labelled):
@@ -60,16 +110,39 @@ def test_evaluate_folder_writes_report_through_the_onnx_path(labelled, tiny_mode
     assert "Healthy" in m["report"] and "Pneumonia" in m["report"]
 
 
-def test_shifted_validation_reports_every_condition(labelled, tiny_model):
+def test_shifted_validation_measures_each_condition_through_the_predictor(labelled, tiny_model):
     recs, _ = select_records(labelled)
+    paths = [r.path for r in recs]
     y = np.array([r.label == "PNEUMONIA" for r in recs], dtype=int)
-    res = shifted_validation(Predictor.load(tiny_model), [r.path for r in recs], y)
-    assert set(PERTURBATIONS) <= set(res) and {"clean", "shifted (mean)"} <= set(res)
-    assert res["clean"]["mean_abs_change"] == 0.0
-    assert 0.0 <= res["clean"]["flagged_out_of_domain"] <= 1.0
-    # an untrained net still reacts to a 2-sigma blur: the probe measures change, it is not a constant
-    assert res["blur sigma 2"]["mean_abs_change"] > 0
-    assert "| clean |" in format_table(res)
+    predictor = Predictor.load(tiny_model)
+    conditions = {k: PERTURBATIONS[k] for k in ("zoom 1.25 (cropped)", "blur sigma 2")}
+    res = shifted_validation(predictor, paths, y, conditions=conditions)
+    assert list(res) == [WORST, "clean", *conditions]  # the worst case first
+
+    clean = predictor.predict_sources((str(p), p) for p in paths)
+    clean_p = np.array([p.probability for p in clean])
+    for name, f in conditions.items():
+        # the same numbers by hand: perturb the decoded image, re-encode, predict through the user's path
+        sources = []
+        for p in paths:
+            buf = io.BytesIO()
+            f(Image.fromarray(np.round(load_image(p) * 255).astype(np.uint8))).save(buf, "PNG")
+            sources.append((str(p), buf.getvalue()))
+        preds = list(predictor.predict_sources(sources))
+        prob = np.array([p.probability for p in preds])
+        m = binary_metrics(y, prob, predictor.threshold)
+        r = res[name]
+        assert r["roc_auc"] == pytest.approx(m["roc_auc"]) and r["specificity"] == pytest.approx(m["specificity"])
+        assert r["mean_abs_change"] == pytest.approx(np.abs(prob - clean_p).mean())
+        flips = ((prob >= predictor.threshold) != (clean_p >= predictor.threshold)).sum()
+        assert r["decisions_flipped"] == flips / len(paths)
+        assert r["flagged_out_of_domain"] == sum(p.in_domain is False for p in preds) / len(paths)
+    assert res["clean"]["decisions_flipped"] == 0.0 and res["clean"]["mean_abs_change"] == 0.0
+    assert res["blur sigma 2"]["mean_abs_change"] > 0  # an untrained net still reacts to a 2-sigma blur
+    assert res[WORST]["roc_auc"] == min(res[k]["roc_auc"] for k in conditions)
+    assert res[WORST]["decisions_flipped"] == max(res[k]["decisions_flipped"] for k in conditions)
+    table = format_table(res).splitlines()
+    assert table[2].startswith("| **worst case** |") and table[3].startswith("| clean |")
 
 
 def test_reference_outliers_decode_through_the_loader():
@@ -83,8 +156,8 @@ def test_reference_outliers_decode_through_the_loader():
 def test_split_csv_of_another_folder_is_refused_clearly(labelled, tmp_path):
     from pneumo.data import make_split
 
-    csv_path = make_split(labelled, tmp_path / "split.csv", val_fraction=0.3)  # paths like train/NORMAL/...
-    assert csv_path
+    rows = make_split(labelled, tmp_path / "split.csv", val_fraction=0.3)  # paths like train/NORMAL/...
+    assert rows and all(r.path.startswith("train/") for r in rows)
     recs, _ = select_records(labelled, "val", tmp_path / "split.csv")
     assert recs and all(r.split == "train" for r in recs)  # val rows are carved out of the train split
     with pytest.raises(ValueError, match="none of its val rows"):

@@ -3,7 +3,9 @@
 Per-image Python transforms would spend a 2-core CPU on the data loader; here each step is a handful of batched
 tensor operations with per-sample random parameters. Two groups:
 
-- geometry: rotation, shear, zoom, translation, horizontal flip (one ``affine_grid`` / ``grid_sample``);
+- geometry: rotation, shear, content scale and aspect ratio (independent, log-uniform), translation, horizontal
+  flip (one ``affine_grid`` / ``grid_sample``). How much of the frame the chest fills, and its aspect, differ by
+  class in this dataset's originals and between acquisition periods: a model must not read them;
 - acquisition: brightness, contrast, gamma, blur or sharpening, resolution loss and noise -- what differs between
   scanners and exposure settings, and what a model must not use as a shortcut for the diagnosis.
 """
@@ -14,7 +16,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from pneumo.modelfile import Preprocessing
 
@@ -25,7 +27,8 @@ class AugmentConfig(BaseModel):
     enabled: bool = True
     rotation_deg: float = 10.0
     shear_deg: float = 5.0
-    zoom: float = 0.10
+    scale: tuple[float, float] = Field(default=(0.75, 1.33), description="content scale, log-uniform (>1 enlarges)")
+    aspect: tuple[float, float] = Field(default=(0.8, 1.25), description="width/height stretch, log-uniform")
     translate: float = 0.08
     hflip_p: float = 0.5
     brightness: float = 0.10
@@ -44,23 +47,43 @@ def _uniform(n: int, lo: float, hi: float, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(n, device=like.device, dtype=like.dtype).uniform_(lo, hi)
 
 
+def _log_uniform(n: int, bounds: tuple[float, float], like: torch.Tensor) -> torch.Tensor:
+    lo, hi = bounds
+    return torch.exp(_uniform(n, math.log(lo), math.log(hi), like))
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Resample with ``theta`` mapping output to input coordinates; the edge pixels extend past the frame.
+    :func:`pneumo.preprocess.rescale_content` is the numpy twin of this sampling."""
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def random_affine(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
-    """Rotate, shear, zoom, translate and flip every image of the batch by its own random amount."""
+    """Rotate, shear, scale, stretch, translate and flip every image of the batch by its own random amount."""
     n = x.shape[0]
     rot = torch.deg2rad(_uniform(n, -cfg.rotation_deg, cfg.rotation_deg, x))
     shear = torch.deg2rad(_uniform(n, -cfg.shear_deg, cfg.shear_deg, x))
-    scale = _uniform(n, 1 - cfg.zoom, 1 + cfg.zoom, x)
+    scale, aspect = _log_uniform(n, cfg.scale, x), _log_uniform(n, cfg.aspect, x)
+    sx, sy = scale * aspect.sqrt(), scale / aspect.sqrt()  # independent: the area and the aspect both vary
     flip = torch.where(torch.rand(n, device=x.device) < cfg.hflip_p, -1.0, 1.0).to(x.dtype)
     cos, sin = torch.cos(rot), torch.sin(rot)
     theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
-    # grid_sample maps output -> input coordinates, so dividing by the zoom enlarges the content.
-    theta[:, 0, 0] = cos / scale * flip
-    theta[:, 0, 1] = (-sin + torch.tan(shear) * cos) / scale
-    theta[:, 1, 0] = sin / scale * flip
-    theta[:, 1, 1] = (cos + torch.tan(shear) * sin) / scale
+    # grid_sample maps output -> input coordinates: rotation @ shear @ flip @ diag(1/sx, 1/sy), so dividing by a
+    # scale enlarges the content.
+    theta[:, 0, 0] = cos / sx * flip
+    theta[:, 0, 1] = (-sin + torch.tan(shear) * cos) / sy
+    theta[:, 1, 0] = sin / sx * flip
+    theta[:, 1, 1] = (cos + torch.tan(shear) * sin) / sy
     theta[:, :, 2] = _uniform(2 * n, -cfg.translate, cfg.translate, x).view(n, 2) * 2
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return _warp(x, theta)
+
+
+def rescale_batch(x: torch.Tensor, sx: float, sy: float) -> torch.Tensor:
+    """The content scaled by ``sx`` across and ``sy`` down about the centre (< 1 shrinks and pads with the edge)."""
+    theta = torch.zeros(x.shape[0], 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 1, 1] = 1 / sx, 1 / sy
+    return _warp(x, theta)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -137,3 +160,13 @@ def normalize_batch(x: torch.Tensor, cfg: Preprocessing) -> torch.Tensor:
     if cfg.normalization == "equalize":
         x = equalize_batch(x)
     return (x - cfg.mean) / cfg.std
+
+
+# Deterministic geometric shifts that validation measures every epoch (``sx``, ``sy``): the worst AUC over these
+# and the clean images chooses the checkpoint, and finalisation calibrates on them pooled with the clean ones.
+GEOMETRY_CHECKS: dict[str, tuple[float, float]] = {
+    "zoom 0.8": (0.8, 0.8),
+    "zoom 1.25": (1.25, 1.25),
+    "squeeze across 0.85": (0.85, 1.0),
+    "squeeze down 0.85": (1.0, 0.85),
+}

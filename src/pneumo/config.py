@@ -24,6 +24,7 @@ class TrainConfig(BaseModel):
     transfer: Literal["full", "top", "linear"] = "full"
     image_size: int = 128
     normalization: Literal["none", "equalize"] = "equalize"
+    tta: list[float] = Field(default_factory=list, description="test-time content scales recorded in the model file")
     epochs: int = 6
     batch_size: int = 32
     lr: float = 1e-3
@@ -47,7 +48,7 @@ class TrainConfig(BaseModel):
     domain_quantile: float = 0.98
 
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing(image_size=self.image_size, normalization=self.normalization)
+        return Preprocessing(image_size=self.image_size, normalization=self.normalization, tta=self.tta)
 
     def dump(self, path: Path) -> None:
         path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from pneumo import __version__
+from pneumo.augment import GEOMETRY_CHECKS
 from pneumo.calibration import choose_threshold, expected_calibration_error, fit_calibration
 from pneumo.config import TrainConfig
 from pneumo.domain import fit_domain_guard
@@ -23,18 +24,30 @@ DOMAIN_FIT_IMAGES = 2000
 
 @torch.no_grad()
 def infer_batches(
-    net: PneumoNet, images: np.ndarray, preproc, batch: int = 64
+    net: PneumoNet, images: np.ndarray, preproc, batch: int = 64, shift: tuple[float, float] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Logits, domain features and subtype logits (or None) of uint8 images (N x H x W), without augmentation."""
-    from pneumo.augment import normalize_batch
+    """Logits, domain features and subtype logits (or None) of uint8 images (N x H x W), without augmentation.
+
+    Logits are averaged over the test-time views of ``preproc`` exactly as :class:`pneumo.inference.Predictor`
+    does; the features are those of the image as it is. ``shift`` first rescales the content by ``(sx, sy)``."""
+    from pneumo.augment import normalize_batch, rescale_batch
+    from pneumo.preprocess import views
 
     net = net.eval().to(memory_format=torch.channels_last)
+    scales = views(preproc)
+    averaged = [i for i, s in enumerate(scales) if s in preproc.tta] or [0]
     outs: list[tuple] = []
     for i in range(0, len(images), batch):
         x = torch.from_numpy(np.array(images[i : i + batch])).float()[:, None] / 255.0
-        x = normalize_batch(x, preproc).contiguous(memory_format=torch.channels_last)
-        lg, sub, f = net.forward_all(x)
-        outs.append((lg.numpy(), f.numpy(), None if sub is None else sub.numpy()))
+        if shift is not None:
+            x = rescale_batch(x, *shift)
+        per_view = {}  # view index -> (logits, subtype logits, features)
+        for k in sorted({0, *averaged}):
+            v = x if scales[k] == 1.0 else rescale_batch(x, scales[k], scales[k])
+            per_view[k] = net.forward_all(normalize_batch(v, preproc).contiguous(memory_format=torch.channels_last))
+        lg = torch.stack([per_view[k][0] for k in averaged]).mean(0)
+        sub = None if per_view[0][1] is None else torch.stack([per_view[k][1] for k in averaged]).mean(0)
+        outs.append((lg.numpy(), per_view[0][2].numpy(), None if sub is None else sub.numpy()))
     sub = None if outs[0][2] is None else np.concatenate([o[2] for o in outs])
     return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs]), sub
 
@@ -61,19 +74,44 @@ def validation_metrics(y_bin: np.ndarray, prob: np.ndarray, threshold: float, n_
     return out
 
 
+def geometry_shift_summary(y: np.ndarray, clean_prob: np.ndarray, shifted: dict, temperature: float, bias: float,
+                           threshold: float) -> dict:  # fmt: skip
+    """Per geometric shift of validation: AUC, sensitivity, specificity, ECE and decision flips against the clean
+    images; and the worst case over the shifts (lowest AUC, sensitivity, specificity; highest ECE and flips)."""
+    from pneumo.evaluate import binary_metrics
+
+    out = {}
+    for name, logits in shifted.items():
+        p = calibrated_probability(logits, temperature, bias)
+        m = binary_metrics(y, p, threshold)
+        out[name] = {k: float(m[k]) for k in ("roc_auc", "sensitivity", "specificity", "ece")}
+        out[name]["decisions_flipped"] = float(np.mean((p >= threshold) != (clean_prob >= threshold)))
+    worst = {k: min(r[k] for r in out.values()) for k in ("roc_auc", "sensitivity", "specificity")}
+    worst.update({k: max(r[k] for r in out.values()) for k in ("ece", "decisions_flipped")})
+    return {"worst": worst, **out}
+
+
 def finalize_run(cfg: TrainConfig, net: PneumoNet, train, val, data_summary: dict, timing: dict) -> Path:
     """Write ``model.pneumo`` (and ``validation.json``) into the run directory; return the model path."""
     run = Path(cfg.out)
     preproc = cfg.preprocessing()
     val_logits, val_feats, val_sub = infer_batches(net, val.images, preproc)
     y_bin = (val.targets > 0).astype(int)
-    temperature, bias = fit_calibration(val_logits, y_bin)
+    # The operating point must survive a change of framing: calibration and threshold are fitted on validation
+    # pooled with its geometry-shifted copies, not on the clean images whose framing the model may read.
+    shifted = {name: infer_batches(net, val.images, preproc, shift=s)[0] for name, s in GEOMETRY_CHECKS.items()}
+    pooled = np.concatenate([val_logits, *shifted.values()])
+    y_pooled = np.tile(y_bin, 1 + len(shifted))
+    temperature, bias = fit_calibration(pooled, y_pooled)
     raw_prob = calibrated_probability(val_logits)
     prob = calibrated_probability(val_logits, temperature, bias)
-    threshold = choose_threshold(y_bin, prob, cfg.target_sensitivity)
+    threshold = choose_threshold(y_pooled, calibrated_probability(pooled, temperature, bias), cfg.target_sensitivity)
 
     metrics = validation_metrics(y_bin, prob, threshold)
     metrics["ece_before_calibration"] = expected_calibration_error(raw_prob, y_bin)
+    metrics["measured_on"] = f"internal validation: {data_summary.get('split', 'a split of the training data')}"
+    metrics["operating_point_fitted_on"] = "validation pooled with " + ", ".join(GEOMETRY_CHECKS)
+    metrics["geometry_shift"] = geometry_shift_summary(y_bin, prob, shifted, temperature, bias, threshold)
     if cfg.task == "subtype" or cfg.subtype_head:
         known = val.targets <= 2
         subtype_pred = subtype_probabilities(val_logits, temperature, bias, val_sub).argmax(1)

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from pneumo.domain import domain_check
 from pneumo.imaging import ImageLoadError, load_image
 from pneumo.modelfile import ModelFile, ModelFileError, ModelMeta, load_model_file
-from pneumo.preprocess import to_input
+from pneumo.preprocess import to_input, views
 from pneumo.probability import calibrated_probability, subtype_probabilities
 
 Source = str | os.PathLike | bytes
@@ -93,15 +93,31 @@ class Predictor:
         """Predict images already decoded at the model's input size (2-D, [0, 1])."""
         if not images:
             return []
-        return self._predict_inputs(to_input(list(images), self.meta.preprocessing), names, tta)
+        return self._predict_inputs(to_input(list(images), self.meta.preprocessing, tta=True), names, tta)
+
+    def network_outputs(self, x: np.ndarray, mirror: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Logits and subtype logits averaged over the model's test-time views (and their mirror images with
+        ``mirror``), and the domain features of the image as it is. ``x`` is N x V x H x W from ``to_input(...,
+        tta=True)``."""
+        n, v = x.shape[:2]
+        logits, features, sub = self._run(x.reshape(n * v, 1, *x.shape[2:]))
+        if mirror:  # the model was trained with horizontal flips, so the mirror views are in-distribution too
+            flipped = self._run(np.ascontiguousarray(x.reshape(n * v, 1, *x.shape[2:])[..., ::-1]))
+            logits = np.concatenate([logits, flipped[0]])
+            sub = None if sub is None else np.concatenate([sub, flipped[2]])
+        scales = views(self.meta.preprocessing)[:v]
+        averaged = [i for i, s in enumerate(scales) if s in self.meta.preprocessing.tta] or [0]
+
+        def mean_over_views(a: np.ndarray) -> np.ndarray:
+            a = a.reshape(-1, n, v, a.shape[-1])  # (mirror, image, view, class)
+            return a[:, :, averaged].mean(axis=(0, 2))
+
+        features = features.reshape(n, v, -1)[:, 0]
+        return mean_over_views(logits), features, None if sub is None else mean_over_views(sub)
 
     def _predict_inputs(self, x: np.ndarray, names: Sequence[str], tta: bool) -> list[Prediction]:
-        """Predict a prepared batch (N x 1 x H x W, normalised as the model expects)."""
-        logits, features, sub = self._run(x)
-        if tta:  # the mirror image: the model was trained with horizontal flips, so both views are in-distribution
-            flipped = self._run(np.ascontiguousarray(x[..., ::-1]))
-            logits = (logits + flipped[0]) / 2
-            sub = None if sub is None else (sub + flipped[2]) / 2
+        """Predict a prepared batch (N x V x H x W, normalised as the model expects)."""
+        logits, features, sub = self.network_outputs(x, mirror=tta)
         m = self.meta
         prob = calibrated_probability(logits, m.temperature, m.calibration_bias)
         subtypes = None
@@ -134,7 +150,7 @@ class Predictor:
             img = load_image(source, self.size, name=name)
         except ImageLoadError as exc:
             return name, None, str(exc)
-        return name, to_input([img], self.meta.preprocessing)[0], None
+        return name, to_input([img], self.meta.preprocessing, tta=True)[0], None
 
     def predict_sources(
         self, sources: Iterable[tuple[str, Source]], *, batch_size: int = 64, workers: int = 2, tta: bool = False

@@ -51,6 +51,10 @@ class Preprocessing(BaseModel):
     normalization: Literal["none", "equalize"] = "equalize"
     mean: float = 0.5
     std: float = 0.25
+    tta: list[float] = Field(
+        default_factory=list,
+        description="content scales whose logits are averaged at prediction (padded when < 1); empty: none",
+    )
 
 
 class DomainGuard(BaseModel):

@@ -15,6 +15,9 @@ import torch
 from timm.models import adapt_input_conv
 from torch import nn
 
+# A dead (all-zero) channel has variance 0, whose square root has no gradient: the floor keeps it finite.
+VARIANCE_FLOOR = 1e-8
+
 
 class PneumoNet(nn.Module):
     """Backbone -> pooled features -> dropout -> linear head, plus the domain-guard features.
@@ -70,7 +73,7 @@ class PneumoNet(nn.Module):
         if act is None:
             return logits, sub, f
         mean = act.mean(dim=(2, 3))
-        std = (act - mean[:, :, None, None]).pow(2).mean(dim=(2, 3)).clamp_min(1e-8).sqrt()
+        std = (act - mean[:, :, None, None]).pow(2).mean(dim=(2, 3)).clamp_min(VARIANCE_FLOOR).sqrt()
         return logits, sub, torch.cat([mean, std], dim=1)
 
 

@@ -34,13 +34,43 @@ def normalize_intensity(img: np.ndarray, cfg: Preprocessing) -> np.ndarray:
     return img.astype(np.float32, copy=False)
 
 
-def to_input(images: np.ndarray | list[np.ndarray], cfg: Preprocessing) -> np.ndarray:
-    """Images already at ``cfg.image_size`` (H x W in [0, 1], or uint8) -> float32 batch N x 1 x H x W."""
+def rescale_content(img: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """The content of ``img`` (H x W float) scaled by ``sx`` across and ``sy`` down about the centre, same size;
+    below 1 it shrinks and the edge pixels extend into the margin. Bilinear, exactly the sampling of the training
+    augmentation (``grid_sample``, ``align_corners=False``, border padding), so a test-time view is a view the
+    model was trained on."""
+    h, w = img.shape
+
+    def taps(n: int, s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # output pixel centre -> normalised [-1, 1] -> divided by the scale -> input pixel coordinate
+        u = ((2 * np.arange(n) + 1) / n - 1) / s
+        c = np.clip(((u + 1) * n - 1) / 2, 0, n - 1)
+        i0 = np.floor(c).astype(np.intp)
+        return i0, np.minimum(i0 + 1, n - 1), (c - i0).astype(np.float32)
+
+    y0, y1, fy = taps(h, sy)
+    x0, x1, fx = taps(w, sx)
+    a = np.asarray(img, dtype=np.float32)
+    rows = a[y0] * (1 - fy)[:, None] + a[y1] * fy[:, None]
+    return rows[:, x0] * (1 - fx) + rows[:, x1] * fx
+
+
+def views(cfg: Preprocessing) -> list[float]:
+    """The content scales the network sees for one image: 1.0 (the image as is, which the domain guard reads)
+    first, then the other test-time scales of ``cfg.tta``."""
+    return [1.0, *[s for s in dict.fromkeys(cfg.tta) if s != 1.0]]
+
+
+def to_input(images: np.ndarray | list[np.ndarray], cfg: Preprocessing, *, tta: bool = False) -> np.ndarray:
+    """Images already at ``cfg.image_size`` (H x W in [0, 1], or uint8) -> float32 batch N x 1 x H x W.
+
+    With ``tta`` the batch is N x V x H x W instead: one channel per content scale of :func:`views`."""
     batch = []
     for img in images:
         x = np.asarray(img)
         x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
         if x.shape != (cfg.image_size, cfg.image_size):
             raise ValueError(f"image is {x.shape}, the model expects {cfg.image_size}x{cfg.image_size}")
-        batch.append((normalize_intensity(x, cfg) - cfg.mean) / cfg.std)
-    return np.stack(batch)[:, None].astype(np.float32)
+        scaled = [x if s == 1.0 else rescale_content(x, s, s) for s in (views(cfg) if tta else [1.0])]
+        batch.append(np.stack([(normalize_intensity(v, cfg) - cfg.mean) / cfg.std for v in scaled]))
+    return np.stack(batch).astype(np.float32)

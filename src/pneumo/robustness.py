@@ -1,8 +1,15 @@
-"""Shifted validation: how a model holds up when acquisition changes, and whether it uses a sharpness shortcut.
+"""The shift suite: how a model holds up when framing or acquisition changes, and its worst case.
 
 Each perturbation is applied to the decoded validation image, which is then re-encoded and sent through the
-same loader and predictor a user's file goes through. Perturbations imitate what differs between scanners and
-sites: exposure (gamma), contrast, blur, sharpening, JPEG re-compression, resolution loss, noise, cropping.
+same loader and predictor a user's file goes through. Two families:
+
+- geometry, what differs between acquisition periods and what a model can read instead of the lungs: how much of
+  the frame the chest fills (zoom out with a margin, zoom in with a crop), its aspect (squeezed across or down),
+  and where it sits (translation). Margins are filled with the mean of the image's border, not the edge
+  replication the training augmentation uses, so the suite does not replay training;
+- acquisition: exposure (gamma), contrast, blur, sharpening, JPEG re-compression, resolution loss, noise.
+
+A model is judged on the **worst case** over the conditions, never on their mean, which hides one bad shift.
 """
 
 from __future__ import annotations
@@ -69,7 +76,40 @@ def _crop(frac: float) -> Perturb:
     return f
 
 
-PERTURBATIONS: dict[str, Perturb] = {
+def _border_mean(im: Image.Image) -> int:
+    a = np.asarray(im, dtype=np.float32)
+    return round(float(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]).mean()))
+
+
+def _affine(sx: float, sy: float, tx: float = 0.0, ty: float = 0.0) -> Perturb:
+    """Scale the content by ``sx`` across and ``sy`` down about the centre, then move it by ``tx``, ``ty`` (shares
+    of the width and height); the frame keeps its size and margins take the border's mean grey."""
+
+    def f(im: Image.Image) -> Image.Image:
+        w, h = im.size
+        cx, cy = w / 2, h / 2
+        # PIL maps each output pixel to an input one: x_in = (x_out - cx - tx*w) / sx + cx
+        data = (1 / sx, 0, cx - (cx + tx * w) / sx, 0, 1 / sy, cy - (cy + ty * h) / sy)
+        return im.transform(
+            im.size, Image.Transform.AFFINE, data, Image.Resampling.BILINEAR, fillcolor=_border_mean(im)
+        )
+
+    return f
+
+
+GEOMETRY: dict[str, Perturb] = {
+    "zoom 0.8 (margin)": _affine(0.8, 0.8),
+    "zoom 0.9 (margin)": _affine(0.9, 0.9),
+    "zoom 1.1 (cropped)": _affine(1.1, 1.1),
+    "zoom 1.25 (cropped)": _affine(1.25, 1.25),
+    "squeeze across 15%": _affine(0.85, 1.0),
+    "squeeze down 15%": _affine(1.0, 0.85),
+    "shift right 10%": _affine(1.0, 1.0, 0.10, 0.0),
+    "shift down 10%": _affine(1.0, 1.0, 0.0, 0.10),
+}
+ZOOMS = [k for k in GEOMETRY if k.startswith("zoom")]
+
+ACQUISITION: dict[str, Perturb] = {
     "gamma 0.6 (brighter)": _gamma(0.6),
     "gamma 1.6 (darker)": _gamma(1.6),
     "contrast x0.6": _contrast(0.6),
@@ -82,10 +122,11 @@ PERTURBATIONS: dict[str, Perturb] = {
     "noise 3%": _noise(0.03),
     "crop 15%": _crop(0.15),
 }
-SHORTCUT_PROBES = {
-    "blur sigma 1": PERTURBATIONS["blur sigma 1"],
-    "sharpen": PERTURBATIONS["sharpen"],
-}
+PERTURBATIONS: dict[str, Perturb] = {**GEOMETRY, **ACQUISITION}
+# Lower is worse for these, higher for the others: the worst case takes each figure from its own worst condition.
+HIGHER_IS_BETTER = ("accuracy", "sensitivity", "specificity", "roc_auc")
+LOWER_IS_BETTER = ("ece", "decisions_flipped", "mean_abs_change", "flagged_out_of_domain")
+WORST = "worst case"
 
 
 def _encode(im: Image.Image) -> bytes:
@@ -108,24 +149,43 @@ def predict_perturbed(predictor: Predictor, paths: Sequence[Path], perturb: Pert
 
 
 def shifted_validation(
-    predictor: Predictor, paths: Sequence[Path], y: np.ndarray, *, tta: bool = False, extra: dict | None = None
+    predictor: Predictor,
+    paths: Sequence[Path],
+    y: np.ndarray,
+    *,
+    tta: bool = False,
+    extra: dict | None = None,
+    conditions: dict[str, Perturb] | None = None,
 ) -> dict[str, dict]:
-    """Metrics on clean validation and under every perturbation, plus the mean probability change and the share
-    of decisions that flip; ``extra`` maps a name to ``(paths, y)`` of further sets (e.g. original-size images)."""
+    """Metrics on clean validation and under every condition (default: :data:`PERTURBATIONS`), with the mean
+    probability change and the share of decisions that flip against the clean image; first of all the worst case
+    over the conditions, each figure with the condition it comes from. ``extra`` maps a name to ``(paths, y)`` of
+    further sets (e.g. original-size images), reported but not part of the worst case."""
     y = np.asarray(y)
     base, preds = predict_perturbed(predictor, paths, None, tta)
-    results = {"clean": _summary(y, base, predictor.threshold, base, preds)}
-    for name, f in PERTURBATIONS.items():
+    per = {"clean": _summary(y, base, predictor.threshold, base, preds)}
+    for name, f in (PERTURBATIONS if conditions is None else conditions).items():
         prob, preds = predict_perturbed(predictor, paths, f, tta)
-        results[name] = _summary(y, prob, predictor.threshold, base, preds)
-    shifted = [r for k, r in results.items() if k != "clean"]
-    results["shifted (mean)"] = {
-        k: float(np.mean([r[k] for r in shifted])) for k in shifted[0] if isinstance(shifted[0][k], float)
-    }
+        per[name] = _summary(y, prob, predictor.threshold, base, preds)
+    results = {WORST: worst_case({k: r for k, r in per.items() if k != "clean"}), **per}
     for name, (xpaths, xy) in (extra or {}).items():
         prob, preds = predict_perturbed(predictor, xpaths, None, tta)
         results[name] = _summary(np.asarray(xy), prob, predictor.threshold, None, preds)
     return results
+
+
+def worst_case(per_condition: dict[str, dict]) -> dict:
+    """Each figure at its worst over the conditions (NaN figures, e.g. an AUC of one class, are skipped), and
+    ``worst_of``: which condition gave it."""
+    out: dict = {"worst_of": {}}
+    for key in (*HIGHER_IS_BETTER, *LOWER_IS_BETTER):
+        vals = {n: r[key] for n, r in per_condition.items() if key in r and np.isfinite(r[key])}
+        if not vals:
+            continue
+        pick = min if key in HIGHER_IS_BETTER else max
+        name = pick(vals, key=vals.__getitem__)
+        out[key], out["worst_of"][key] = vals[name], name
+    return out
 
 
 def _summary(y: np.ndarray, prob: np.ndarray, threshold: float, base: np.ndarray | None, preds) -> dict:
@@ -139,11 +199,17 @@ def _summary(y: np.ndarray, prob: np.ndarray, threshold: float, base: np.ndarray
 
 
 def format_table(results: dict[str, dict]) -> str:
-    """A markdown table of :func:`shifted_validation` results."""
+    """A markdown table of :func:`shifted_validation` results, the worst case first and in bold."""
     cols = ["accuracy", "sensitivity", "specificity", "roc_auc", "ece", "mean_abs_change", "decisions_flipped"]
     cols.append("flagged_out_of_domain")
     lines = ["| condition | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for name, r in results.items():
         cells = [f"{r[c]:.3f}" if isinstance(r.get(c), float) and np.isfinite(r[c]) else "—" for c in cols]
+        if name == WORST:
+            cells, name = [f"**{c}**" for c in cells], f"**{name}**"
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    worst = results.get(WORST, {}).get("worst_of", {})
+    if worst:
+        lines.append("")
+        lines.append("worst case from: " + "; ".join(f"{k}: {v}" for k, v in worst.items()))
     return "\n".join(lines)

@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torchmetrics.classification import BinaryAUROC
 
-from pneumo.augment import augment_batch, normalize_batch
+from pneumo.augment import GEOMETRY_CHECKS, augment_batch, normalize_batch, rescale_batch
 from pneumo.cache import build_cache
 from pneumo.config import TrainConfig
 from pneumo.data import read_split_csv, scan_dataset, split_dataset
@@ -29,6 +29,7 @@ from pneumo.models import create_model, set_transfer_mode
 
 SUBTYPE_INDEX = {"none": 0, "bacteria": 1, "virus": 2}
 UNKNOWN_SUBTYPE = 3  # pneumonia whose subtype the file name does not tell: trains the binary head only
+MONITOR = "val_auc_worst"  # clean validation rewards the framing shortcut; the worst geometric shift does not
 
 
 @dataclass
@@ -147,6 +148,8 @@ class PneumoModule(L.LightningModule):
         self.net = self.net.to(memory_format=torch.channels_last)
         self.register_buffer("class_weights", torch.tensor(class_weights) if class_weights else torch.ones(0))
         self.val_auc = BinaryAUROC()
+        # the same validation images under each geometric shift: the worst AUC chooses the checkpoint
+        self.shift_aucs = torch.nn.ModuleList(BinaryAUROC() for _ in GEOMETRY_CHECKS)
         self.preproc = cfg.preprocessing()
 
     def _inputs(self, x: torch.Tensor, train: bool) -> torch.Tensor:
@@ -173,12 +176,22 @@ class PneumoModule(L.LightningModule):
         loss = F.cross_entropy(logits, y if self.cfg.task == "subtype" else (y > 0).long())
         p_pneumonia = 1 - logits.softmax(1)[:, 0]
         self.val_auc.update(p_pneumonia, (y > 0).long())
+        for auc, shift in zip(self.shift_aucs, GEOMETRY_CHECKS.values(), strict=True):
+            shifted = rescale_batch(x.float() / 255.0, *shift)
+            x_shift = normalize_batch(shifted, self.preproc).contiguous(memory_format=torch.channels_last)
+            auc.update(1 - self.net(x_shift).softmax(1)[:, 0], (y > 0).long())
         acc = ((p_pneumonia >= 0.5).long() == (y > 0).long()).float().mean()
         self.log("val_loss", loss, prog_bar=True, batch_size=len(y), sync_dist=True)
         self.log("val_acc", acc, prog_bar=True, batch_size=len(y), sync_dist=True)
 
     def on_validation_epoch_end(self):
-        self.log("val_auc", self.val_auc.compute(), prog_bar=True, sync_dist=False)
+        aucs = [self.val_auc.compute()]
+        self.log("val_auc", aucs[0], prog_bar=True, sync_dist=False)
+        for auc, name in zip(self.shift_aucs, GEOMETRY_CHECKS, strict=True):
+            aucs.append(auc.compute())
+            self.log(f"val_auc_{name.replace(' ', '_')}", aucs[-1], sync_dist=False)
+            auc.reset()
+        self.log(MONITOR, torch.stack(aucs).min(), prog_bar=True, sync_dist=False)
         self.val_auc.reset()
 
     def on_train_start(self):
@@ -270,14 +283,14 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path | None:
 
     module = PneumoModule(cfg, _class_weights(cfg, train.targets))
     tl, vl = _loaders(cfg, train, val)
-    ckpt = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor="val_auc", mode="max", save_last=True)
+    ckpt = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor=MONITOR, mode="max", save_last=True)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
         max_epochs=cfg.epochs,
-        callbacks=[ckpt, EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience)],
+        callbacks=[ckpt, EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.patience)],
         logger=CSVLogger(run, name="", version="logs"),
         deterministic=False,
         log_every_n_steps=10,

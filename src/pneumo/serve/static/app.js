@@ -31,6 +31,10 @@ async function loadModelInfo() {
   $("#model-threshold").textContent = pct(model.threshold);
   $("#model-sensitivity").textContent = formatMetric(v.sensitivity);
   $("#model-specificity").textContent = formatMetric(v.specificity);
+  const worst = (v.geometry_shift || {}).worst;
+  $("#model-shift").textContent = worst
+    ? `${formatMetric(worst.sensitivity)} / ${formatMetric(worst.specificity)}`
+    : "not measured";
   $("#footer-version").textContent = `Pneumo ${model.pneumo_version} · model ${model.name} v${model.version}`;
   if (model.max_upload_mb) $("#upload-limit").textContent = `, up to ${model.max_upload_mb} MB each`;
 }
