@@ -155,6 +155,26 @@ def _logits(predictor: Predictor, imgs) -> np.ndarray:
     return predictor.session.run(["logits"], {"image": to_input(imgs, predictor.meta.preprocessing)})[0]
 
 
+def test_a_nan_probability_is_an_error_row_never_a_decision(tiny_model, monkeypatch):
+    predictor = Predictor.load(tiny_model)
+    real = predictor._run
+
+    def nan_logits(x):
+        logits, feats, sub = real(x)
+        return np.full_like(logits, np.nan), feats, sub
+
+    monkeypatch.setattr(predictor, "_run", nan_logits)
+    (row,) = predictor.predict_arrays([load_image(_png(0), predictor.size)], ["x.png"])
+    assert row.prediction is None and row.probability is None
+    assert "no finite probability" in row.error
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -0.1, 1.5])
+def test_threshold_override_must_be_a_probability(tiny_model, bad):
+    with pytest.raises(ModelFileError, match="between 0 and 1"):
+        Predictor.load(tiny_model, threshold=bad)
+
+
 def test_threshold_override(tiny_model):
     assert Predictor.load(tiny_model, threshold=0.0).predict_one(_png(0), "x").prediction == "PNEUMONIA"
     assert Predictor.load(tiny_model, threshold=1.0).predict_one(_png(0), "x").prediction == "NORMAL"

@@ -108,6 +108,31 @@ def test_invalid_meta(tmp_path, meta):
         load_model_file(path)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("threshold", "NaN"), ("threshold", 2.0), ("threshold", 0.0), ("temperature", 0), ("temperature", "Infinity"),
+     ("calibration_bias", "NaN"), ("preprocessing.std", 0), ("preprocessing.mean", "NaN"),
+     ("preprocessing.image_size", 0), ("preprocessing.image_size", -5), ("preprocessing.image_size", 20000),
+     ("preprocessing.tta", [0.0]), ("domain_guard.cutoff", "NaN")],
+)  # fmt: skip
+def test_unsafe_meta_values_are_refused_with_one_line(tmp_path, field, value):
+    """A value that would silently turn results into NORMAL (or crash, or exhaust memory) refuses the file."""
+    import json
+
+    meta = json.loads(_model().meta.model_dump_json())
+    meta["domain_guard"] = {"components": 4, "cutoff": 3.0, "quantile": 0.98, "validation_flag_rate": 0.02}
+    *parents, leaf = field.split(".")
+    node = meta
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    raw = json.dumps(meta).replace('"NaN"', "NaN").replace('"Infinity"', "Infinity").encode()
+    path = _zip(tmp_path / "m.pneumo", {META: raw})
+    with pytest.raises(ModelFileError, match=rf"invalid model metadata: {field.replace('.', '[.]')}") as info:
+        load_model_file(path)
+    assert "\n" not in str(info.value)
+
+
 def test_newer_format_is_refused(tmp_path):
     path = save_model_file(tmp_path / "m.pneumo", _model(format_version=99))
     with pytest.raises(ModelFileError, match="newer Pneumo"):

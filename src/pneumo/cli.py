@@ -316,9 +316,10 @@ def robustness(
         list[Path] | None, typer.Option(help="More labelled folders to report, e.g. original-size images")
     ] = None,
     out_json: Annotated[Path | None, typer.Option("--out", help="Write the results as JSON")] = None,
-    tta: Annotated[bool, typer.Option(help="Test-time augmentation")] = False,
+    tta: Annotated[bool, typer.Option(help="Also average with the mirror images")] = False,
 ) -> None:
-    """Shifted validation: metrics under exposure, contrast, blur, sharpening, JPEG, resolution, noise and crop."""
+    """The shift suite: metrics under zoom, squeeze, translation, exposure, contrast, blur, sharpening, JPEG,
+    resolution loss and noise, the worst case over them first."""
     import json
 
     import numpy as np

@@ -77,6 +77,8 @@ class Predictor:
         self.model = model
         self.meta = model.meta
         self.threshold = self.meta.threshold if threshold is None else float(threshold)
+        if not 0.0 <= self.threshold <= 1.0:  # NaN fails this too
+            raise ModelFileError(f"threshold {threshold}: must be a probability between 0 and 1")
         self.size = self.meta.preprocessing.image_size
         names = {o.name for o in self.session.get_outputs()}
         self.outputs = ["logits", "features"] + (["subtype_logits"] if "subtype_logits" in names else [])
@@ -130,6 +132,16 @@ class Predictor:
         out = []
         for i, name in enumerate(names):
             p = float(prob[i])
+            if not np.isfinite(p):  # never a decision: a NaN compares below every threshold and would read NORMAL
+                out.append(
+                    Prediction(
+                        path=name,
+                        threshold=self.threshold,
+                        error=f"{name}: the model gave no finite "
+                        "probability for this image (not a valid result; check the model file)",
+                    )
+                )
+                continue
             pred = Prediction(
                 path=name,
                 probability=p,

@@ -20,10 +20,10 @@ import zipfile
 import zlib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from pneumo import __version__
 
@@ -44,15 +44,25 @@ class ModelFileError(Exception):
     """A model file is missing, unreadable or not a Pneumo model."""
 
 
+# Every number read from meta.json is checked: a NaN threshold or a zero std would not fail loudly, it would
+# turn every result into NORMAL (the unsafe direction). pydantic refuses NaN and infinity with allow_inf_nan=False.
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+ContentScale = Annotated[float, Field(ge=0.5, le=2.0, allow_inf_nan=False)]
+MIN_INPUT, MAX_INPUT = 16, 1024  # pixels: below, no architecture here has a spatial map left; above, no CPU budget
+
+
 class Preprocessing(BaseModel):
     """How a decoded grayscale image in [0, 1] becomes the network's input (see :mod:`pneumo.preprocess`)."""
 
-    image_size: int = 224
+    image_size: int = Field(default=224, ge=MIN_INPUT, le=MAX_INPUT)
     normalization: Literal["none", "equalize"] = "equalize"
-    mean: float = 0.5
-    std: float = 0.25
-    tta: list[float] = Field(
+    mean: Finite = 0.5
+    std: Annotated[float, Field(ge=1e-3, allow_inf_nan=False)] = 0.25
+    tta: list[ContentScale] = Field(
         default_factory=list,
+        max_length=8,
         description="content scales whose logits are averaged at prediction (padded when < 1); empty: none",
     )
 
@@ -61,10 +71,10 @@ class DomainGuard(BaseModel):
     """Mahalanobis distance in a PCA subspace of the network's pooled features (arrays live in ``arrays.npz``)."""
 
     method: Literal["mahalanobis-pca"] = "mahalanobis-pca"
-    components: int
-    cutoff: float
-    quantile: float = Field(description="validation quantile the cut-off was set at")
-    validation_flag_rate: float
+    components: int = Field(ge=1)
+    cutoff: Positive
+    quantile: Probability = Field(description="validation quantile the cut-off was set at")
+    validation_flag_rate: Probability
 
 
 class ModelMeta(BaseModel):
@@ -80,10 +90,10 @@ class ModelMeta(BaseModel):
     task: Literal["binary", "subtype"] = "binary"
     class_names: list[str] = Field(default_factory=lambda: list(TASK_CLASSES["binary"]))
     preprocessing: Preprocessing = Field(default_factory=Preprocessing)
-    temperature: float = 1.0
-    calibration_bias: float = Field(default=0.0, description="added to the pneumonia log-odds after 1/temperature")
-    threshold: float = 0.5
-    target_sensitivity: float = 0.98
+    temperature: Annotated[float, Field(ge=1e-2, le=1e2, allow_inf_nan=False)] = 1.0
+    calibration_bias: Finite = Field(default=0.0, description="added to the pneumonia log-odds after 1/temperature")
+    threshold: Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)] = 0.5
+    target_sensitivity: Probability = 0.98
     params: int = 0
     feature_dim: int = 0
     validation: dict[str, Any] = Field(default_factory=dict, description="metrics measured on validation")
@@ -165,7 +175,13 @@ def load_model_file(model: str | Path | None = None, *, parts: tuple[str, ...] =
             arrays = _read_arrays(zf, path) if ARRAYS in names else {}
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
         raise ModelFileError(f"{path}: not a Pneumo model file or damaged ({exc})") from exc
-    except ValueError as exc:  # pydantic validation of meta.json
+    except ValidationError as exc:  # pydantic validation of meta.json: name the first bad field and why
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "meta.json"
+        raise ModelFileError(
+            f"{path}: invalid model metadata: {where}: {err['msg']} (got {err.get('input')!r:.40})"
+        ) from exc
+    except ValueError as exc:
         raise ModelFileError(f"{path}: invalid model metadata: {exc}".splitlines()[0]) from exc
     if meta.format_version > FORMAT_VERSION:
         raise ModelFileError(f"{path}: made by a newer Pneumo (format {meta.format_version}); upgrade pneumo")
