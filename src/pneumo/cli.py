@@ -221,7 +221,9 @@ def compare(
     print(table)
     if out_md:
         out_md.parent.mkdir(parents=True, exist_ok=True)
-        out_md.write_text(table + "\n")
+        from pneumo.atomic import write_text
+
+        write_text(out_md, table + "\n")
     if out_csv:
         write_csv(rows, out_csv)
 
@@ -341,7 +343,9 @@ def robustness(
     results = _run(shifted_validation, predictor, [r.path for r in recs], y, tta=tta, extra=extras)
     print(format_table(results))
     if out_json:
-        out_json.write_text(json.dumps(results, indent=2))
+        from pneumo.atomic import write_text
+
+        write_text(out_json, json.dumps(results, indent=2))
 
 
 @app.command()

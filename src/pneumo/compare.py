@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pneumo import atomic
 from pneumo.modelfile import SUFFIX, ModelFileError, ModelMeta, read_meta
 
 MISSING = "—"
@@ -138,8 +139,7 @@ def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     """The rows as CSV with full precision; missing values are empty cells (what spreadsheets and pandas expect)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with atomic.atomic_open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
@@ -153,8 +153,7 @@ def write_comparison(
     """Compare ``models`` and write the Markdown table (and CSV if asked); returns the rows."""
     rows = compare_runs(models)
     out_md = Path(out_md)
-    out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_md.write_text(format_markdown(rows), encoding="utf-8")
+    atomic.write_text(out_md, format_markdown(rows))
     if out_csv is not None:
         write_csv(rows, out_csv)
     return rows

@@ -8,6 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, Field
 
+from pneumo.atomic import write_text
 from pneumo.augment import AugmentConfig
 from pneumo.modelfile import Preprocessing
 
@@ -51,7 +52,7 @@ class TrainConfig(BaseModel):
         return Preprocessing(image_size=self.image_size, normalization=self.normalization, tta=self.tta)
 
     def dump(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+        write_text(path, yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:

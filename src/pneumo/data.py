@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pneumo import atomic
 from pneumo.imaging import IMAGE_SUFFIXES
 
 SUBTYPES = ("bacteria", "virus", "none", "unknown")
@@ -225,8 +226,7 @@ def write_split_csv(path: str | os.PathLike[str], records: Sequence[ImageRecord]
     if len(records) != len(splits):
         raise ValueError(f"{len(records)} records but {len(splits)} split assignments")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with atomic.atomic_open(path, "w", newline="", encoding="utf-8") as f:
         # "\n" line ends so the same split gives the same bytes on every platform.
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(SPLIT_COLUMNS)

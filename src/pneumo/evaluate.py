@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumo import atomic
 from pneumo.calibration import bin_index, reliability_bins
 
 BINARY_NAMES = ("NORMAL", "PNEUMONIA")
@@ -284,7 +285,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _write_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with atomic.atomic_open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["path"])
         writer.writeheader()
         writer.writerows(rows)
@@ -377,7 +378,7 @@ def write_evaluation(
 
     metrics["files"] = {k: p.name for k, p in files.items()}
     metrics = _jsonable(metrics)
-    files["report"].write_text(report, encoding="utf-8")
+    atomic.write_text(files["report"], report)
     _write_predictions(files["predictions"], rows)
-    files["metrics"].write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    atomic.write_text(files["metrics"], json.dumps(metrics, indent=2))
     return metrics

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pneumo.atomic import write_bytes
 from pneumo.modelfile import ModelFile, ModelMeta, load_model_file, save_model_file
 from pneumo.models import PneumoNet, WithFeatures, create_model
 
@@ -94,8 +95,7 @@ def export_model(model: str | Path | None, output: str | Path) -> Path:
     arrays = {k: v.tolist() for k, v in mf.arrays.items()}
     if arrays:
         proto.metadata_props.add(key="pneumo_arrays", value=json.dumps(arrays))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, output)
+    write_bytes(output, proto.SerializeToString())
     return output
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pneumo import __version__
+from pneumo import __version__, atomic
 from pneumo.augment import GEOMETRY_CHECKS
 from pneumo.calibration import choose_threshold, expected_calibration_error, fit_calibration
 from pneumo.config import TrainConfig
@@ -148,6 +148,7 @@ def finalize_run(cfg: TrainConfig, net: PneumoNet, train, val, data_summary: dic
     model.meta.validation["cpu_ms_per_image"] = round(_onnx_ms_per_image(model.onnx, preproc.image_size), 2)
     path = save_model_file(run / "model.pneumo", model)
     extra = {} if val_sub is None else {"subtype_logits": val_sub}
-    np.savez(run / "val_outputs.npz", logits=val_logits, features=val_feats, targets=val.targets, **extra)
-    (run / "validation.json").write_text(json.dumps(model.meta.validation, indent=2))
+    with atomic.atomic_open(run / "val_outputs.npz", "wb") as f:
+        np.savez(f, logits=val_logits, features=val_feats, targets=val.targets, **extra)
+    atomic.write_text(run / "validation.json", json.dumps(model.meta.validation, indent=2))
     return path

@@ -26,6 +26,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from pneumo import __version__
+from pneumo.atomic import atomic_open
 
 FORMAT_VERSION = 1
 META = "meta.json"
@@ -122,9 +123,7 @@ class ModelFile(BaseModel):
 def save_model_file(path: str | Path, model: ModelFile) -> Path:
     """Write ``model`` to ``path`` atomically (a partially written model file is never left behind)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with atomic_open(path, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(META, model.meta.model_dump_json(indent=2))
         if model.onnx is not None:
             zf.writestr(ONNX, model.onnx)
@@ -134,7 +133,6 @@ def save_model_file(path: str | Path, model: ModelFile) -> Path:
             buf = io.BytesIO()
             np.savez(buf, **model.arrays)
             zf.writestr(ARRAYS, buf.getvalue())
-    tmp.replace(path)
     return path
 
 

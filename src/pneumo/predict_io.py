@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from pneumo import atomic
 from pneumo.imaging import IMAGE_SUFFIXES
 from pneumo.inference import Prediction
 
@@ -61,11 +62,10 @@ def columns(subtypes: bool) -> list[str]:
 def write_predictions(preds: Sequence[Prediction], path: Path, subtypes: bool) -> Path:
     """``.json`` -> a list of objects with the same fields as the CSV; anything else -> CSV."""
     cols = columns(subtypes)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".json":
-        path.write_text(json.dumps([{c: getattr(p, c) for c in cols} for p in preds], indent=2) + "\n")
+        atomic.write_text(path, json.dumps([{c: getattr(p, c) for c in cols} for p in preds], indent=2) + "\n")
         return path
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with atomic.atomic_open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(cols)
         w.writerows([_cell(getattr(p, c)) for c in cols] for p in preds)

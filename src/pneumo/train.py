@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torchmetrics.classification import BinaryAUROC
 
+from pneumo import atomic
 from pneumo.augment import GEOMETRY_CHECKS, augment_batch, normalize_batch, rescale_batch
 from pneumo.cache import build_cache
 from pneumo.config import TrainConfig
@@ -313,7 +314,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path | None:
     timing["seconds_per_epoch"] = round(train_seconds / max(1, trainer.current_epoch), 1)
     best = ckpt.best_model_path or str(last)
     module.net.load_state_dict(_net_state(best))
-    (run / "timing.json").write_text(json.dumps(timing, indent=2))
+    atomic.write_text(run / "timing.json", json.dumps(timing, indent=2))
     return finalize_run(cfg, module.net, train, val, summary, timing)
 
 

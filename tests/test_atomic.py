@@ -1,0 +1,60 @@
+"""pneumo.atomic: an interrupted write never leaves a partial file under the real name, and leftovers go."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from pneumo import atomic
+
+
+def test_content_appears_only_when_the_block_ends(tmp_path):
+    target = tmp_path / "out.csv"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError), atomic.atomic_open(target) as f:
+        f.write("half of the new")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old\n"  # the old file is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]  # and no temporary file is left
+    atomic.write_text(target, "new\n")
+    assert target.read_text() == "new\n"
+
+
+def test_leftovers_of_a_killed_write_are_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "model.onnx"
+    script = (
+        "import time, sys; from pneumo import atomic\n"
+        "with atomic.atomic_open(sys.argv[1], 'wb') as f:\n"
+        "    f.write(b'x' * 1000); f.flush(); print('writing', flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    assert not target.exists()  # kill -9 mid-write: nothing under the real name
+    (left,) = list(tmp_path.iterdir())
+    assert left.name.startswith(".model.onnx.") and left.name.endswith(".partial")
+    atomic.write_bytes(target, b"complete")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"] and target.read_bytes() == b"complete"
+
+
+def test_a_failed_model_file_write_keeps_the_previous_model(tmp_path, tiny_model):
+    from pneumo.modelfile import load_model_file, save_model_file
+
+    mf = load_model_file(tiny_model)
+    target = save_model_file(tmp_path / "m.pneumo", mf)
+    before = target.read_bytes()
+    broken = mf.model_copy(update={"weights": 12345})  # fails after meta.json and the graph are written
+    with pytest.raises(TypeError):
+        save_model_file(target, broken)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pneumo"]
+
+
+def test_only_whole_file_modes():
+    with pytest.raises(ValueError, match="whole files"), atomic.atomic_open("x", "a"):
+        pass
