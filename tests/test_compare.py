@@ -28,6 +28,7 @@ def two_models(tmp_path):
                     "f1": 0.93,
                     "ece": 0.021,
                     "cpu_ms_per_image": 12.34,
+                    "geometry_shift": {"worst": {"roc_auc": 0.955, "specificity": 0.71}},
                 },
                 training={"train_seconds": 1800, "epochs": 10},
             )
@@ -58,6 +59,7 @@ def test_rows_from_run_directory_and_file(two_models):
     assert ra["accuracy"] == pytest.approx(0.91234)
     assert ra["train_minutes"] == pytest.approx(30.0)
     assert ra["epochs"] == 10 and ra["cpu_ms_per_image"] == pytest.approx(12.34)
+    assert (ra["shift_worst_auc"], ra["shift_worst_specificity"]) == (0.955, 0.71)
     assert rb["task"] == "subtype" and rb["image_size"] == 160
     assert rb["specificity"] is None and rb["roc_auc"] is None and rb["train_minutes"] is None
     assert compare_runs([a])[0]["name"] == "run_a"  # model.pneumo named by its directory
@@ -73,7 +75,9 @@ def test_markdown_table(two_models):
     assert row_a[:5] == ["run_a", "resnet18", "binary", "224", "0.912"]
     assert "11.2M" in row_a and "30.0" in row_a and "12.3" in row_a and "0.021" in row_a
     assert row_b[0] == "small" and "3.4M" in row_b and "0.990" in row_b
-    assert row_b.count("—") == 7  # specificity, roc_auc, f1, ece, epochs, train minutes, CPU ms
+    # specificity, roc_auc, f1, ece, two worst-shift figures, epochs, train minutes, CPU ms
+    assert row_b.count("—") == 9
+    assert "0.955" in row_a and "0.710" in row_a  # the worst geometric shift of validation
 
 
 def test_csv_and_write_comparison(two_models, tmp_path):

@@ -26,6 +26,8 @@ COLUMNS = (
     "task",
     "image_size",
     *METRICS,
+    "shift_worst_auc",
+    "shift_worst_specificity",
     "params",
     "epochs",
     "train_minutes",
@@ -35,6 +37,8 @@ COLUMNS = (
 HEADERS = {
     "image_size": "size",
     "roc_auc": "ROC AUC",
+    "shift_worst_auc": "worst-shift AUC",
+    "shift_worst_specificity": "worst-shift spec",
     "train_minutes": "train min",
     "cpu_ms_per_image": "CPU ms/img",
     "metrics": "metrics from",
@@ -71,6 +75,10 @@ def _row(name: str, meta: Mapping[str, Any], metrics: Mapping[str, Any], source:
         "image_size": (meta.get("preprocessing") or {}).get("image_size"),
     }
     row.update({k: _number(metrics.get(k)) for k in METRICS})
+    # Models are chosen on the worst geometric shift of validation, not on its clean figures (which reward
+    # reading the framing): the worst case that finalisation recorded, when it did.
+    worst = (metrics.get("geometry_shift") or {}).get("worst") or {}
+    row.update(shift_worst_auc=_number(worst.get("roc_auc")), shift_worst_specificity=_number(worst.get("specificity")))
     row.update(
         params=int(params) if params else None,  # 0 is ModelMeta's "not recorded"
         epochs=int(epochs) if epochs is not None else None,
