@@ -263,3 +263,19 @@ def test_targets_per_task():
     head = _targets(labels, subtypes, "binary", subtype_head=True)
     assert head.tolist() == [0, 1, 2, 3]  # unknown subtype still trains the binary head
     assert task_targets(head, "binary").tolist() == [0, 1, 1, 1]
+
+
+def test_library_config_resolves_like_the_cli(dataset, tmp_path):
+    """``fit(TrainConfig(arch=...))`` needs no CLI: pretrained follows the architecture, a config file and
+    overrides merge in the library."""
+    from pneumo.train import PneumoModule, resolve_pretrained
+
+    plain = TrainConfig(data_dir=dataset, out=tmp_path, arch="resnet18")
+    assert plain.pretrained is None and resolve_pretrained(plain).pretrained is False  # no shipped weights
+    assert resolve_pretrained(plain.model_copy(update={"arch": "efficientnet_lite0"})).pretrained is True
+    PneumoModule(plain)  # builds: no "no shipped ImageNet weights" error
+    base = tmp_path / "base.yaml"
+    TrainConfig(data_dir=dataset, out=tmp_path, epochs=3, augment={"scale": (0.9, 1.1), "hflip_p": 0.2}).dump(base)
+    cfg = TrainConfig.resolve(base, {"epochs": None, "lr": 0.01, "augment": {"enabled": False}})
+    assert cfg.epochs == 3 and cfg.lr == 0.01  # None overrides nothing
+    assert cfg.augment.enabled is False and cfg.augment.scale == (0.9, 1.1) and cfg.augment.hflip_p == 0.2

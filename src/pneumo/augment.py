@@ -16,31 +16,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
 
+from pneumo.config import AugmentConfig
 from pneumo.modelfile import Preprocessing
-
-
-class AugmentConfig(BaseModel):
-    """Ranges of the random transforms; a probability of 0 or a range of 0 switches one off."""
-
-    enabled: bool = True
-    rotation_deg: float = 10.0
-    shear_deg: float = 5.0
-    scale: tuple[float, float] = Field(default=(0.75, 1.33), description="content scale, log-uniform (>1 enlarges)")
-    aspect: tuple[float, float] = Field(default=(0.8, 1.25), description="width/height stretch, log-uniform")
-    translate: float = 0.08
-    hflip_p: float = 0.5
-    brightness: float = 0.10
-    contrast: float = 0.20
-    gamma: float = 0.30
-    blur_sharpen_p: float = 0.5
-    blur_sigma_max: float = 1.5
-    sharpen_max: float = 1.5
-    resolution_loss_p: float = 0.3
-    resolution_min_scale: float = 0.4
-    noise_p: float = 0.3
-    noise_std_max: float = 0.04
 
 
 def _uniform(n: int, lo: float, hi: float, like: torch.Tensor) -> torch.Tensor:

@@ -143,22 +143,14 @@ def train(
     """Train a model and write a self-describing model.pneumo into the run directory."""
     from pneumo.config import TrainConfig
 
-    base = TrainConfig.load(config).model_dump() if config else {}
-    if resume and (out_dir / "config.yaml").is_file() and not config:
-        base = TrainConfig.load(out_dir / "config.yaml").model_dump()
-    # Every option named like a config field sets it; the three whose names differ are mapped by hand.
+    # Every option named like a config field sets it; the two whose names differ are mapped by hand.
     given = {k: v for k, v in locals().items() if k in TrainConfig.model_fields and k != "augment"}
-    flags = {**given, "out": out_dir, "split_csv": split}
-    merged = {**base, **{k: v for k, v in flags.items() if v is not None}}
-    if "pretrained" not in merged or merged["pretrained"] is None:
-        from pneumo.models import ARCHS
-
-        name = merged.get("arch", "efficientnet_lite0")
-        merged["pretrained"] = name in ARCHS and ARCHS[name].pretrained_available
+    overrides = {**given, "out": out_dir, "split_csv": split}
     if not augment:
-        merged.setdefault("augment", {})
-        merged["augment"] = {**dict(merged["augment"]), "enabled": False}
-    cfg = _run(TrainConfig.model_validate, merged)
+        overrides["augment"] = {"enabled": False}
+    if resume and (out_dir / "config.yaml").is_file() and not config:
+        config = out_dir / "config.yaml"
+    cfg = _run(TrainConfig.resolve, config, overrides)
     from pneumo.train import fit
 
     path = _run(fit, cfg, resume=resume)

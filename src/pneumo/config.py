@@ -1,16 +1,39 @@
-"""One typed training config. Defaults are the default recipe; the resolved config is written to every run."""
+"""One typed training config. Defaults are the default recipe; the resolved config is written to every run.
+
+Pure pydantic (no torch): reading or checking a config is instant."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field
 
 from pneumo.atomic import write_text
-from pneumo.augment import AugmentConfig
 from pneumo.modelfile import Preprocessing
+
+
+class AugmentConfig(BaseModel):
+    """Ranges of the random transforms; a probability of 0 or a range of 0 switches one off."""
+
+    enabled: bool = True
+    rotation_deg: float = 10.0
+    shear_deg: float = 5.0
+    scale: tuple[float, float] = Field(default=(0.75, 1.33), description="content scale, log-uniform (>1 enlarges)")
+    aspect: tuple[float, float] = Field(default=(0.8, 1.25), description="width/height stretch, log-uniform")
+    translate: float = 0.08
+    hflip_p: float = 0.5
+    brightness: float = 0.10
+    contrast: float = 0.20
+    gamma: float = 0.30
+    blur_sharpen_p: float = 0.5
+    blur_sigma_max: float = 1.5
+    sharpen_max: float = 1.5
+    resolution_loss_p: float = 0.3
+    resolution_min_scale: float = 0.4
+    noise_p: float = 0.3
+    noise_std_max: float = 0.04
 
 
 class TrainConfig(BaseModel):
@@ -21,7 +44,7 @@ class TrainConfig(BaseModel):
     arch: str = "efficientnet_lite0"
     task: Literal["binary", "subtype"] = "binary"
     subtype_head: bool = Field(default=False, description="binary task plus a normal/bacterial/viral head")
-    pretrained: bool = True
+    pretrained: bool | None = Field(default=None, description="ImageNet weights; None: when the arch ships them")
     transfer: Literal["full", "top", "linear"] = "full"
     image_size: int = 128
     normalization: Literal["none", "equalize"] = "equalize"
@@ -53,6 +76,16 @@ class TrainConfig(BaseModel):
 
     def dump(self, path: Path) -> None:
         write_text(path, yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+    @classmethod
+    def resolve(cls, config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        """A config file (or the defaults) with ``overrides`` on top; ``None`` values override nothing, and an
+        ``augment`` mapping updates the file's augmentation field by field."""
+        base = cls.load(config_file).model_dump() if config_file else {}
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        if isinstance(given.get("augment"), dict):
+            given["augment"] = {**dict(base.get("augment") or {}), **given["augment"]}
+        return cls.model_validate({**base, **given})
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:

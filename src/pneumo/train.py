@@ -139,6 +139,7 @@ class PneumoModule(L.LightningModule):
 
     def __init__(self, cfg: TrainConfig, class_weights: list[float] | None = None):
         super().__init__()
+        cfg = resolve_pretrained(cfg)
         self.save_hyperparameters({"cfg": cfg.model_dump(mode="json"), "class_weights": class_weights})
         self.cfg = cfg
         num_classes = len(TASK_CLASSES[cfg.task])
@@ -272,6 +273,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path | None:
     Returns the model file's path on the main process and ``None`` on the other ranks of a distributed run."""
     from pneumo.finalize import finalize_run
 
+    cfg = resolve_pretrained(cfg)
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -316,6 +318,17 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path | None:
     module.net.load_state_dict(_net_state(best))
     atomic.write_text(run / "timing.json", json.dumps(timing, indent=2))
     return finalize_run(cfg, module.net, train, val, summary, timing)
+
+
+def resolve_pretrained(cfg: TrainConfig) -> TrainConfig:
+    """``pretrained=None`` means ImageNet weights when the architecture ships them (the run's config.yaml then
+    records which)."""
+    if cfg.pretrained is not None:
+        return cfg
+    from pneumo.models import ARCHS
+
+    spec = ARCHS.get(cfg.arch)
+    return cfg.model_copy(update={"pretrained": bool(spec and spec.pretrained_available)})
 
 
 def refinalize(run: Path, target_sensitivity: float | None = None) -> Path:
