@@ -1,14 +1,11 @@
-"""The page in a real headless Chromium against a real uvicorn server on 127.0.0.1.
+"""The page in a real headless Chromium against a real uvicorn server on 127.0.0.1, on the tiny test model.
 
-Needs Debian's chromium at /usr/bin/chromium (``apt-get install chromium``) and Playwright for Python.
-``PNEUMO_SCREENSHOT=1`` also writes docs/screenshot.png from real full-size X-rays with heat maps
-(``PNEUMO_SCREENSHOT_MODEL`` picks the model; default: the bundled one, else the tiny test model).
+Needs Debian's chromium at /usr/bin/chromium (``apt-get install chromium``) and Playwright for Python; without
+Chromium every test here skips and says so. ``benchmarks/screenshot.py`` remakes docs/screenshot.png.
 """
 
 from __future__ import annotations
 
-import io
-import os
 import socket
 import threading
 import time
@@ -22,7 +19,6 @@ from PIL import Image
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
-REPO = Path(__file__).resolve().parents[1]
 CARD = '[data-testid="result-card"]'
 TIMEOUT_MS = 30_000
 
@@ -175,34 +171,3 @@ def test_the_file_picker_is_keyboard_reachable(page):
         if page.evaluate("document.activeElement && document.activeElement.id") == "file-input":
             break
     assert page.evaluate("document.activeElement.id") == "file-input"
-
-
-@pytest.mark.skipif(os.environ.get("PNEUMO_SCREENSHOT") != "1", reason="set PNEUMO_SCREENSHOT=1 to write it")
-def test_write_screenshot(browser, tiny_model, fullres_or_none, tmp_path):
-    from pneumo.modelfile import ModelFileError, bundled_model_path
-    from pneumo.serve.app import create_app
-
-    if fullres_or_none is None:
-        pytest.skip("the screenshot needs the real full-size X-rays")
-    model = os.environ.get("PNEUMO_SCREENSHOT_MODEL")
-    if model is None:
-        try:
-            model = bundled_model_path()
-        except ModelFileError:
-            model = tiny_model
-    files = [sorted((fullres_or_none / c).glob("*.jpeg"))[0] for c in ("PNEUMONIA", "NORMAL")]
-    files.append(_png(tmp_path / "not-a-chest-xray.png"))  # shows the out-of-domain warning
-    with _Server(create_app(model)) as srv:
-        context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
-        page = context.new_page()
-        page.goto(srv.url)
-        page.locator("#model-name").filter(has_not_text="loading").wait_for(timeout=TIMEOUT_MS)
-        page.get_by_test_id("file-input").set_input_files([str(f) for f in files])
-        for f in files:
-            _done_card(page, f.name)
-        png = page.screenshot(full_page=True)
-        context.close()
-    target = REPO / "docs" / "screenshot.png"
-    target.parent.mkdir(exist_ok=True)
-    target.write_bytes(png)
-    assert Image.open(io.BytesIO(png)).size[0] == 1280

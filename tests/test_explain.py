@@ -1,15 +1,20 @@
-"""pneumo.explain: Grad-CAM maps are well-formed and ``pneumo explain`` writes one PNG per readable image."""
+"""pneumo.explain: Grad-CAM maps are well-formed and lie on what pushes towards pneumonia; ``pneumo explain``
+writes one PNG per readable image."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pneumo.cli import main
 from pneumo.explain import Explainer
+from pneumo.export import build_model_file
+from pneumo.modelfile import ModelFile, ModelMeta, Preprocessing
+from pneumo.models import create_model
 
 
 def _xray(seed: int = 0, h: int = 90, w: int = 120) -> np.ndarray:
@@ -41,14 +46,67 @@ def explainer(tiny_model):
     return Explainer.load(tiny_model)
 
 
-def test_heatmap_is_input_sized_unit_range_and_informative(explainer):
+CELL = 16  # cnn-small's Grad-CAM layer (the last block, after its max-pool) has one cell per 16 x 16 input pixels
+
+
+def _brightness_model() -> ModelFile:
+    """A cnn-small whose weights are set by hand, so that its Grad-CAM map is known exactly.
+
+    Channel 0 of every block passes on ReLU(+pixel), channel 1 ReLU(-pixel) (centre taps, identity batch norm,
+    all else zero): on an equalised image of a dark background (input -2) and one bright square (+2) that fills a
+    Grad-CAM cell, the last block's channel 0 is 2 in that cell and 0 elsewhere, channel 1 the opposite. The
+    head reads channel 0 as pneumonia and channel 1 as normal. After global average pooling and a linear head,
+    Grad-CAM's channel weights are (pneumonia row - normal row) / cells = (+1, -1) / 16, so
+    ReLU(A0 - A1) / 16 is 1/8 on the square's cell and 0 on every other: min-max scaled, one-hot on the square.
+    """
+    torch.manual_seed(0)
+    net = create_model("cnn-small", 2).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        for i, block in enumerate(net.backbone.blocks):
+            conv, bn = block[0], block[1]
+            conv.weight[0, 0, 1, 1] = 1.0  # channel 0: +pixel, carried on
+            if i == 0:
+                conv.weight[1, 0, 1, 1] = -1.0  # channel 1: -pixel
+            else:
+                conv.weight[1, 1, 1, 1] = 1.0  # carried on
+            bn.weight.fill_(1.0)
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0 - bn.eps)  # exactly the identity in eval mode
+        net.head.weight[1, 0] = 1.0  # PNEUMONIA <- bright
+        net.head.weight[0, 1] = 1.0  # NORMAL <- dark
+    meta = ModelMeta(name="bright-is-pneumonia", arch="cnn-small", preprocessing=Preprocessing(image_size=4 * CELL))
+    return build_model_file(net, meta, {})
+
+
+def _square(row: int, col: int, size: int = 4 * CELL) -> np.ndarray:
+    img = np.full((size, size), 0.3, dtype=np.float32)
+    img[row * CELL : (row + 1) * CELL, col * CELL : (col + 1) * CELL] = 0.9
+    return img
+
+
+def test_heatmap_is_input_sized_and_unit_range(explainer):
     size = explainer.model.meta.preprocessing.image_size
     img = np.asarray(Image.fromarray(_xray()).resize((size, size)), dtype=np.float32) / 255
     cam = explainer.heatmap(img)
-    assert cam.shape == (size, size)
+    assert cam.shape == (size, size) and cam.dtype == np.float32
     assert np.isfinite(cam).all()
     assert cam.min() >= 0 and cam.max() <= 1
-    assert cam.std() > 1e-4  # not a constant map for an image with structure
+
+
+@pytest.mark.parametrize(("row", "col"), [(0, 2), (2, 1), (3, 3)])
+def test_heatmap_lights_up_what_pushes_towards_pneumonia_and_follows_it(row, col):
+    """The map is on the bright square wherever it lies (an untrained net's map has no such property)."""
+    cam = Explainer(_brightness_model()).heatmap(_square(row, col))
+    on = np.zeros(cam.shape, dtype=bool)
+    on[row * CELL : (row + 1) * CELL, col * CELL : (col + 1) * CELL] = True
+    # A one-hot cell upsampled bilinearly x16 keeps 9/16 of its mass inside the cell (3/4 per axis), more at an
+    # edge, where the map is clamped: more than half the map on the 1/16 of the image that the square covers.
+    share = float(cam[on].sum()) / max(float(cam.sum()), 1e-12)
+    assert share > 0.5, f"{share:.1%} of the map lies on the bright square in cell ({row}, {col})"
+    peak = np.unravel_index(np.argmax(cam), cam.shape)
+    assert on[peak], f"the map peaks at {tuple(map(int, peak))}, off the bright square in cell ({row}, {col})"
 
 
 def test_explain_keeps_aspect_ratio_and_agrees_with_predict(explainer, tmp_path):

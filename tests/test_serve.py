@@ -10,6 +10,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from urllib.parse import urljoin
 
 import numpy as np
 import pytest
@@ -127,9 +128,42 @@ def test_page_is_served_with_its_assets_and_no_other_hosts(client):
     assert "does not replace a clinician" in page.text
 
 
-def test_every_static_file_is_reachable():
-    names = {p.name for p in STATIC.iterdir()}
-    assert {"index.html", "app.js", "style.css"} <= names
+# What each kind of static file must be served as (a wrong type breaks the page under nosniff and the CSP).
+STATIC_TYPES = {".html": "text/html", ".js": "javascript", ".css": "text/css"}
+
+
+def test_every_static_file_is_reachable(client):
+    """Each file in the static folder, through the app's /static mount: status 200, its type, its exact bytes."""
+    files = sorted(p for p in STATIC.rglob("*") if p.is_file())
+    assert {"index.html", "app.js", "style.css"} <= {p.name for p in files}
+    for path in files:
+        url = "/static/" + path.relative_to(STATIC).as_posix()
+        assert path.suffix in STATIC_TYPES, f"{url}: add the content type it must be served with to STATIC_TYPES"
+        resp = client.get(url, follow_redirects=False)
+        assert resp.status_code == 200, url
+        assert STATIC_TYPES[path.suffix] in resp.headers["content-type"], (url, resp.headers["content-type"])
+        assert resp.content == path.read_bytes(), url
+
+
+def test_every_local_url_in_the_page_resolves(client):
+    page = client.get("/").text
+    refs = set(re.findall(r'\b(?:src|href)="([^"]*)"', page))
+    local = {r for r in refs if not re.match(r"(?:[a-z][a-z0-9+.-]*:|//|#)", r, flags=re.I)}  # no data:, no hosts
+    assert {"static/app.js", "static/style.css"} <= local
+    for ref in sorted(local):
+        # The page is served at "/"; its URLs are relative (a path prefix must keep working), so resolve them there.
+        url = urljoin("http://testserver/", ref)
+        assert client.get(url, follow_redirects=False).status_code == 200, ref
+
+
+def test_the_page_script_never_parses_html():
+    """File names from users come back in error details: the page must write them as text, never as markup."""
+    scripts = sorted(STATIC.rglob("*.js"))
+    assert STATIC / "app.js" in scripts
+    sinks = re.compile(r"\b(?:innerHTML|outerHTML|insertAdjacentHTML)\b|\bdocument\s*\.\s*write(?:ln)?\b")
+    for path in scripts:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            assert not sinks.search(line), f"{path.name}:{number} parses HTML; use textContent: {line.strip()}"
 
 
 # --- predictions ---
