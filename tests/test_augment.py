@@ -112,3 +112,18 @@ def test_rescale_content_is_the_numpy_twin_of_the_training_warp(sx, sy):
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
     if sx < 1:  # a shrunk image's margin repeats its edge column
         np.testing.assert_allclose(got[:, :, 0], got[:, :, 1], atol=1e-6)
+
+
+def test_flat_margins_or_repeated_edges_when_the_content_shrinks():
+    """A shrunk image's margin is either its repeated edge or, with ``flat_margin_p``, one flat grey between black
+    and the mean of its border (another framing shows a smaller chest in a wider, flat field)."""
+    torch.manual_seed(0)
+    x = _batch()
+    shrink = {**OFF, "scale": (0.7, 0.7)}
+    flat = augment_batch(x, AugmentConfig(**{**shrink, "flat_margin_p": 1.0}))
+    border = torch.cat([x[:, 0, 0], x[:, 0, -1], x[:, 0, :, 0], x[:, 0, :, -1]], dim=1).mean(1)
+    margin = flat[:, 0, :4, :]  # the top rows lie outside the shrunk content
+    assert torch.allclose(margin, margin[:, :1, :1].expand_as(margin), atol=1e-6)  # one grey per image
+    assert (margin[:, 0, 0] <= border + 1e-6).all() and (margin[:, 0, 0] >= 0).all()
+    edge = augment_batch(x, AugmentConfig(**{**shrink, "flat_margin_p": 0.0}))
+    torch.testing.assert_close(edge[:, 0, 0, 0], x[:, 0, 0, 0])  # the corner pixel repeated into the margin

@@ -30,11 +30,26 @@ def _log_uniform(n: int, bounds: tuple[float, float], like: torch.Tensor) -> tor
     return torch.exp(_uniform(n, math.log(lo), math.log(hi), like))
 
 
-def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Resample with ``theta`` mapping output to input coordinates; the edge pixels extend past the frame.
-    :func:`pneumo.preprocess.rescale_content` is the numpy twin of this sampling."""
+def _warp(x: torch.Tensor, theta: torch.Tensor, fill: torch.Tensor | None = None) -> torch.Tensor:
+    """Resample with ``theta`` mapping output to input coordinates; the edge pixels extend past the frame, or,
+    for the images where ``fill`` (N) is not NaN, the margin takes that grey.
+    :func:`pneumo.preprocess.rescale_content` is the numpy twin of the edge-extending sampling."""
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if fill is None or not torch.isfinite(fill).any():
+        return out
+    v = torch.nan_to_num(fill).view(-1, 1, 1, 1)
+    flat = F.grid_sample(x - v, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + v
+    return torch.where(torch.isfinite(fill).view(-1, 1, 1, 1), flat, out)
+
+
+def _margin_fill(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Per image: NaN (extend the edge) or, with probability ``p``, a flat margin grey between black and the
+    mean of the image's border: a smaller or shifted chest in a wider field, as another framing gives it."""
+    n = x.shape[0]
+    border = torch.cat([x[:, 0, 0], x[:, 0, -1], x[:, 0, :, 0], x[:, 0, :, -1]], dim=1).mean(1)
+    grey = border * torch.rand(n, device=x.device, dtype=x.dtype)
+    return torch.where(torch.rand(n, device=x.device) < p, grey, torch.full_like(grey, float("nan")))
 
 
 def random_affine(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
@@ -54,7 +69,7 @@ def random_affine(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
     theta[:, 1, 0] = sin / sx * flip
     theta[:, 1, 1] = (cos + torch.tan(shear) * sin) / sy
     theta[:, :, 2] = _uniform(2 * n, -cfg.translate, cfg.translate, x).view(n, 2) * 2
-    return _warp(x, theta)
+    return _warp(x, theta, _margin_fill(x, cfg.flat_margin_p) if cfg.flat_margin_p > 0 else None)
 
 
 def rescale_batch(x: torch.Tensor, sx: float, sy: float) -> torch.Tensor:

@@ -22,6 +22,7 @@ class AugmentConfig(BaseModel):
     shear_deg: float = 5.0
     scale: tuple[float, float] = Field(default=(0.75, 1.33), description="content scale, log-uniform (>1 enlarges)")
     aspect: tuple[float, float] = Field(default=(0.8, 1.25), description="width/height stretch, log-uniform")
+    flat_margin_p: float = Field(default=0.5, description="share of images whose margins are flat grey, not edge")
     translate: float = 0.08
     hflip_p: float = 0.5
     brightness: float = 0.10
