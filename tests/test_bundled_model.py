@@ -23,7 +23,10 @@ def test_bundled_model_is_small_and_self_describing():
     assert mf.onnx and mf.weights, "predict needs the ONNX graph, explain the weights"
     assert meta.class_names[0] == "NORMAL" and meta.preprocessing.image_size >= 64
     assert 0.0 < meta.threshold < 1.0 and meta.temperature > 0
-    assert meta.target_sensitivity >= 0.98 and meta.validation["sensitivity"] >= 0.98
+    # the threshold holds the target on validation pooled with its geometric shifts, where it was chosen
+    assert meta.target_sensitivity >= 0.98 and meta.validation["operating_point"]["sensitivity"] >= 0.98
+    assert meta.validation["geometry_shift"]["worst"]["roc_auc"] >= 0.99
+    assert meta.preprocessing.tta, "the shipped model averages test-time content scales"
     assert meta.domain_guard is not None and meta.domain_guard.validation_flag_rate <= 0.05
     assert meta.has_subtypes, "the default model carries the bacterial / viral head"
 

@@ -91,8 +91,13 @@ def test_model_file_describes_itself(binary_run):
     assert m.arch == "cnn-small" and m.task == "binary" and m.class_names == ["NORMAL", "PNEUMONIA"]
     assert m.preprocessing.image_size == 32 and m.preprocessing.normalization == "equalize"
     assert 0 < m.threshold < 1 and m.temperature > 0
-    for k in ("roc_auc", "accuracy", "sensitivity", "specificity", "ci95", "cpu_ms_per_image"):
+    for k in ("roc_auc", "accuracy", "sensitivity", "specificity", "ci95", "cpu_ms_per_image", "measured_on"):
         assert k in m.validation, k
+    # the operating point is chosen on validation pooled with its geometric shifts, and holds the target there
+    assert m.validation["operating_point"]["sensitivity"] >= m.target_sensitivity
+    shift = m.validation["geometry_shift"]
+    assert set(shift) == {"worst", "zoom 0.8", "zoom 1.25", "squeeze across 0.85", "squeeze down 0.85"}
+    assert shift["worst"]["roc_auc"] == min(r["roc_auc"] for k, r in shift.items() if k != "worst")
     assert m.validation["n"] == m.data["val_images"] > 0
     assert m.domain_guard is not None and m.domain_guard.cutoff > 0
     assert "domain_val_distances" in mf.arrays

@@ -11,7 +11,7 @@ import torch
 
 from pneumo import __version__, atomic
 from pneumo.augment import GEOMETRY_CHECKS
-from pneumo.calibration import choose_threshold, expected_calibration_error, fit_calibration
+from pneumo.calibration import choose_threshold, expected_calibration_error, fit_calibration, operating_point
 from pneumo.config import TrainConfig
 from pneumo.domain import fit_domain_guard
 from pneumo.export import build_model_file
@@ -105,12 +105,15 @@ def finalize_run(cfg: TrainConfig, net: PneumoNet, train, val, data_summary: dic
     temperature, bias = fit_calibration(pooled, y_pooled)
     raw_prob = calibrated_probability(val_logits)
     prob = calibrated_probability(val_logits, temperature, bias)
-    threshold = choose_threshold(y_pooled, calibrated_probability(pooled, temperature, bias), cfg.target_sensitivity)
+    pooled_prob = calibrated_probability(pooled, temperature, bias)
+    threshold = choose_threshold(y_pooled, pooled_prob, cfg.target_sensitivity)
 
     metrics = validation_metrics(y_bin, prob, threshold)
     metrics["ece_before_calibration"] = expected_calibration_error(raw_prob, y_bin)
     metrics["measured_on"] = f"internal validation: {data_summary.get('split', 'a split of the training data')}"
     metrics["operating_point_fitted_on"] = "validation pooled with " + ", ".join(GEOMETRY_CHECKS)
+    at_op = operating_point(y_pooled, pooled_prob, threshold)
+    metrics["operating_point"] = {"sensitivity": at_op["sensitivity"], "specificity": at_op["specificity"]}
     metrics["geometry_shift"] = geometry_shift_summary(y_bin, prob, shifted, temperature, bias, threshold)
     if cfg.task == "subtype" or cfg.subtype_head:
         known = val.targets <= 2
