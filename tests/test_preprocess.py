@@ -45,20 +45,20 @@ def test_equalize_properties(img):
 
 
 def test_to_input_shape_uint8_and_normalisation():
-    cfg = Preprocessing(image_size=4, normalization="none", mean=0.5, std=0.25)
-    img = np.arange(16, dtype=np.uint8).reshape(4, 4) * 16
+    cfg = Preprocessing(image_size=16, normalization="none", mean=0.5, std=0.25)
+    img = np.arange(256, dtype=np.uint8).reshape(16, 16)
     x = to_input([img, img.astype(np.float32) / 255], cfg)
-    assert x.shape == (2, 1, 4, 4) and x.dtype == np.float32
+    assert x.shape == (2, 1, 16, 16) and x.dtype == np.float32
     np.testing.assert_allclose(x[0], x[1], atol=1e-6)  # uint8 is scaled to [0, 1]
     np.testing.assert_allclose(x[0, 0], (img / 255 - 0.5) / 0.25, atol=1e-6)
-    eq = Preprocessing(image_size=4)
+    eq = Preprocessing(image_size=16)
     np.testing.assert_allclose(to_input([img], eq)[0, 0], (normalize_intensity(img / 255, eq) - 0.5) / 0.25, atol=1e-6)
 
 
-@pytest.mark.parametrize("shape", [(3, 4), (4, 5), (5, 5), (4, 4, 1)])
+@pytest.mark.parametrize("shape", [(15, 16), (16, 17), (17, 17), (16, 16, 1)])
 def test_to_input_rejects_wrong_size(shape):
-    with pytest.raises(ValueError, match="4x4"):
-        to_input([np.zeros(shape, np.float32)], Preprocessing(image_size=4))
+    with pytest.raises(ValueError, match="16x16"):
+        to_input([np.zeros(shape, np.float32)], Preprocessing(image_size=16))
 
 
 def test_calibrated_probability_two_class_is_softmax():
