@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from pneumo.inference import Predictor
-from pneumo.modelfile import bundled_model_path, load_model_file
+from pneumo.modelfile import bundled_model_path, load_model_file, read_meta
 from pneumo.ood import adult_chest_radiographs, photographs, synthetic
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +33,18 @@ def test_bundled_model_is_small_and_self_describing():
     assert meta.preprocessing.tta, "the shipped model averages test-time content scales"
     assert meta.domain_guard is not None and meta.domain_guard.validation_flag_rate <= 0.05
     assert meta.has_subtypes, "the default model carries the bacterial / viral head"
+
+
+def test_recipe_file_reproduces_the_bundled_models_config():
+    """configs/default.yaml names only what differs from the defaults; resolved, it is the shipped training config."""
+    from pneumo.config import TrainConfig
+
+    shipped = read_meta(bundled_model_path()).training["config"]
+    paths = {k: shipped[k] for k in ("data_dir", "out", "split_csv")}
+    recipe = TrainConfig.resolve(REPO / "configs" / "default.yaml", paths).model_dump(mode="json")
+    assert shipped["pretrained"] and recipe.pop("pretrained") is None, "pretrained follows the architecture"
+    shipped.pop("pretrained")
+    assert recipe == shipped
 
 
 def test_bundled_model_reads_original_size_xrays(predictor, fullres_dir):

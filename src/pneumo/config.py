@@ -82,7 +82,7 @@ class TrainConfig(BaseModel):
     def resolve(cls, config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
         """A config file (or the defaults) with ``overrides`` on top; ``None`` values override nothing, and an
         ``augment`` mapping updates the file's augmentation field by field."""
-        base = cls.load(config_file).model_dump() if config_file else {}
+        base = cls._read(config_file) if config_file else {}
         given = {k: v for k, v in (overrides or {}).items() if v is not None}
         if isinstance(given.get("augment"), dict):
             given["augment"] = {**dict(base.get("augment") or {}), **given["augment"]}
@@ -90,4 +90,12 @@ class TrainConfig(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
-        return cls.model_validate(yaml.safe_load(path.read_text()))
+        return cls.model_validate(cls._read(path))
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Any]:
+        """A config file's mapping: a whole dumped config or a recipe naming only what differs from the defaults."""
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a config file holds a mapping of TrainConfig fields")
+        return data
