@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 
@@ -58,3 +59,19 @@ def test_a_failed_model_file_write_keeps_the_previous_model(tmp_path, tiny_model
 def test_only_whole_file_modes():
     with pytest.raises(ValueError, match="whole files"), atomic.atomic_open("x", "a"):
         pass
+
+
+def test_written_files_get_the_usual_mode(tmp_path):
+    """mkstemp creates 0600: an output others could read with open() must not become private."""
+    mask = os.umask(0o022)
+    try:
+        import importlib
+
+        import pneumo.atomic
+
+        importlib.reload(pneumo.atomic)
+        pneumo.atomic.write_text(tmp_path / "out.csv", "a\n")
+    finally:
+        os.umask(mask)
+        importlib.reload(pneumo.atomic)
+    assert stat.S_IMODE((tmp_path / "out.csv").stat().st_mode) == 0o644

@@ -173,7 +173,7 @@ def test_binary_task_with_subtype_head(dataset, cache_dir, tmp_path):
     import onnxruntime as ort
 
     outputs = [o.name for o in ort.InferenceSession(mf.onnx).get_outputs()]
-    assert outputs == ["logits", "features", "subtype_logits"]
+    assert outputs == ["logits", "features", "subtype_logits", "cam"]  # old outputs first, then the heat map
     p = Predictor.load(run).predict_one(next(dataset.rglob("person1_virus_*.png")), "x")
     assert p.p_normal + p.p_bacterial + p.p_viral == pytest.approx(1.0)
     assert p.p_normal == pytest.approx(1 - p.probability)  # the binary head decides, the subtype head splits

@@ -28,6 +28,15 @@ def _clean_leftovers(path: Path) -> None:
             stale.unlink()
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; done once, at import, before any thread writes files
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """``open(path, mode)`` whose content appears under ``path`` only when the block ends without an error."""
@@ -38,6 +47,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
     _clean_leftovers(path)
     fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=_SUFFIX, dir=path.parent)
     try:
+        os.chmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a written output gets open()'s usual mode
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()

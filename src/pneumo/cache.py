@@ -53,6 +53,13 @@ class DecodedCache:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def reason(self, i: int) -> str:
+        """Why image ``i`` could not be decoded (the loader's reason, without the path), or "" when it was."""
+        if self.ok[i]:
+            return ""
+        why = self.errors.get(self.paths[i], "could not be decoded")
+        return why.removeprefix(f"{self.paths[i]}: ")
+
     def float_image(self, i: int) -> np.ndarray:
         """Image ``i`` as float32 in [0, 1], like :func:`pneumo.imaging.load_image` returns it."""
         return self.images[i].astype(np.float32) / 255.0

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumo.errors import ConfigError, DataError
 from pneumo.probability import pneumonia_log_odds
 
 T_BOUNDS = (0.05, 20.0)
@@ -93,11 +94,11 @@ def choose_threshold(y: np.ndarray, prob: np.ndarray, target_sensitivity: float 
     thresholds meeting the target the highest one already has the best specificity.
     """
     if not 0.0 < target_sensitivity <= 1.0:
-        raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity}")
+        raise ConfigError(f"target_sensitivity must be in (0, 1], got {target_sensitivity}")
     y = np.asarray(y).astype(bool)
     pos = np.sort(np.asarray(prob, dtype=np.float64)[y])[::-1]
     if pos.size == 0:
-        raise ValueError("choose_threshold needs at least one pneumonia case")
+        raise DataError("choose_threshold needs at least one pneumonia case")
     # Same float division as operating_point, so "achieved >= target" holds exactly as it is later checked.
     sens = np.arange(1, pos.size + 1) / pos.size
     k = int(np.argmax(sens >= target_sensitivity))

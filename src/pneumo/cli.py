@@ -43,17 +43,25 @@ def _fail(exc: BaseException) -> None:
         msg = f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
     else:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    from pneumo.errors import visible
+
+    err.print(f"[bold red]error:[/] {escape(visible(msg))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2 if isinstance(exc, UsageError) else 1)
 
 
 def _run(fn, *args, **kwargs):
-    from pneumo.imaging import ImageLoadError
-    from pneumo.modelfile import ModelFileError
+    """``fn(...)``, with the library's errors (and OS errors, and invalid options) as one line and exit code 1.
+
+    Anything else (a RuntimeError or ValueError from our own code) is a bug and keeps its traceback."""
+    from pydantic import ValidationError
+
+    from pneumo.errors import PneumoError
 
     try:
         return fn(*args, **kwargs)
-    except (UsageError, ImageLoadError, ModelFileError, ValueError, OSError, RuntimeError) as exc:
+    except (UsageError, PneumoError, OSError, ValidationError) as exc:
         _fail(exc)
 
 
@@ -70,17 +78,33 @@ def data_inspect(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     plots: Annotated[Path | None, typer.Option(help="Write histogram PNGs into this folder.")] = None,
     no_probe: Annotated[bool, typer.Option("--no-probe", help="Skip reading image headers.")] = False,
+    verify: Annotated[
+        bool | None,
+        typer.Option(help="Decode every image to find damaged ones [default: on below 20,000 images]"),
+    ] = None,
 ) -> None:
     """Count images per split, class, subtype and patient; image sizes and modes; unreadable files."""
+    from contextlib import nullcontext
+
     from pneumo.inspect_report import inspect_dataset, write_inspect_plots
 
     if not directory.is_dir():
         _fail(UsageError(f"{directory}: not a folder"))
-    report = _run(inspect_dataset, directory, probe=not no_probe, workers=2)
+    bar = nullcontext(None)
+    if err.is_terminal and verify is not False and not no_probe:
+        from rich.progress import Progress
+
+        bar = Progress(console=err, transient=True)
+    with bar as progress:
+        advance = None
+        if progress is not None:
+            task = progress.add_task("decoding", total=None)
+            advance = lambda n, total: progress.update(task, advance=n, total=total)  # noqa: E731
+        report = _run(inspect_dataset, directory, probe=not no_probe, workers=2, verify=verify, progress=advance)
     if json_out:
         print(report.model_dump_json(indent=2))
     else:
-        out.print(report.to_text(), highlight=False)
+        out.print(report.to_text(), highlight=False, markup=False)
     if plots:
         for p in _run(write_inspect_plots, report, plots):
             err.print(f"wrote {p}")
@@ -151,6 +175,10 @@ def train(
     if resume and (out_dir / "config.yaml").is_file() and not config:
         config = out_dir / "config.yaml"
     cfg = _run(TrainConfig.resolve, config, overrides)
+    from pneumo.models import ARCHS
+
+    if cfg.arch not in ARCHS:
+        _fail(UsageError(f"--arch {cfg.arch}: unknown architecture; `pneumo models` lists them"))
     from pneumo.train import fit
 
     path = _run(fit, cfg, resume=resume)
@@ -228,6 +256,9 @@ def predict(
     threshold: Annotated[float | None, typer.Option(help="Decision threshold [default: the model's]")] = None,
     tta: Annotated[bool, typer.Option(help="Test-time augmentation (average with the mirrored image)")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per ONNX Runtime call")] = 64,
+    dicom_out: Annotated[
+        Path | None, typer.Option("--dicom-out", help="Write a DICOM SR and SC per analysed DICOM input here")
+    ] = None,
 ) -> None:
     """Calibrated probability of pneumonia, decision at the model's threshold, and a domain check, per file.
 
@@ -235,7 +266,7 @@ def predict(
     2 on usage errors.
     """
     from pneumo.inference import Predictor
-    from pneumo.predict_io import expand_inputs, render_table, summary_line, write_predictions
+    from pneumo.predict_io import display_names, expand_inputs, render_table, summary_line, write_predictions
 
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         _fail(UsageError(f"--threshold must be between 0 and 1, got {threshold}"))
@@ -253,17 +284,84 @@ def predict(
 
         stream = track(stream, total=len(files), description="predicting", console=err, transient=True)
     results = list(stream)
+    if dicom_out is not None:
+        from pneumo.dicom import require
+
+        _run(require)
+        from pneumo.dicom.outputs import write_dicom_outputs
+
+        results, notes = _run(write_dicom_outputs, files, results, predictor, dicom_out)
+        for note in notes:
+            err.print(note, highlight=False, soft_wrap=True)
     subtypes = predictor.meta.has_subtypes
     if output:
         write_predictions(results, output, subtypes)
         err.print(f"wrote {output}", highlight=False)
     else:
-        out.print(render_table(results, subtypes))
+        out.print(render_table(results, subtypes, display_names(files, inputs)))
     out.print(summary_line(results), highlight=False)
     if any(r.in_domain is False for r in results):
         err.print("[bold yellow]warning:[/] some images are unlike the pediatric chest X-rays this model was "
                   "validated on; their predictions are unreliable.")  # fmt: skip
     if any(r.error for r in results):
+        raise typer.Exit(3)
+
+
+@app.command()
+def batch(
+    inputs: Annotated[list[str], typer.Argument(help="Folders, globs, files, or manifests (.csv/.parquet, 'path')")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder of Parquet parts (OUT.parquet)")],
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data)")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join: auto or ray://HOST:PORT [default: a local runtime]")
+    ] = None,
+    model: ModelOpt = None,
+    batch_size: Annotated[int, typer.Option(help="Images per ONNX Runtime call")] = 64,
+    part_size: Annotated[int, typer.Option(help="Rows per committed part file")] = 1024,
+    resume: Annotated[bool, typer.Option(help="Continue OUT: skip inputs already in committed parts")] = False,
+    threshold: Annotated[float | None, typer.Option(help="Decision threshold [default: the model's]")] = None,
+    tta: Annotated[bool, typer.Option(help="Test-time augmentation (average with the mirrored image)")] = False,
+    actors: Annotated[int | None, typer.Option(help="Ray: ONNX Runtime actors [default: cluster CPUs / 2]")] = None,
+) -> None:
+    """Predict an archive into a resumable Parquet dataset: the columns of `predict`, a manifest's extra columns,
+    model_name and model_sha256. Exit code 3 when some inputs could not be read (their rows say why)."""
+    from pneumo.batch import ENGINES, run_batch
+
+    if engine not in ENGINES:
+        _fail(UsageError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}"))
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        _fail(UsageError(f"--threshold must be between 0 and 1, got {threshold}"))
+    bar = None
+    if err.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(
+            TextColumn("predicting"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[progress.data.speed]{task.fields[rate]}"),
+            TimeRemainingColumn(), console=err, transient=True,
+        )  # fmt: skip
+    task = {}
+
+    def on_start(n: int) -> None:
+        if bar is not None:
+            bar.start()
+            task["id"] = bar.add_task("batch", total=n, rate="")
+
+    def progress(k: int) -> None:
+        if bar is not None:
+            bar.advance(task["id"], k)
+            speed = bar.tasks[0].speed
+            bar.update(task["id"], rate=f"{speed:.1f} images/s" if speed else "")
+
+    try:
+        result = _run(run_batch, inputs, output, model=model, engine=engine, address=address, batch_size=batch_size,
+                      part_size=part_size, resume=resume, threshold=threshold, tta=tta, actors=actors,
+                      on_start=on_start, progress=progress)  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.stop()
+    out.print(result.summary(), highlight=False, markup=False, soft_wrap=True)
+    if result.errors:
         raise typer.Exit(3)
 
 
@@ -293,8 +391,28 @@ def explain(
 def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="model.onnx (graph + metadata) or model.pneumo")],
     model: ModelOpt = None,
+    int8: Annotated[bool, typer.Option("--int8", help="A quantised INT8 graph (needs --calibration-data)")] = False,
+    calibration_data: Annotated[
+        Path | None, typer.Option(help="--int8: images to calibrate on (validation images are left out)")
+    ] = None,
+    validation_data: Annotated[
+        Path | None, typer.Option(help="--int8: labelled validation images for parity [default: --calibration-data]")
+    ] = None,
+    split_csv: Annotated[Path | None, typer.Option(help="--int8: its 'val' rows are the validation images")] = None,
+    calibration_images: Annotated[int, typer.Option(help="--int8: at most this many calibration images")] = 256,
 ) -> None:
-    """Export to ONNX; fails unless ONNX Runtime reproduces PyTorch to 1e-3."""
+    """Export to ONNX; fails unless ONNX Runtime reproduces PyTorch to 1e-3. With --int8: a QDQ INT8 graph,
+    written only if on the validation images the AUC drops by <= 0.002, decisions agree on >= 99 % and the
+    domain guard's flag rate moves by <= 1 point."""
+    if int8:
+        from pneumo.quantize import quantize_model
+
+        if calibration_data is None:
+            _fail(UsageError("--int8 needs --calibration-data DIR"))
+        path, parity = _run(quantize_model, model, output, calibration_data, validation_data=validation_data,
+                            split_csv=split_csv, calibration_images=calibration_images)  # fmt: skip
+        out.print(f"wrote {path} (INT8: {parity.summary()})", highlight=False, soft_wrap=True)
+        return
     from pneumo.export import export_model
 
     path = _run(export_model, model, output)
@@ -341,12 +459,55 @@ def robustness(
 
 
 @app.command()
+def adapt(
+    site_folder: Annotated[Path, typer.Argument(help="The site's labelled sample: NORMAL/ and PNEUMONIA/ folders")],
+    out_file: Annotated[Path, typer.Option("--out", help="Site model file to write, e.g. site.pneumo")],
+    model: ModelOpt = None,
+    target_sensitivity: Annotated[float, typer.Option(help="Sensitivity the site threshold is chosen for")] = 0.98,
+    report: Annotated[Path | None, typer.Option(help="Folder for report.txt, metrics.json and plots")] = None,
+    refer: Annotated[bool, typer.Option(help="Three-way NORMAL / REFER / PNEUMONIA decisions")] = False,
+    refer_error: Annotated[
+        float | None, typer.Option(help="With --refer: bound on each confident decision's error [default: 1 - target]")
+    ] = None,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds (by patient)")] = 5,
+    name: Annotated[str | None, typer.Option(help="Site name recorded in the file [default: the folder name]")] = None,
+    patients: Annotated[
+        Path | None, typer.Option(help="CSV path,patient_id (paths relative to SITE_FOLDER) [default: from names]")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the folds and the bootstrap")] = 0,
+) -> None:
+    """Refit calibration, threshold (and a REFER band) on a site's own labelled sample; write a site model file."""
+    from pneumo.adapt import adapt_site
+
+    if folds < 2:
+        _fail(UsageError(f"--folds must be at least 2, got {folds}"))
+    result = _run(
+        adapt_site, site_folder, out_file, model=model, target_sensitivity=target_sensitivity, report_dir=report,
+        refer=refer, refer_error=refer_error, folds=folds, name=name, seed=seed, patients_csv=patients,
+    )  # fmt: skip
+    out.print(result.report, highlight=False, markup=False, soft_wrap=True)
+    for w in result.warnings:
+        err.print(f"[bold red]WARNING:[/] {w}", highlight=False, soft_wrap=True)
+    out.print(f"wrote {out_file}" + (f" and {report}/" if report else ""), highlight=False)
+
+
+@app.command()
 def info(model: ModelOpt = None) -> None:
-    """Print a model file's metadata (its model card) as JSON."""
+    """Print a model file's metadata (its model card) as JSON; a site calibration in force is named on stderr."""
     from pneumo.modelfile import read_meta
 
     meta = _run(read_meta, model)
     print(meta.model_dump_json(indent=2))
+    if (site := meta.site) is not None:
+        cv = site.cross_validated
+        band = f"; REFER {site.refer.low:.3f}-{site.refer.high:.3f}" if site.refer else ""
+        err.print(
+            f"site calibration in force: {site.name} ({site.created}, {site.sample.n} images; threshold "
+            f"{site.threshold:.4f}{band}; cross-validated sensitivity {cv.sensitivity.value:.3f}, specificity "
+            f"{cv.specificity.value:.3f}) over {site.base.name} {site.base.version}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command()
@@ -355,11 +516,101 @@ def serve(
     port: Annotated[int, typer.Option(help="Port")] = 8000,
     model: ModelOpt = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload")] = 50.0,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(help="Also answer this Host name (a reverse proxy's, say); repeatable [default: served names]"),
+    ] = None,
+    allow_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="Let pages from this origin (https://site.example) POST and read answers; repeatable"),
+    ] = None,
 ) -> None:
     """The web page and REST API (http://HOST:PORT/, API docs at /docs)."""
     from pneumo.serve.app import run_server
 
-    _run(run_server, host=host, port=port, model=model, max_upload_mb=max_upload_mb)
+    _run(
+        run_server,
+        host=host,
+        port=port,
+        model=model,
+        max_upload_mb=max_upload_mb,
+        allow_hosts=allow_host or (),
+        allow_origins=allow_origin or (),
+    )
+
+
+@app.command("dicom-listen")
+def dicom_listen(
+    ae_title: Annotated[str, typer.Option(help="This node's AE title")] = "PNEUMO",
+    port: Annotated[int, typer.Option(help="DICOM port to listen on")] = 11112,
+    host: Annotated[str, typer.Option(help="Address to bind (loopback unless told otherwise)")] = "127.0.0.1",
+    forward: Annotated[
+        str | None, typer.Option(help="C-STORE each SR and SC to this node, HOST:PORT:AET (e.g. the PACS)")
+    ] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Also write each SR and SC into this folder")] = None,
+    calling_aet: Annotated[
+        list[str] | None, typer.Option("--calling-aet", help="Accept associations only from these AE titles")
+    ] = None,
+    model: ModelOpt = None,
+    threshold: Annotated[float | None, typer.Option(help="Decision threshold [default: the model's]")] = None,
+    workers: Annotated[int, typer.Option(help="Instances analysed at the same time")] = 2,
+    queue_size: Annotated[int, typer.Option(help="Instances waiting at most; beyond, senders get A700")] = 16,
+    heatmaps: Annotated[bool, typer.Option(help="Heat map in the Secondary Capture")] = True,
+) -> None:
+    """A DICOM node (C-STORE SCP): analyses every chest CR / DX it receives and sends back an SR and an SC."""
+    from pneumo.dicom import require
+
+    _run(require, "pynetdicom", "highdicom")
+    from pneumo.dicom.node import listen
+
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        _fail(UsageError(f"--threshold must be between 0 and 1, got {threshold}"))
+    if forward is None and out_dir is None:
+        _fail(UsageError("nothing to do with the results: give --forward HOST:PORT:AET and/or --out DIR"))
+    from pneumo.dicom.node import Destination
+    from pneumo.errors import ConfigError
+
+    try:
+        Destination.parse(forward) if forward else None
+    except ConfigError as exc:
+        _fail(UsageError(str(exc)))
+    _run(listen, model=model, ae_title=ae_title, host=host, port=port, forward=forward, out_dir=out_dir,
+         calling_ae_titles=calling_aet, workers=workers, queue_size=queue_size, threshold=threshold,
+         heatmaps=heatmaps)  # fmt: skip
+
+
+@app.command()
+def dicomweb(
+    url: Annotated[str, typer.Option(help="DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web")],
+    study: Annotated[str, typer.Option(help="Study Instance UID")],
+    model: ModelOpt = None,
+    threshold: Annotated[float | None, typer.Option(help="Decision threshold [default: the model's]")] = None,
+    store: Annotated[bool, typer.Option(help="STOW-RS the SRs and SCs back into the study")] = True,
+    heatmaps: Annotated[bool, typer.Option(help="Heat map in the Secondary Capture")] = True,
+) -> None:
+    """Fetch a study's chest radiographs with WADO-RS, analyse them, STOW-RS an SR and an SC for each back.
+
+    Exit code 3 when some CR / DX instances could not be analysed."""
+    from pneumo.dicom import require
+
+    _run(require)
+    from pneumo.dicom.dicomweb import run
+
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        _fail(UsageError(f"--threshold must be between 0 and 1, got {threshold}"))
+    outcomes = _run(run, url, study, model=model, threshold=threshold, heatmaps=heatmaps, store=store)
+    for o in outcomes:
+        if o.prediction is not None:
+            p = o.prediction
+            domain = "" if p.in_domain is not False else "  OUT OF DOMAIN: do not rely on it"
+            line = f"{o.sop_instance_uid}  {p.prediction}  P(pneumonia) {p.probability:.3f}{domain}"
+        else:
+            line = f"{o.sop_instance_uid}  {'skipped: ' + o.skipped if o.skipped else 'error: ' + o.error}"
+        out.print(line, markup=False, soft_wrap=True)
+    done = sum(o.prediction is not None for o in outcomes)
+    out.print(f"{done} analysed, {2 * done if store else 0} result instances stored", highlight=False)
+    if any(o.error for o in outcomes):
+        raise typer.Exit(3)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,6 +623,15 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except SystemExit as exc:  # click's own usage errors
         return int(exc.code or 0)
+    except ImportError as exc:  # an optional part that is not installed: name the extra that installs it
+        from pneumo.errors import missing_extra
+
+        if (missing := missing_extra(exc)) is None or _state["debug"]:
+            raise
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] {escape(str(missing))}", highlight=False, soft_wrap=True)
+        return 1
     except Exception as exc:
         # click's usage errors (typer vendors click, so match by shape rather than by class)
         if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):

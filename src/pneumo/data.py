@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumo import atomic
+from pneumo.errors import ConfigError, DataError
 from pneumo.imaging import IMAGE_SUFFIXES
 
 SUBTYPES = ("bacteria", "virus", "none", "unknown")
@@ -173,7 +174,7 @@ def split_dataset(records: Sequence[ImageRecord], val_fraction: float = 0.1, see
     target in every stratum, which fold-based splitters (whose val share is 1/k) cannot promise.
     """
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+        raise ConfigError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     by_patient: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)
     for r in records:
         by_patient[r.patient_id][(r.label, r.subtype)] += 1
@@ -235,12 +236,13 @@ def write_split_csv(path: str | os.PathLike[str], records: Sequence[ImageRecord]
 
 
 def read_split_csv(path: str | os.PathLike[str]) -> list[SplitRow]:
-    """Read a CSV written by :func:`write_split_csv`; raises ``ValueError`` naming the file if a column is missing."""
+    """Read a CSV written by :func:`write_split_csv`; a missing column raises ``DataError`` (a ValueError) naming
+    the file."""
     with Path(path).open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = set(SPLIT_COLUMNS) - set(reader.fieldnames or ())
         if missing:
-            raise ValueError(f"{path}: not a split file, missing column(s) {', '.join(sorted(missing))}")
+            raise DataError(f"{path}: not a split file, missing column(s) {', '.join(sorted(missing))}")
         return [SplitRow(*(row[c] for c in SPLIT_COLUMNS)) for row in reader]
 
 
@@ -254,7 +256,7 @@ def make_split(
     """
     records = scan_dataset(root).training_records()
     if not records:
-        raise ValueError(f"{root}: no images found (expected CLASS/ folders, optionally under train/val/test)")
+        raise DataError(f"{root}: no images found (expected CLASS/ folders, optionally under train/val/test)")
     splits = split_dataset(records, val_fraction=val_fraction, seed=seed)
     write_split_csv(out, records, splits)
     return [SplitRow(r.rel, s, r.label, r.patient_id, r.subtype) for r, s in zip(records, splits, strict=True)]

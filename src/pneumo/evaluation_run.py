@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.data import ImageRecord, read_split_csv, scan_dataset
+from pneumo.errors import DataError
 from pneumo.evaluate import write_evaluation
 from pneumo.imaging import load_image
 from pneumo.inference import Predictor
@@ -27,7 +28,7 @@ def select_records(
         wanted = {row.path for row in read_split_csv(split_csv) if row.split == (split or "val")}
         recs = [r for r in ds.training_records() if r.rel in wanted]
         if not recs:
-            raise ValueError(
+            raise DataError(
                 f"{split_csv}: none of its {split or 'val'} rows is under {data_dir} "
                 "(use the folder the split was made on)"
             )
@@ -36,10 +37,10 @@ def select_records(
     if levels:
         chosen = split or ("test" if "test" in levels else levels[0])
         if chosen not in levels:
-            raise ValueError(f"{data_dir}: no '{chosen}' split (found {', '.join(levels)})")
+            raise DataError(f"{data_dir}: no '{chosen}' split (found {', '.join(levels)})")
         return ds.select(chosen), f"split '{chosen}' of {data_dir}"
     if split:
-        raise ValueError(f"{data_dir}: has no train/val/test level, so --split {split} cannot apply")
+        raise DataError(f"{data_dir}: has no train/val/test level, so --split {split} cannot apply")
     return list(ds.records), f"all images of {data_dir}"
 
 
@@ -57,12 +58,12 @@ def evaluate_folder(
     recs, described = select_records(Path(data_dir), split, split_csv)
     labels = {r.label for r in recs}
     if not recs or not labels <= {"NORMAL", "PNEUMONIA"}:
-        raise ValueError(f"{data_dir}: expected NORMAL/ and PNEUMONIA/ images, found {sorted(labels) or 'none'}")
+        raise DataError(f"{data_dir}: expected NORMAL/ and PNEUMONIA/ images, found {sorted(labels) or 'none'}")
     predictor = Predictor.load(model, threshold=threshold)
     preds = list(predictor.predict_sources(((str(r.path), r.path) for r in recs), tta=tta))
     keep = [i for i, p in enumerate(preds) if p.error is None]
     if not keep:
-        raise ValueError(f"{data_dir}: none of the {len(recs)} images could be read")
+        raise DataError(f"{data_dir}: none of the {len(recs)} images could be read")
     y = np.array([int(recs[i].label == "PNEUMONIA") for i in keep])
     prob = np.array([preds[i].probability for i in keep])
     meta = predictor.meta

@@ -1,8 +1,10 @@
-"""Grad-CAM heat maps (the ``grad-cam`` package) on the PyTorch twin of a model file.
+"""Heat maps over the X-ray: ``pneumo explain`` and the PyTorch Grad-CAM fallback.
 
 The probability and decision shown come from the same ONNX path as ``pneumo predict``, so an overlay never
-disagrees with a prediction; the twin only supplies gradients. The Grad-CAM target is the pneumonia log-odds,
-so the map shows what pushed the model towards pneumonia, for binary and subtype models alike.
+disagrees with a prediction. The map is the pneumonia log-odds' class activation map from the ONNX graph
+(:mod:`pneumo.cam`, no torch) when the model file has it; otherwise Grad-CAM (the ``grad-cam`` package) on the
+PyTorch twin, with the same target. Either way the map shows what pushed the model towards pneumonia, for binary
+and subtype models alike. torch is imported only by :class:`GradCam`.
 """
 
 from __future__ import annotations
@@ -11,22 +13,48 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from pneumo.export import torch_twin
-from pneumo.imaging import ImageLoadError, load_display_image, load_image, resize_map
-from pneumo.inference import Prediction, Predictor
+from pneumo.cam import HeatMapper, heatmap_rgba
+from pneumo.imaging import ImageLoadError, load_display_image, load_image
+from pneumo.inference import Prediction, Predictor, open_model
 from pneumo.modelfile import ModelFile, load_model_file
-from pneumo.models import cam_target_layer
 from pneumo.preprocess import to_input
+
+if TYPE_CHECKING:
+    import torch
 
 DISPLAY_MAX = 512
 
 
 def _pneumonia_log_odds(output: torch.Tensor) -> torch.Tensor:
-    return torch.logsumexp(output[..., 1:], dim=-1) - output[..., 0]
+    """Grad-CAM's target: ``logsumexp(logits[1:]) - logits[0]`` of the main head (one sample's logits)."""
+    return output[..., 1:].logsumexp(dim=-1) - output[..., 0]
+
+
+class GradCam:
+    """Grad-CAM on the PyTorch twin of a model file: the fallback of :class:`pneumo.cam.HeatMapper` for graphs
+    without a ``cam`` output (older model files, architectures without a global-average-pooling head)."""
+
+    def __init__(self, model: ModelFile):
+        from pytorch_grad_cam import GradCAM
+
+        from pneumo.export import torch_twin
+        from pneumo.models import cam_target_layer
+
+        self.preprocessing = model.meta.preprocessing
+        self.net = torch_twin(model)
+        self.cam = GradCAM(model=self.net, target_layers=[cam_target_layer(self.net, model.meta.arch)])
+
+    def heatmap(self, image: np.ndarray) -> np.ndarray:
+        """Grad-CAM map (input size, [0, 1]) for one image already at the model's input size."""
+        import torch
+
+        x = torch.from_numpy(to_input([image], self.preprocessing))
+        cam = self.cam(input_tensor=x, targets=[_pneumonia_log_odds])[0]
+        return np.nan_to_num(cam.astype(np.float32))
 
 
 @dataclass
@@ -40,30 +68,27 @@ class Explainer:
     """Loads a model file once; explains images from paths or bytes."""
 
     def __init__(self, model: ModelFile):
-        from pytorch_grad_cam import GradCAM
-
         self.model = model
         self.predictor = Predictor(model)
-        self.net = torch_twin(model)
-        self.cam = GradCAM(model=self.net, target_layers=[cam_target_layer(self.net, model.meta.arch)])
+        self.mapper = HeatMapper(self.predictor)
+        self.mapper.prepare()  # without the ONNX map, fail here (no torch, no weights), not on the first image
 
     @classmethod
     def load(cls, model: str | Path | None = None) -> Explainer:
+        if model is not None and Path(model).suffix.lower() == ".onnx":
+            return cls(open_model(model))
         return cls(load_model_file(model))
 
     def heatmap(self, image: np.ndarray) -> np.ndarray:
-        """Grad-CAM map (input size, [0, 1]) for one image already at the model's input size."""
-        x = torch.from_numpy(to_input([image], self.model.meta.preprocessing))
-        cam = self.cam(input_tensor=x, targets=[_pneumonia_log_odds])[0]
-        return np.nan_to_num(cam.astype(np.float32))
+        """The heat map (input size, [0, 1]) for one image already at the model's input size."""
+        return self.mapper.heatmap(image)
 
     def explain(self, source: str | Path | bytes, name: str) -> Explanation:
         size = self.model.meta.preprocessing.image_size
         net_input = load_image(source, size, name=name)
         pred = self.predictor.predict_arrays([net_input], [name])[0]
         display = load_display_image(source, DISPLAY_MAX, name=name)
-        cam = resize_map(self.heatmap(net_input), display.shape)
-        return Explanation(pred, np.clip(cam, 0, 1), display)
+        return Explanation(pred, self.mapper.heatmap(net_input, display.shape), display)
 
 
 def overlay_png(exp: Explanation, *, show_heatmap: bool = True, title: str | None = None) -> bytes:
@@ -75,8 +100,8 @@ def overlay_png(exp: Explanation, *, show_heatmap: bool = True, title: str | Non
     fig = Figure(figsize=(6, 6 * h / w + 0.9), dpi=110)
     ax = fig.add_axes((0, 0, 1, h / (h + 0.15 * w)))
     ax.imshow(exp.image, cmap="gray", vmin=0, vmax=1)
-    if show_heatmap:
-        ax.imshow(exp.heatmap, cmap="jet", alpha=0.35 * (exp.heatmap > 0.1) + 0.1, vmin=0, vmax=1)
+    if show_heatmap:  # the page's and the Secondary Capture's overlay: jet colours, smoothly rising opacity
+        ax.imshow(heatmap_rgba(exp.heatmap), interpolation="bilinear")
     ax.set_axis_off()
     color = "#c62828" if p.prediction == "PNEUMONIA" else "#2e7d32"
     headline = f"{p.prediction}  P(pneumonia) = {p.probability:.2f}  (threshold {p.threshold:.2f})"

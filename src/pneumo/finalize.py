@@ -15,7 +15,7 @@ from pneumo.calibration import choose_threshold, expected_calibration_error, fit
 from pneumo.config import TrainConfig
 from pneumo.domain import fit_domain_guard
 from pneumo.export import build_model_file
-from pneumo.modelfile import TASK_CLASSES, ModelMeta, save_model_file
+from pneumo.modelfile import TASK_CLASSES, ModelMeta, save_model_file, without_paths
 from pneumo.models import PneumoNet, count_parameters
 from pneumo.probability import calibrated_probability, subtype_probabilities
 
@@ -144,7 +144,7 @@ def finalize_run(cfg: TrainConfig, net: PneumoNet, train, val, data_summary: dic
         feature_dim=int(val_feats.shape[1]),
         validation=metrics,
         data=data_summary,
-        training={**timing, "config": cfg.model_dump(mode="json")},
+        training={**timing, "config": without_paths(cfg.model_dump(mode="json"))},  # no paths of this machine
         domain_guard=guard,
     )
     model = build_model_file(net, meta, arrays)

@@ -8,15 +8,19 @@ Any failure leaves as :class:`ImageLoadError` whose message names the file and s
 from __future__ import annotations
 
 import codecs
+import errno
 import io
 import os
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image, ImageChops
+
+from pneumo.errors import ImageLoadError
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -26,9 +30,16 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
 )
 
 # 8000 x 8000. The largest chest detectors give ~4300 x 3500 (15 MP), so this leaves room; it also sits below
-# Pillow's own 89 MP warning threshold, which we escalate to an error, so both limits agree.
+# Pillow's own 89 MP warning threshold, which we escalate to an error, so both limits agree (and every refusal,
+# ours or Pillow's, quotes this number).
 MAX_PIXELS = 64_000_000
 MIN_SIDE = 2
+# The largest pixel buffer one image may need while it is decoded (Pillow's decoded image, or the float copy of a
+# DICOM's pixels). It fits a 64 MP grayscale image at 8 or 16 bits (Pillow keeps colour at 4 bytes a pixel, so
+# colour fits 33 MP); JPEGs are measured after DCT scaling, so a large JPEG decoded for a small target costs a
+# fraction. What does not fit is refused before its pixels are decoded; everything after the decode is reduced
+# towards the target in the image's own bit depth first, so one image costs little more than this budget.
+DECODE_BUDGET = 128 * 2**20
 
 # LANCZOS is antialiased (Pillow widens the kernel by the reduction factor); reducing_gap lets Pillow first shrink
 # by an integer factor with a cheap box filter while staying >= 3x the target, which makes 2000 -> 224 several
@@ -36,6 +47,20 @@ MIN_SIDE = 2
 _RESAMPLE = Image.Resampling.LANCZOS
 _REDUCING_GAP = 3.0
 _ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+# What ImageOps.exif_transpose does per orientation; applied after resizing, so the full-size image is not copied.
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Bytes per pixel of the largest buffer each Pillow mode needs here: Pillow unpacks 1-bit to a byte, stores
+# RGB, LA, I and F in 4 bytes, and a palette image is expanded to RGB(A).
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+_STRIP_BYTES = 4 * 2**20  # high-bit-depth images are reduced strip by strip, at most this much float at a time
 _BYTES = (bytes, bytearray, memoryview)
 _OPEN_ERRORS = {
     FileNotFoundError: "file not found",
@@ -43,10 +68,6 @@ _OPEN_ERRORS = {
     PermissionError: "permission denied (cannot read the file)",
 }
 _T = TypeVar("_T")
-
-
-class ImageLoadError(Exception):
-    """An image could not be read; ``str(e)`` is one line: ``"<file>: <reason>"``."""
 
 
 class _Bad(Exception):
@@ -151,6 +172,10 @@ def _open(source: str | os.PathLike | bytes) -> BinaryIO:
     try:
         return open(source, "rb")
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _Bad("symbolic link loop (the link leads back to itself)") from exc
+        if isinstance(exc, FileNotFoundError) and os.path.islink(source):
+            raise _Bad(f"broken symbolic link (its target {os.readlink(source)!r} does not exist)") from exc
         reason = next((r for kind, r in _OPEN_ERRORS.items() if isinstance(exc, kind)), None)
         raise _Bad(reason or f"cannot read the file ({exc.strerror or exc})") from exc
 
@@ -185,9 +210,24 @@ def _not_an_image(head: bytes) -> _Bad:
     return _Bad("not a recognised image format (expected JPEG, PNG, BMP, TIFF, WebP or DICOM content)")
 
 
+def _check_budget(needed: int, what: str, fits: str = "64 MP grayscale or 33 MP colour") -> None:
+    if needed > DECODE_BUDGET:
+        raise _Bad(
+            f"decoding this {what} would need {needed / 2**20:,.0f} MB, over the per-image budget of "
+            f"{DECODE_BUDGET / 2**20:,.0f} MB ({fits}); send a smaller or grayscale image"
+        )
+
+
+def _bomb(exc: BaseException) -> _Bad:
+    """Pillow's own refusal (past 89 MP it warns, past 179 MP it fails) in the words of our limit."""
+    m = re.search(r"\((\d+) pixels\)", str(exc))
+    claimed = f"claims {int(m.group(1)):,} pixels, " if m else ""
+    return _Bad(f"image {claimed}over the limit of {MAX_PIXELS:,} (refused as a possible decompression bomb)")
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
-        return f"refused as a possible decompression bomb ({exc})"
+        return str(_bomb(exc))
     if isinstance(exc, MemoryError):
         return "not enough memory to decode the image"
     text = _first_line(exc)
@@ -210,6 +250,8 @@ def _sniff(fp: BinaryIO, head: bytes) -> Image.Image | Dataset:
         with warnings.catch_warnings():  # the filter is process-wide for a moment; it only touches this warning
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(fp)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _bomb(exc) from exc
     except Image.UnidentifiedImageError as exc:
         ds = _headerless_dicom(fp)
         if ds is None:
@@ -220,23 +262,96 @@ def _sniff(fp: BinaryIO, head: bytes) -> Image.Image | Dataset:
 
 
 def _pillow_pixels(im: Image.Image, target: tuple[int, int] | None) -> np.ndarray:
+    orientation = _orientation(im)
+    rotated = orientation in _ROTATED_ORIENTATIONS
+    full_size, full_bands = im.size, len(im.getbands())
     if target is not None and im.format in ("JPEG", "MPO"):
         # libjpeg's DCT scaling decodes at 1/2, 1/4 or 1/8 size (never below the target) and straight to gray.
         h, w = target
-        im.draft("L", (h, w) if _orientation(im) in _ROTATED_ORIENTATIONS else (w, h))
+        im.draft("L", (h, w) if rotated else (w, h))
+    _check_budget(_decoded_bytes(im, full_size, full_bands), f"{full_size[0]}x{full_size[1]} {im.mode} image")
     try:
         im.load()  # the full decode, here inside the try, so truncated data raises instead of coming back grey
     except OSError as exc:
         if "truncated" in str(exc):
             raise _Bad(f"truncated {im.format} data (file is damaged or incomplete)") from exc
         raise _Bad(f"damaged {im.format} data ({_first_line(exc)})") from exc
-    im = ImageOps.exif_transpose(im)
-    if target is not None and im.mode in ("L", "RGB"):
+    if target is None:
+        return _to_gray(_transpose(im, orientation))
+    h, w = (target[1], target[0]) if rotated else target  # the target in the stored (untransposed) orientation
+    if not (im.mode.startswith("I") or im.mode == "F"):
         # 8-bit images are resized as 8-bit: Pillow's uint8 resampling is several times faster than on floats, and
-        # the training cache stores 8-bit images anyway, so predictions see what training saw.
-        h, w = target
-        im = (im if im.mode == "L" else im.convert("L")).resize((w, h), _RESAMPLE, reducing_gap=_REDUCING_GAP)
-    return _to_gray(im)
+        # the training cache stores 8-bit images anyway, so predictions see what training saw. Transparency is
+        # flattened onto black first, in 8 bits, so no float copy of the full-size image is ever made.
+        im = _flat_gray8(im).resize((w, h), _RESAMPLE, reducing_gap=_REDUCING_GAP)
+        return _to_gray(_transpose(im, orientation))
+    # 16-bit, 32-bit and float images: box-averaged in strips to within the reducing gap of the target, then
+    # resampled in float: what Pillow's resize(reducing_gap=...) does, without a full-size float copy.
+    fx, fy = _reduce_factors(im.size, (w, h))
+    reduced = Image.fromarray(_reduced_gray(im, fx, fy))
+    if (fx, fy) != (1, 1) or reduced.size != (w, h):
+        reduced = reduced.resize((w, h), _RESAMPLE, box=(0, 0, im.width / fx, im.height / fy))
+    return np.asarray(_transpose(reduced, orientation), dtype=np.float32)
+
+
+def _decoded_bytes(im: Image.Image, full_size: tuple[int, int], full_bands: int) -> int:
+    """The largest buffer decoding ``im`` (after any draft) takes; a progressive JPEG keeps all its DCT
+    coefficients (2 bytes per coefficient, one per pixel and band of the full-size image) whatever the scale."""
+    n = im.width * im.height * _BYTES_PER_PIXEL.get(im.mode, 4)
+    if im.format in ("JPEG", "MPO") and im.info.get("progressive"):
+        n = max(n, full_size[0] * full_size[1] * 2 * full_bands)
+    return n
+
+
+def _transpose(im: Image.Image, orientation: int) -> Image.Image:
+    return im.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else im
+
+
+def _flat_gray8(im: Image.Image) -> Image.Image:
+    """An 8-bit image as mode L, transparency flattened onto black (gray x alpha / 255, rounded)."""
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("LA", "RGBA", "PA"):
+        return ImageChops.multiply(im.convert("L"), im.getchannel("A"))
+    return im if im.mode == "L" else im.convert("L")
+
+
+def _reduce_factors(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
+    """Pillow's rule for reducing_gap: per axis, shrink by an integer factor while staying >= gap x the target."""
+    return tuple(max(1, int(n / t / _REDUCING_GAP)) for n, t in zip(size, target, strict=True))
+
+
+def _block_mean(a: np.ndarray, fx: int, fy: int) -> np.ndarray:
+    """Box average over fy x fx blocks; blocks cut by the edge average the pixels they have (as Image.reduce)."""
+    h, w = a.shape
+    ph, pw = -h % fy, -w % fx
+    if ph or pw:
+        a = np.pad(a, ((0, ph), (0, pw)))
+    sums = a.reshape(a.shape[0] // fy, fy, a.shape[1] // fx, fx).sum(axis=(1, 3))
+    rows = np.minimum(fy, h - np.arange(0, h, fy))
+    cols = np.minimum(fx, w - np.arange(0, w, fx))
+    return sums / np.outer(rows, cols)
+
+
+def _reduced_gray(im: Image.Image, fx: int, fy: int) -> np.ndarray:
+    """A high-bit-depth image as gray float32 in [0, 1], box-averaged by ``fx`` x ``fy`` strip by strip (never a
+    full-size float copy); the scaling is that of :func:`_to_gray`, read off the reduced values."""
+    if (fx, fy) == (1, 1):
+        return _to_gray(im)
+    w, h = im.size
+    rows = max(fy, _STRIP_BYTES // max(1, w * 8) // fy * fy)  # a multiple of fy: blocks never straddle strips
+    parts = [
+        _block_mean(np.asarray(im.crop((0, y0, w, min(h, y0 + rows)))).astype(np.float64), fx, fy)
+        for y0 in range(0, h, rows)
+    ]
+    a = np.concatenate(parts)
+    if im.mode.startswith("I;16"):
+        return (a / 65535.0).astype(np.float32)
+    if im.mode == "I" and a.min() >= 0 and a.max() <= 65535:
+        return (a / 65535.0).astype(np.float32)
+    if im.mode == "F" and np.nanmin(a) >= 0 and np.nanmax(a) <= 1:
+        return a.astype(np.float32)
+    return _minmax(a)
 
 
 def _to_gray(im: Image.Image) -> np.ndarray:
@@ -263,6 +378,10 @@ def _to_gray(im: Image.Image) -> np.ndarray:
 
 
 def _orientation(im: Image.Image) -> int:
+    if im.format == "PNG" and "exif" not in im.info:
+        # Pillow's PNG getexif() decodes the whole image to look for an eXIf chunk after the pixels; an
+        # orientation there is so rare that it is not worth a full decode before the size checks.
+        return 1
     try:
         return int(im.getexif().get(ExifTags.Base.Orientation, 1))
     except Exception:  # broken EXIF is common in photos; it must not stop the image from loading
@@ -328,6 +447,8 @@ def _dicom_checks(ds: Dataset) -> str:
     if int(ds.get("SamplesPerPixel", 1)) != 1 or pi not in ("MONOCHROME1", "MONOCHROME2"):
         raise _Bad(f"colour DICOM is not supported (PhotometricInterpretation {pi})")
     _check_dims(int(ds.Columns), int(ds.Rows))
+    # the pixels become float64 for the modality LUT and the window
+    _check_budget(int(ds.Columns) * int(ds.Rows) * 8, f"{ds.Columns}x{ds.Rows} DICOM image", "16 MP for DICOM")
     return pi
 
 

@@ -19,13 +19,16 @@ from pneumo.domain import domain_check
 from pneumo.imaging import ImageLoadError, load_image
 from pneumo.modelfile import ModelFile, ModelFileError, ModelMeta, load_model_file
 from pneumo.preprocess import to_input, views
-from pneumo.probability import calibrated_probability, subtype_probabilities
+from pneumo.probability import calibrated_probability, pneumonia_log_odds, subtype_probabilities
 
 Source = str | os.PathLike | bytes
 
 
 class Prediction(BaseModel):
-    """One file's result; ``error`` is set (and the rest empty) when the file could not be read."""
+    """One file's result; ``error`` is set (and the rest empty) when the file could not be read.
+
+    ``prediction`` is NORMAL or PNEUMONIA, or REFER when a site's REFER band (``pneumo adapt --refer``) is in force
+    and the probability lies in it (``refer_low <= probability <= refer_high``)."""
 
     path: str
     probability: float | None = None
@@ -37,12 +40,24 @@ class Prediction(BaseModel):
     p_normal: float | None = None
     p_bacterial: float | None = None
     p_viral: float | None = None
+    refer_low: float | None = None
+    refer_high: float | None = None
+    log_odds: float | None = None  # uncalibrated pneumonia log-odds: what pneumo adapt refits the calibration on
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def _onnx_model_file(path: Path) -> ModelFile:
     """A bare ``.onnx`` written by ``pneumo export`` carries its metadata in the graph's metadata props."""
     import onnxruntime as ort
 
+    from pneumo.modelfile import MAX_MEMBER_BYTES, ONNX
+
+    if (size := path.stat().st_size) > (cap := MAX_MEMBER_BYTES[ONNX]):
+        raise ModelFileError(f"{path}: {size / 2**20:,.0f} MB, over the limit of {cap / 2**20:,.0f} MB for a model")
     data = path.read_bytes()
     try:
         props = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
@@ -73,13 +88,18 @@ class Predictor:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(model.onnx, opts, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(model.onnx, opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for a bad graph
+            raise ModelFileError(f"{model.path}: model.onnx is not a readable ONNX graph ({_first_line(exc)})") from exc
         self.model = model
         self.meta = model.meta
         self.threshold = self.meta.threshold if threshold is None else float(threshold)
         if not 0.0 <= self.threshold <= 1.0:  # NaN fails this too
             raise ModelFileError(f"threshold {threshold}: must be a probability between 0 and 1")
         self.size = self.meta.preprocessing.image_size
+        # The site's REFER band belongs to the site's operating point: an explicit threshold means two-way decisions.
+        self.refer = self.meta.site.refer if self.meta.site is not None and threshold is None else None
         names = {o.name for o in self.session.get_outputs()}
         self.outputs = ["logits", "features"] + (["subtype_logits"] if "subtype_logits" in names else [])
 
@@ -117,11 +137,18 @@ class Predictor:
         features = features.reshape(n, v, -1)[:, 0]
         return mean_over_views(logits), features, None if sub is None else mean_over_views(sub)
 
+    def decide(self, p: float) -> str:
+        """NORMAL / PNEUMONIA at the threshold; with a REFER band, NORMAL below it, PNEUMONIA above, REFER in it."""
+        if self.refer is None:
+            return "PNEUMONIA" if p >= self.threshold else "NORMAL"
+        return "NORMAL" if p < self.refer.low else "PNEUMONIA" if p > self.refer.high else "REFER"
+
     def _predict_inputs(self, x: np.ndarray, names: Sequence[str], tta: bool) -> list[Prediction]:
         """Predict a prepared batch (N x V x H x W, normalised as the model expects)."""
         logits, features, sub = self.network_outputs(x, mirror=tta)
         m = self.meta
         prob = calibrated_probability(logits, m.temperature, m.calibration_bias)
+        log_odds = pneumonia_log_odds(logits)
         subtypes = None
         if m.has_subtypes:
             subtypes = subtype_probabilities(logits, m.temperature, m.calibration_bias, sub)
@@ -145,10 +172,13 @@ class Predictor:
             pred = Prediction(
                 path=name,
                 probability=p,
-                prediction="PNEUMONIA" if p >= self.threshold else "NORMAL",
+                prediction=self.decide(p),
                 threshold=self.threshold,
                 in_domain=None if in_domain[i] is None else bool(in_domain[i]),
                 domain_score=None if score[i] is None else float(score[i]),
+                refer_low=None if self.refer is None else self.refer.low,
+                refer_high=None if self.refer is None else self.refer.high,
+                log_odds=float(log_odds[i]),
             )
             if subtypes is not None:
                 pred.p_normal, pred.p_bacterial, pred.p_viral = (float(v) for v in subtypes[i])

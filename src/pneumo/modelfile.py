@@ -5,8 +5,10 @@ A model file (``*.pneumo``) is a zip archive that needs no unpickling to load:
 - ``meta.json``          -- :class:`ModelMeta`: architecture, preprocessing, classes, threshold, temperature,
                             validation metrics, data summary, domain-guard cut-off
 - ``model.onnx``         -- the exported graph (inputs ``image`` N x 1 x H x W float32; outputs ``logits`` N x C
-                            and ``features`` N x D); what predict and serve run
-- ``weights.safetensors`` -- the PyTorch twin's weights; what explain (Grad-CAM) and export need
+                            and ``features`` N x D, then ``subtype_logits`` N x 3 with a subtype head, and last
+                            ``cam`` N x h x w, the heat map, where the architecture allows); what predict, serve
+                            and explain run
+- ``weights.safetensors`` -- the PyTorch twin's weights; what export (and Grad-CAM for graphs without ``cam``) need
 - ``arrays.npz``         -- numeric side data (domain-guard statistics), loaded with ``allow_pickle=False``
 
 Nothing here imports torch: the inference path reads these files with the standard library and numpy.
@@ -14,6 +16,7 @@ Nothing here imports torch: the inference path reads these files with the standa
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zipfile
@@ -23,10 +26,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from pneumo import __version__
 from pneumo.atomic import atomic_open
+from pneumo.errors import ModelFileError
 
 FORMAT_VERSION = 1
 META = "meta.json"
@@ -34,15 +38,14 @@ ONNX = "model.onnx"
 WEIGHTS = "weights.safetensors"
 ARRAYS = "arrays.npz"
 SUFFIX = ".pneumo"
+# A site file (``pneumo adapt``) is a zip of ``site.json`` and the base model file, stored byte for byte.
+SITE = "site.json"
+BASE = "base.pneumo"
 
 TASK_CLASSES: dict[str, list[str]] = {
     "binary": ["NORMAL", "PNEUMONIA"],
     "subtype": ["NORMAL", "BACTERIA", "VIRUS"],
 }
-
-
-class ModelFileError(Exception):
-    """A model file is missing, unreadable or not a Pneumo model."""
 
 
 # Every number read from meta.json is checked: a NaN threshold or a zero std would not fail loudly, it would
@@ -78,6 +81,111 @@ class DomainGuard(BaseModel):
     validation_flag_rate: Probability
 
 
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Count = Annotated[int, Field(ge=0)]
+Temperature = Annotated[float, Field(ge=1e-2, le=1e2, allow_inf_nan=False)]
+Threshold = Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)]
+
+
+class SiteBase(BaseModel):
+    """The model a site calibration was fitted for, and the calibration it shipped with."""
+
+    name: str
+    version: str
+    file: str = Field(description="file name of the base model when the site file was made")
+    sha256: Sha256 = Field(description="SHA-256 of the base model file, checked on every load")
+    temperature: Temperature
+    calibration_bias: Finite
+    threshold: Threshold
+
+
+class SiteSample(BaseModel):
+    """The labelled sample the site calibration was fitted on."""
+
+    folder: str
+    n: Annotated[int, Field(ge=2)]
+    n_normal: Annotated[int, Field(ge=1)]
+    n_pneumonia: Annotated[int, Field(ge=1)]
+    n_patients: Annotated[int, Field(ge=2)]
+    unreadable: Count = 0
+    out_of_domain: Count = 0
+    patients_from: str = Field(default="file names", description="where the patient ids came from")
+
+
+class Interval(BaseModel):
+    value: Probability
+    lo: Probability
+    hi: Probability
+
+
+class SiteFigures(BaseModel):
+    """Cross-validated figures on the site sample: k-fold by patient, calibration and threshold (and band) fitted
+    on k-1 folds and measured on the held-out one; patient-level bootstrap 95 % intervals."""
+
+    folds: Annotated[int, Field(ge=2)]
+    sensitivity: Interval
+    specificity: Interval
+    ece: Interval
+    roc_auc: Interval
+    referred: Interval | None = None
+    miss_rate: Interval | None = Field(default=None, description="with REFER: pneumonia cases called NORMAL")
+    false_alarm_rate: Interval | None = Field(default=None, description="with REFER: normal cases called PNEUMONIA")
+
+
+class ReferBand(BaseModel):
+    """REFER when ``low <= probability <= high``: the band where the site data cannot back either decision."""
+
+    low: Probability
+    high: Probability
+    max_error: Annotated[float, Field(gt=0.0, lt=0.5, allow_inf_nan=False)] = Field(
+        description="bound on each confident decision's error rate among the cases of the other class"
+    )
+    method: Literal["class-conditional split conformal"] = "class-conditional split conformal"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReferBand:
+        if self.low > self.high:
+            raise ValueError(f"refer band low {self.low} is above high {self.high}")
+        return self
+
+
+class SiteCalibration(BaseModel):
+    """A site's own calibration, threshold and optional REFER band over an untouched base model, with provenance."""
+
+    format_version: int = FORMAT_VERSION
+    name: str = Field(description="the site, as given to pneumo adapt (default: the sample's folder name)")
+    created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    pneumo_version: str = __version__
+    base: SiteBase
+    temperature: Temperature
+    calibration_bias: Finite
+    threshold: Threshold
+    target_sensitivity: Probability
+    refer: ReferBand | None = None
+    sample: SiteSample
+    cross_validated: SiteFigures
+    warnings: list[str] = Field(default_factory=list)
+
+
+class Quantization(BaseModel):
+    """How an INT8 graph was made and what it measured against its fp32 source on the validation images
+    (``pneumo export --int8``, :mod:`pneumo.quantize`)."""
+
+    method: Literal["onnxruntime-static-qdq"] = "onnxruntime-static-qdq"
+    calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    calibration_images: int = Field(ge=1)
+    validation_images: int = Field(ge=1)
+    auc_fp32: Probability
+    auc_int8: Probability
+    auc_drop: Annotated[float, Field(ge=-1.0, le=1.0, allow_inf_nan=False)]
+    agreement: Probability = Field(description="share of validation images with the same decision")
+    flag_rate_fp32: Probability
+    flag_rate_int8: Probability
+    max_probability_change: Probability
+    bounds: dict[str, Finite] = Field(default_factory=dict, description="the parity bounds it passed")
+    source_onnx_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the fp32 graph")
+
+
 class ModelMeta(BaseModel):
     """Everything needed to use a model correctly, stored beside its weights."""
 
@@ -102,6 +210,28 @@ class ModelMeta(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict, description="resolved training config and timings")
     domain_guard: DomainGuard | None = None
     members: list[str] = Field(default_factory=list, description="ensemble members' names, if an ensemble")
+    precision: Literal["fp32", "int8"] = Field(default="fp32", description="number format of model.onnx")
+    quantization: Quantization | None = Field(default=None, description="INT8 only: how it was made and checked")
+    site: SiteCalibration | None = Field(default=None, description="the site calibration in force (pneumo adapt)")
+
+    @model_validator(mode="after")
+    def _site_in_force(self) -> ModelMeta:
+        # A site section whose figures are not the ones in force would describe a calibration nobody runs.
+        s = self.site
+        if s is not None and (s.temperature, s.calibration_bias, s.threshold) != (
+            self.temperature,
+            self.calibration_bias,
+            self.threshold,
+        ):
+            raise ValueError("site calibration differs from the temperature, bias and threshold in force")
+        return self
+
+    @model_validator(mode="after")
+    def _precision_figures(self) -> ModelMeta:
+        # An INT8 graph without its parity figures would be trusted on faith; an fp32 one with them, misdescribed.
+        if (self.precision == "int8") != (self.quantization is not None):
+            raise ValueError("precision int8 goes with quantization figures, and only int8 does")
+        return self
 
     @property
     def has_subtypes(self) -> bool:
@@ -164,13 +294,9 @@ def load_model_file(model: str | Path | None = None, *, parts: tuple[str, ...] =
     path = resolve_model_path(model)
     try:
         with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
-            if META not in names:
-                raise ModelFileError(f"{path}: not a Pneumo model file (no {META})")
-            meta = ModelMeta.model_validate_json(zf.read(META))
-            onnx = zf.read(ONNX) if "onnx" in parts and ONNX in names else None
-            weights = zf.read(WEIGHTS) if "weights" in parts and WEIGHTS in names else None
-            arrays = _read_arrays(zf, path) if ARRAYS in names else {}
+            if META not in zf.namelist() and SITE in zf.namelist():
+                return _read_site_file(zf, path, parts)
+            mf = _read_members(zf, path, parts)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
         raise ModelFileError(f"{path}: not a Pneumo model file or damaged ({exc})") from exc
     except ValidationError as exc:  # pydantic validation of meta.json: name the first bad field and why
@@ -181,14 +307,96 @@ def load_model_file(model: str | Path | None = None, *, parts: tuple[str, ...] =
         ) from exc
     except ValueError as exc:
         raise ModelFileError(f"{path}: invalid model metadata: {exc}".splitlines()[0]) from exc
+    return mf
+
+
+def _read_members(zf: zipfile.ZipFile, path: Path, parts: tuple[str, ...]) -> ModelFile:
+    names = set(zf.namelist())
+    if META not in names:
+        raise ModelFileError(f"{path}: not a Pneumo model file (no {META})")
+    meta = ModelMeta.model_validate_json(_read_member(zf, META, path))
     if meta.format_version > FORMAT_VERSION:
         raise ModelFileError(f"{path}: made by a newer Pneumo (format {meta.format_version}); upgrade pneumo")
+    onnx = _read_member(zf, ONNX, path) if "onnx" in parts and ONNX in names else None
+    weights = _read_member(zf, WEIGHTS, path) if "weights" in parts and WEIGHTS in names else None
+    arrays = _read_arrays(zf, path) if ARRAYS in names else {}
     return ModelFile(meta=meta, onnx=onnx, weights=weights, arrays=arrays, path=path)
+
+
+def _read_site_file(zf: zipfile.ZipFile, path: Path, parts: tuple[str, ...]) -> ModelFile:
+    """The base model with the site's calibration in force; refused unless the base is byte for byte the one the
+    calibration was fitted on (a calibration is only valid for the network it was measured with)."""
+    site = SiteCalibration.model_validate_json(_read_member(zf, SITE, path))
+    if site.format_version > FORMAT_VERSION:
+        raise ModelFileError(f"{path}: made by a newer Pneumo (format {site.format_version}); upgrade pneumo")
+    if BASE not in zf.namelist():
+        raise ModelFileError(f"{path}: a site file without its base model ({BASE})")
+    data = _read_member(zf, BASE, path)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != site.base.sha256:
+        raise ModelFileError(
+            f"{path}: refused: its base model (SHA-256 {digest[:16]}...) is not the one the site calibration was "
+            f"fitted on ({site.base.sha256[:16]}..., {site.base.name} {site.base.version}); run `pneumo adapt` again"
+        )
+    with zipfile.ZipFile(io.BytesIO(data)) as inner:
+        base = _read_members(inner, path, parts)
+    if base.meta.site is not None:
+        raise ModelFileError(f"{path}: the base model of a site file cannot itself carry a site calibration")
+    in_force = {k: getattr(site, k) for k in ("temperature", "calibration_bias", "threshold", "target_sensitivity")}
+    meta = ModelMeta.model_validate({**base.meta.model_dump(), **in_force, "site": site.model_dump()})
+    return base.model_copy(update={"meta": meta})
+
+
+def save_site_file(path: str | Path, site: SiteCalibration, base: bytes) -> Path:
+    """Write a site file: ``site.json`` and the base model file's bytes, untouched (stored, not recompressed)."""
+    if hashlib.sha256(base).hexdigest() != site.base.sha256:
+        raise ValueError("the base model bytes do not match site.base.sha256")
+    path = Path(path)
+    with atomic_open(path, "wb") as f, zipfile.ZipFile(f, "w") as zf:
+        zf.writestr(SITE, site.model_dump_json(indent=2), compress_type=zipfile.ZIP_DEFLATED)
+        zf.writestr(BASE, base, compress_type=zipfile.ZIP_STORED)
+    return path
+
+
+def base_model_bytes(path: str | Path) -> bytes:
+    """The bytes of the base model behind ``path``: a site file's embedded base, else the file itself."""
+    path = resolve_model_path(path)
+    with zipfile.ZipFile(path) as zf:
+        if META not in zf.namelist() and SITE in zf.namelist():
+            return zf.read(BASE)
+    return path.read_bytes()
+
+
+# Largest uncompressed size accepted per member, read from the zip directory before anything is inflated: the
+# largest network here (DenseNet-121) is ~30 MB as ONNX and as safetensors, so these leave ample room while a
+# 4.5 MB file that inflates to 4 GiB is refused in a millisecond. (zipfile never inflates past the declared size.)
+MAX_MEMBER_BYTES: dict[str, int] = {
+    META: 16 * 2**20,
+    SITE: 16 * 2**20,
+    ONNX: 1 * 2**30,
+    WEIGHTS: 1 * 2**30,
+    ARRAYS: 256 * 2**20,
+    BASE: 2 * 2**30,
+}
+
+
+def _read_member(zf: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    """``zf.read(name)``, refused with one line when the zip directory declares more than the member's cap."""
+    size, cap = zf.getinfo(name).file_size, MAX_MEMBER_BYTES[name]
+    if size > cap:
+        raise ModelFileError(
+            f"{path}: {name} declares {size / 2**20:,.0f} MB uncompressed, over the limit of {cap / 2**20:,.0f} MB "
+            "(damaged, or not a Pneumo model file)"
+        )
+    try:
+        return zf.read(name)
+    except MemoryError as exc:
+        raise ModelFileError(f"{path}: not enough memory to read {name} ({size / 2**20:,.0f} MB)") from exc
 
 
 def _read_arrays(zf: zipfile.ZipFile, path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(io.BytesIO(zf.read(ARRAYS)), allow_pickle=False) as npz:
+        with np.load(io.BytesIO(_read_member(zf, ARRAYS, path)), allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     except ValueError as exc:  # e.g. an object array, which would need unpickling
         raise ModelFileError(f"{path}: {ARRAYS} refused: {exc}".splitlines()[0]) from exc
@@ -202,3 +410,27 @@ def read_meta(model: str | Path | None = None) -> ModelMeta:
 def meta_json(meta: ModelMeta) -> dict[str, Any]:
     """The metadata as plain JSON-able data (for the REST API and reports)."""
     return json.loads(meta.model_dump_json())
+
+
+# Config fields that hold paths of the training machine: a model file records their last part only.
+PATH_FIELDS = ("data_dir", "out", "cache_dir", "split_csv")
+
+
+def without_paths(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with every path of :data:`PATH_FIELDS` cut to its last part (a folder or file name)."""
+    return {k: (Path(v).name if k in PATH_FIELDS and isinstance(v, str) and v else v) for k, v in config.items()}
+
+
+def public_meta_json(meta: ModelMeta) -> dict[str, Any]:
+    """:func:`meta_json` without the training machine's paths, for anyone who asks a server: model files written
+    before paths were left out still carry ``data.data_dir`` and the config's folders, and they stay readable."""
+    out = meta_json(meta)
+    data = out.get("data", {})
+    if "data_dir" in data:
+        data.setdefault("dataset", Path(data.pop("data_dir")).name)
+    if isinstance(data.get("split"), str) and ("/" in data["split"] or "\\" in data["split"]):
+        data["split"] = Path(data["split"]).name
+    config = out.get("training", {}).get("config")
+    if isinstance(config, dict):
+        out["training"]["config"] = without_paths(config)
+    return out

@@ -15,6 +15,8 @@ import torch
 from timm.models import adapt_input_conv
 from torch import nn
 
+from pneumo.errors import ConfigError
+
 # A dead (all-zero) channel has variance 0, whose square root has no gradient: the floor keeps it finite.
 VARIANCE_FLOOR = 1e-8
 
@@ -165,7 +167,7 @@ def _timm_backbone(name: str, pretrained: bool) -> nn.Module:
     backbone = timm.create_model(name, pretrained=False, num_classes=0, in_chans=1)
     if pretrained:
         if name != "efficientnet_lite0":
-            raise ValueError(f"no shipped ImageNet weights for {name}; train it with pretrained=False")
+            raise ConfigError(f"no shipped ImageNet weights for {name}; train it with pretrained=False")
         sd = efficientnet_lite0_imagenet_state_dict()
         # Grayscale input: sum the RGB filters (what a gray image fed as R=G=B would see), not a 3x copy.
         sd["conv_stem.weight"] = adapt_input_conv(1, sd["conv_stem.weight"])
@@ -230,10 +232,10 @@ def create_model(
 ) -> PneumoNet:
     """Build a registered architecture for 1-channel input with a ``num_classes`` head (and a subtype head)."""
     if name not in ARCHS:
-        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(list_models())}")
+        raise ConfigError(f"unknown architecture {name!r}; choose one of {', '.join(list_models())}")
     spec = ARCHS[name]
     if pretrained and not spec.pretrained_available:
-        raise ValueError(f"{name} has no shipped ImageNet weights; use pretrained=False")
+        raise ConfigError(f"{name} has no shipped ImageNet weights; use pretrained=False")
     backbone = spec.build(pretrained)
     return PneumoNet(backbone, int(backbone.num_features), num_classes, dropout, spec.domain_layer, subtype_head)
 
@@ -250,7 +252,7 @@ def set_transfer_mode(model: PneumoNet, mode: str, top_fraction: float = 0.3) ->
     that keeps the features adapted to X-ray intensity statistics, which a linear probe benefits from.
     """
     if mode not in {"full", "linear", "top"}:
-        raise ValueError(f"unknown transfer mode {mode!r}; choose full, top or linear")
+        raise ConfigError(f"unknown transfer mode {mode!r}; choose full, top or linear")
     for p in model.parameters():
         p.requires_grad = True
     if mode == "full":

@@ -11,17 +11,33 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pneumo import atomic
+from pneumo.errors import visible
 from pneumo.imaging import IMAGE_SUFFIXES
 from pneumo.inference import Prediction
 
 COLUMNS = ["path", "probability", "prediction", "threshold", "in_domain", "domain_score", "error"]
 SUBTYPE_COLUMNS = ["p_normal", "p_bacterial", "p_viral"]
+REFER_COLUMNS = ["refer_low", "refer_high"]  # only with a site REFER band in force (pneumo adapt --refer)
 _GLOB_CHARS = set("*?[")
 
 
 def _wanted(p: Path) -> bool:
-    # Inside folders: image suffixes and extension-less files (DICOM often has none); never hidden files.
-    return p.is_file() and not p.name.startswith(".") and (p.suffix.lower() in IMAGE_SUFFIXES or not p.suffix)
+    # Inside folders: image suffixes and extension-less files (DICOM often has none); never hidden files. A link
+    # that leads nowhere (dangling, or a loop) is kept too, so that it gets a row saying so instead of vanishing.
+    if p.name.startswith(".") or not (p.suffix.lower() in IMAGE_SUFFIXES or not p.suffix):
+        return False
+    return p.is_file() or (p.is_symlink() and not p.exists())
+
+
+def display_names(files: Sequence[Path], inputs: Sequence[str]) -> list[str]:
+    """Short names for the table: a file found in a folder given as input is shown from that folder's own name
+    down (``scans/NORMAL/a.jpeg`` for ``/long/path/scans``); a file or glob match as given."""
+    folders = [Path(i) for i in inputs if Path(i).is_dir()]
+    names = []
+    for f in files:
+        root = next((d for d in folders if f.is_relative_to(d)), None)
+        names.append(str(f if root is None or root.parent == root else f.relative_to(root.parent)))
+    return names
 
 
 def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
@@ -55,27 +71,39 @@ def _cell(value) -> str:
     return str(value)
 
 
-def columns(subtypes: bool) -> list[str]:
-    return COLUMNS + (SUBTYPE_COLUMNS if subtypes else [])
+def columns(subtypes: bool, refer: bool = False) -> list[str]:
+    return COLUMNS + (SUBTYPE_COLUMNS if subtypes else []) + (REFER_COLUMNS if refer else [])
+
+
+def _has_refer(preds: Sequence[Prediction]) -> bool:
+    return any(p.refer_low is not None for p in preds)
+
+
+def _field(p: Prediction, column: str):
+    value = getattr(p, column)
+    return visible(value) if column in ("path", "error") and value is not None else value
 
 
 def write_predictions(preds: Sequence[Prediction], path: Path, subtypes: bool) -> Path:
-    """``.json`` -> a list of objects with the same fields as the CSV; anything else -> CSV."""
-    cols = columns(subtypes)
+    """``.json`` -> a list of objects with the same fields as the CSV; anything else -> CSV. Paths and messages
+    go through :func:`visible`, so a file name that is not UTF-8 cannot cut the file short."""
+    cols = columns(subtypes, _has_refer(preds))
     if path.suffix.lower() == ".json":
-        atomic.write_text(path, json.dumps([{c: getattr(p, c) for c in cols} for p in preds], indent=2) + "\n")
+        atomic.write_text(path, json.dumps([{c: _field(p, c) for c in cols} for p in preds], indent=2) + "\n")
         return path
     with atomic.atomic_open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(cols)
-        w.writerows([_cell(getattr(p, c)) for c in cols] for p in preds)
+        w.writerows([_cell(_field(p, c)) for c in cols] for p in preds)
     return path
 
 
 def summary_line(preds: Sequence[Prediction]) -> str:
     """e.g. ``12 files: 7 PNEUMONIA, 4 NORMAL, 1 unreadable; 2 outside the validated domain``."""
     counts = Counter(p.prediction or "unreadable" for p in preds)
-    parts = [f"{counts[k]} {k}" for k in ("PNEUMONIA", "NORMAL", "unreadable") if counts[k]]
+    parts = [f"{counts[k]} {k}" for k in ("PNEUMONIA", "REFER", "NORMAL", "unreadable") if counts[k]]
+    if counts["REFER"]:
+        parts[parts.index(f"{counts['REFER']} REFER")] += f" ({counts['REFER'] / len(preds):.0%} referred)"
     ood = sum(p.in_domain is False for p in preds)
     line = f"{len(preds)} file{'s' if len(preds) != 1 else ''}: " + ", ".join(parts)
     if ood:
@@ -83,8 +111,9 @@ def summary_line(preds: Sequence[Prediction]) -> str:
     return line
 
 
-def render_table(preds: Sequence[Prediction], subtypes: bool):
-    """A rich Table for the terminal."""
+def render_table(preds: Sequence[Prediction], subtypes: bool, names: Sequence[str] | None = None):
+    """A rich Table for the terminal; ``names`` (one per prediction, e.g. from :func:`display_names`) are shown
+    instead of the full paths. Names and messages are escaped: nothing in a file name reaches the terminal raw."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -93,16 +122,17 @@ def render_table(preds: Sequence[Prediction], subtypes: bool):
     # The figures never wrap: a folded probability or decision is easy to misread.
     for name in ["P(pneum.)", "decision", "domain"] + (["normal/bact/viral"] if subtypes else []):
         table.add_column(name, no_wrap=True)
-    for p in preds:
+    for i, p in enumerate(preds):
+        shown = escape(visible(p.path if names is None else names[i]))
         if p.error:  # the reason goes under the file name, so the narrow figure columns stay narrow
             reason = p.error.removeprefix(f"{p.path}: ")
-            row = [f"{p.path}\n[red]{escape(reason)}[/red]", "", "[red]unreadable[/red]", ""]
+            row = [f"{shown}\n[red]{escape(visible(reason))}[/red]", "", "[red]unreadable[/red]", ""]
         else:
-            style = "bold red" if p.prediction == "PNEUMONIA" else "green"
+            style = {"PNEUMONIA": "bold red", "REFER": "bold yellow"}.get(p.prediction or "", "green")
             domain = "" if p.in_domain is None else ("ok" if p.in_domain else "[bold yellow]OUT[/]")
             if p.domain_score is not None:
                 domain += f" {p.domain_score:.2f}"
-            row = [p.path, f"{p.probability:.3f}", f"[{style}]{p.prediction}[/]", domain]
+            row = [shown, f"{p.probability:.3f}", f"[{style}]{p.prediction}[/]", domain]
         if subtypes:
             row.append("" if p.p_normal is None else f"{p.p_normal:.2f}/{p.p_bacterial:.2f}/{p.p_viral:.2f}")
         table.add_row(*row)

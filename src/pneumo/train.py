@@ -7,6 +7,7 @@ memory map and augments whole batches, so both CPU cores go to the network.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pneumo.augment import GEOMETRY_CHECKS, augment_batch, normalize_batch, resc
 from pneumo.cache import build_cache
 from pneumo.config import TrainConfig
 from pneumo.data import read_split_csv, scan_dataset, split_dataset
+from pneumo.errors import DataError
 from pneumo.modelfile import TASK_CLASSES
 from pneumo.models import create_model, set_transfer_mode
 
@@ -78,24 +80,28 @@ def load_splits(cfg: TrainConfig) -> tuple[SplitData, SplitData, dict]:
     ds = scan_dataset(cfg.data_dir)
     records = ds.training_records()
     if not records:
-        raise ValueError(f"{cfg.data_dir}: no images found (expected NORMAL/ and PNEUMONIA/ folders)")
+        raise DataError(f"{cfg.data_dir}: no images found (expected NORMAL/ and PNEUMONIA/ folders)")
     if cfg.split_csv:
         by_rel = {row.path: row.split for row in read_split_csv(cfg.split_csv)}
         splits = [by_rel.get(r.rel, "unused") for r in records]
         if "val" not in splits:
-            raise ValueError(
+            raise DataError(
                 f"{cfg.split_csv}: no validation image of it is under {cfg.data_dir} "
                 "(make the split with `pneumo data split` on the same folder you train on)"
             )
     else:
         splits = split_dataset(records, val_fraction=cfg.val_fraction, seed=cfg.seed)
     out = []
+    skipped: list[tuple[str, str]] = []  # (path relative to the dataset root, reason) of unreadable images
+    n_decoded = 0
     for name in ("train", "val"):
         recs = [r for r, s in zip(records, splits, strict=True) if s == name]
         if name == "train" and cfg.max_train_images and len(recs) > cfg.max_train_images:
             keep = np.random.default_rng(cfg.seed).choice(len(recs), cfg.max_train_images, replace=False)
             recs = [recs[i] for i in sorted(keep)]
         cache = build_cache([r.path for r in recs], cfg.image_size, cfg.cache_dir)
+        skipped += [(recs[i].rel, cache.reason(i)) for i in np.flatnonzero(~np.asarray(cache.ok))]
+        n_decoded += len(recs)
         targets = _targets([r.label for r in recs], [r.subtype for r in recs], cfg.task, cfg.subtype_head)
         ok = np.asarray(cache.ok) & (targets >= 0)
         idx = np.flatnonzero(ok)
@@ -108,16 +114,46 @@ def load_splits(cfg: TrainConfig) -> tuple[SplitData, SplitData, dict]:
             )
         )
     train, val = out
+    _check_skipped(skipped, n_decoded)
     summary = {
-        "data_dir": str(cfg.data_dir),
+        # the dataset's folder name and counts, never a path of the training machine
+        "dataset": Path(cfg.data_dir).resolve().name,
         "train_images": len(train.targets),
         "val_images": len(val.targets),
         "train_class_counts": np.bincount(task_targets(train.targets, cfg.task)).tolist(),
         "val_class_counts": np.bincount(task_targets(val.targets, cfg.task)).tolist(),
         "val_patients": len({r.patient_id for r, s in zip(records, splits, strict=True) if s == "val"}),
-        "split": str(cfg.split_csv) if cfg.split_csv else f"patient-grouped, val_fraction={cfg.val_fraction}",
+        "split": Path(cfg.split_csv).name if cfg.split_csv else f"patient-grouped, val_fraction={cfg.val_fraction}",
+        "skipped_files": {"count": len(skipped), "files": [rel for rel, _ in skipped[:MAX_SKIPPED_LISTED]]},
     }
     return train, val, summary
+
+
+# Above this share of unreadable images the folder is more likely wrong or damaged than a few files bad.
+MAX_SKIPPED_FRACTION = 0.02
+MAX_SKIPPED_LISTED = 1000  # names recorded in the model's metadata (the count is always exact)
+
+
+def _check_skipped(skipped: list[tuple[str, str]], n_images: int) -> None:
+    """Warn about unreadable images (count and the first reasons); fail above :data:`MAX_SKIPPED_FRACTION`."""
+    if not skipped:
+        return
+    first = "; ".join(f"{rel}: {why}" for rel, why in skipped[:3])
+    share = len(skipped) / max(1, n_images)
+    if share > MAX_SKIPPED_FRACTION:
+        raise DataError(
+            f"{len(skipped)} of {n_images} images ({share:.1%}) cannot be read, more than the "
+            f"{MAX_SKIPPED_FRACTION:.0%} training tolerates (first: {first}); "
+            "`pneumo data inspect --verify` lists them all"
+        )
+    logging.getLogger("pneumo.train").warning(
+        "warning: skipping %d unreadable image%s of %d (%s%s)",
+        len(skipped),
+        "" if len(skipped) == 1 else "s",
+        n_images,
+        first,
+        "; ..." if len(skipped) > 3 else "",
+    )
 
 
 def balanced_indices(targets: np.ndarray, seed: int) -> np.ndarray:
@@ -219,6 +255,48 @@ class PneumoModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+class ResumeState(L.Callback):
+    """What a checkpoint must carry for a resumed run to equal an uninterrupted one, beyond Lightning's own state:
+    every random generator (torch, numpy, python, and the sampler's generator that orders the data) and the
+    training time spent before the checkpoint.
+
+    Augmentation draws from torch's global generator and the sampler from ``generator``; Lightning restores
+    weights, optimizer, scheduler and loop counters but none of these, so without them a resumed run saw another
+    data order and other augmentations than the run it continues."""
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+        self.started = time.time()
+        self.seconds_before = 0.0  # training time of the earlier parts of this run
+
+    def elapsed(self) -> float:
+        return self.seconds_before + time.time() - self.started
+
+    def state_dict(self) -> dict:
+        import random
+
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        # tensors, ints and tuples only: checkpoints are read back with torch.load(weights_only=True)
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+            "python": random.getstate(),
+            "sampler": self.generator.get_state(),
+            "train_seconds": self.elapsed(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        import random
+
+        torch.set_rng_state(state["torch"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        random.setstate(state["python"])
+        self.generator.set_state(state["sampler"])
+        self.seconds_before = float(state["train_seconds"])
+        self.started = time.time()
+
+
 def _loaders(cfg: TrainConfig, train: SplitData, val: SplitData):
     idx = balanced_indices(task_targets(train.targets, cfg.task), cfg.seed) if cfg.balance == "oversample" else None
     train_ds, val_ds = CachedImages(train, idx), CachedImages(val)
@@ -286,6 +364,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path | None:
 
     module = PneumoModule(cfg, _class_weights(cfg, train.targets))
     tl, vl = _loaders(cfg, train, val)
+    state = ResumeState(tl.generator)
     ckpt = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor=MONITOR, mode="max", save_last=True)
     trainer = L.Trainer(
         accelerator="cpu",
@@ -293,7 +372,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path | None:
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
         max_epochs=cfg.epochs,
-        callbacks=[ckpt, EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.patience)],
+        callbacks=[ckpt, EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.patience), state],
         logger=CSVLogger(run, name="", version="logs"),
         deterministic=False,
         log_every_n_steps=10,
@@ -311,7 +390,11 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path | None:
     if not trainer.is_global_zero:
         return None
 
+    # A resumed run adds the training time of the parts before the checkpoint it started from.
+    train_seconds += state.seconds_before
     timing = {"data_seconds": round(data_seconds, 1), "train_seconds": round(train_seconds, 1)}
+    if state.seconds_before:
+        timing["train_seconds_before_resume"] = round(state.seconds_before, 1)
     timing["epochs"] = int(trainer.current_epoch)
     timing["seconds_per_epoch"] = round(train_seconds / max(1, trainer.current_epoch), 1)
     best = ckpt.best_model_path or str(last)

@@ -1,7 +1,8 @@
 """One upload -> prediction, the X-ray as PNG for the browser (DICOM included) and, when asked, a Grad-CAM heat map.
 
 Runs in a worker thread. The probability comes from the same ONNX path and the same decoding as ``pneumo predict``;
-the PyTorch twin behind the heat map is loaded on first use and shared under a lock (Grad-CAM hooks are stateful).
+so does the heat map when the model file's graph has the class activation map (no torch); otherwise the PyTorch twin
+behind a Grad-CAM heat map is loaded on first use and shared under a lock (Grad-CAM hooks are stateful).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pneumo.imaging import ImageLoadError, load_display_image, load_image, resize_map
+from pneumo.cam import HeatMapper, heatmap_rgba
+from pneumo.imaging import ImageLoadError, load_display_image, load_image
 from pneumo.inference import Prediction, Predictor
 from pneumo.modelfile import ModelFileError
 from pneumo.serve.upload import maybe_headerless_dicom, sniff_format, unsupported_reason
@@ -25,7 +27,6 @@ log = logging.getLogger("pneumo.serve")
 
 # Large enough to read on a tablet, small enough that a response stays a few hundred kB.
 DISPLAY_MAX = 512
-_HEATMAP_FLOOR = 0.2  # below this the map is left transparent so the X-ray stays readable
 
 
 class UnsupportedImage(Exception):
@@ -52,23 +53,22 @@ def gray_png(image: np.ndarray) -> bytes:
 
 
 def heatmap_rgba_png(cam: np.ndarray) -> bytes:
-    """A [0, 1] heat map as a transparent RGBA PNG to lay over the X-ray: jet colours, opacity rising with heat."""
-    from matplotlib import colormaps
-
-    rgba = colormaps["jet"](np.clip(cam, 0, 1))
-    rgba[..., 3] = 0.5 * np.clip((cam - _HEATMAP_FLOOR) / (1 - _HEATMAP_FLOOR), 0, 1) ** 0.7
+    """A [0, 1] heat map as a transparent RGBA PNG to lay over the X-ray: jet colours, opacity rising smoothly
+    with heat (:func:`pneumo.cam.heatmap_rgba`, numpy only)."""
     buf = io.BytesIO()
-    Image.fromarray(np.round(rgba * 255).astype(np.uint8), mode="RGBA").save(buf, "PNG", compress_level=3)
+    Image.fromarray(heatmap_rgba(cam), mode="RGBA").save(buf, "PNG", compress_level=3)
     return buf.getvalue()
 
 
 class Analyser:
-    """Wraps a loaded Predictor; explains with a lazily loaded, lock-guarded Explainer."""
+    """Wraps a loaded Predictor; explains with a :class:`pneumo.cam.HeatMapper` (the ONNX map, or a lazily
+    loaded PyTorch Grad-CAM for model files without it)."""
 
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
         self._lock = threading.Lock()
-        self._explainer = None
+        self._mapper = HeatMapper(predictor)
+        self._ready = False
         self._explainer_error: str | None = None
 
     def decode(self, data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -93,34 +93,38 @@ class Analyser:
         return result
 
     def _heatmap(self, net_input: np.ndarray, shape: tuple[int, int]) -> tuple[bytes | None, str | None]:
+        if not self._prepare():
+            return None, self._explainer_error
+        try:  # no lock: ONNX Runtime runs concurrent maps; the Grad-CAM fallback locks inside the mapper
+            cam = self._mapper.heatmap(net_input, shape)
+        except Exception as exc:  # a heat map is an extra: its failure must not cost the prediction
+            log_exception("heat map failed", exc)
+            return None, "the heat map could not be computed for this image"
+        return heatmap_rgba_png(cam), None
+
+    def _prepare(self) -> bool:
+        """Whether heat maps can be made, finding out once; on failure the reason is kept in ``_explainer_error``."""
         with self._lock:
-            explainer = self._load_explainer()
-            if explainer is None:
-                return None, self._explainer_error
-            try:
-                cam = explainer.heatmap(net_input)
-            except Exception as exc:  # a heat map is an extra: its failure must not cost the prediction
-                log_exception("heat map failed", exc)
-                return None, "the heat map could not be computed for this image"
-        return heatmap_rgba_png(resize_map(cam, shape)), None
+            if not self._ready and self._explainer_error is None:
+                self._ready = self._load_mapper()
+        return self._ready
 
-    def _load_explainer(self):
-        """The Explainer, loaded once; on failure ``None`` with the reason kept in ``_explainer_error``."""
-        if self._explainer is not None or self._explainer_error is not None:
-            return self._explainer
+    def _load_mapper(self) -> bool:
         try:
-            from pneumo.explain import Explainer
-
-            self._explainer = Explainer.load(self.predictor.model.path)
-            log.info("heat-map model loaded")
+            self._mapper.prepare()
+            log.info("heat maps: %s", self._mapper.method)
+            return True
         except ImportError:
-            self._explainer_error = "heat maps need the 'explain' extra (torch, grad-cam, matplotlib) on the server"
+            self._explainer_error = (
+                "heat maps for this model file need the 'explain' extra (torch, grad-cam) on the server; "
+                "a model file re-exported with `pneumo export` has them without torch"
+            )
         except (ModelFileError, ValueError):
             self._explainer_error = "heat maps need a .pneumo model file with PyTorch weights; this model has none"
         except Exception as exc:
             log_exception("heat-map model failed to load", exc)
             self._explainer_error = "heat maps are unavailable on this server (see the server log)"
-        return self._explainer
+        return False
 
 
 def log_exception(what: str, exc: BaseException) -> None:

@@ -1,18 +1,41 @@
-"""Reading an upload into memory (never onto disk) and telling what kind of file it holds.
+"""Which requests the server takes, how long they may take to arrive, and reading an upload into memory.
 
-Starlette's multipart parser spools files over 1 MB to a temporary file on disk; X-rays are patient data, so the
-parser here gets a spool limit above the upload limit and the body is counted as it streams in.
+- Host and Origin: only the host names the server is reached by (a DNS-rebinding page uses another) and, for
+  anything but GET, only the page's own origin and the ones ``--allow-origin`` names.
+- Time: a connection must deliver its request (headers and body) within ``REQUEST_TIMEOUT`` seconds and may not
+  fall silent for ``IDLE_TIMEOUT`` while it does; uvicorn itself only times out idle keep-alive connections.
+- Memory: Starlette's multipart parser spools files over 1 MB to a temporary file on disk; X-rays are patient data,
+  so the parser here gets a spool limit above the upload limit and the body is counted as it streams in.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
+import ipaddress
+import logging
+import socket
+from collections.abc import Sequence
 
 from fastapi import HTTPException, Request
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pneumo.imaging import is_dicom
+
+log = logging.getLogger("pneumo.serve")
+
+# A 50 MB upload at 0.5 MB/s takes 100 s; a client that needs longer, or that sends nothing for 15 s while its
+# request is incomplete, is holding a connection open rather than uploading.
+REQUEST_TIMEOUT = 120.0
+IDLE_TIMEOUT = 15.0
+KEEP_ALIVE_TIMEOUT = 5.0  # uvicorn's: an idle connection between two requests
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+_WILDCARD_BINDS = ("0.0.0.0", "::", "")
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 # Multipart boundaries, part headers and the small ``explain`` field ride on top of the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -85,6 +108,9 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str, dic
         form = await parser.parse()
     except MultiPartException as exc:
         raise HTTPException(400, f"malformed multipart upload: {exc.message}") from None
+    except ClientDisconnect:  # the client left (or was dropped for being too slow): nobody reads the answer
+        log.info("client disconnected before its upload was complete")
+        raise HTTPException(400, "the upload was interrupted") from None
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
@@ -130,3 +156,102 @@ def unsupported_reason(data: bytes) -> str:
     except UnicodeDecodeError:
         pass
     return f"not a recognised image format; {ACCEPTED}"
+
+
+# --- who may send requests, and how long they may take ---
+
+
+def served_hosts(bind: str, extra: Sequence[str] = ()) -> list[str]:
+    """The Host names a server bound to ``bind`` answers to: the bind address, the loopback names when it is a
+    loopback address, the machine's names and addresses when it is every interface, and ``extra``."""
+    hosts = {bind, *extra}
+    wildcard = bind in _WILDCARD_BINDS
+    if wildcard or bind == "localhost" or _is_loopback(bind):
+        hosts.update(LOOPBACK_HOSTS)
+    if wildcard:
+        name = socket.gethostname()
+        hosts.update({name, socket.getfqdn()})
+        with contextlib.suppress(OSError):  # a host name that does not resolve: its addresses are not added
+            hosts.update(str(info[4][0]) for info in socket.getaddrinfo(name, None))
+    return sorted(h for h in hosts if h and h not in _WILDCARD_BINDS)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class SameOriginWrites:
+    """Refuses (403) a request that is not GET/HEAD/OPTIONS and carries an ``Origin`` other than the server's own
+    or one of ``allowed``: a page on another site must not make this server do work and read the answer."""
+
+    def __init__(self, app: ASGIApp, allowed: Sequence[str] = ()):
+        self.app = app
+        self.allowed = {o.rstrip("/").lower() for o in allowed}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in _SAFE_METHODS:
+            headers = Headers(scope=scope)
+            origin = headers.get("origin")
+            own = f"{scope.get('scheme', 'http')}://{headers.get('host', '')}".lower()
+            if origin is not None and origin.rstrip("/").lower() not in {own, *self.allowed}:
+                log.info("refused a cross-origin %s request", scope["method"])
+                detail = "cross-origin request refused; start the server with --allow-origin ORIGIN to allow it"
+                await JSONResponse({"detail": detail}, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def slow_client_protocol(request_timeout: float = REQUEST_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT) -> type:
+    """uvicorn's h11 protocol, closing a connection whose request is not complete ``request_timeout`` seconds
+    after its first byte (or after the connection opened) or that sends nothing for ``idle_timeout`` meanwhile.
+
+    Time the server spends answering does not count: only the client's sending of a request is timed."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    check_every = min(1.0, idle_timeout / 2)
+
+    class SlowClientH11Protocol(H11Protocol):
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._since = self._last = self.loop.time()  # a new connection owes us a request
+            self._watchdog = self.loop.call_later(check_every, self._check)
+
+        def data_received(self, data: bytes) -> None:
+            now = self.loop.time()
+            if self._since is None:
+                self._since = now
+            self._last = now
+            super().data_received(data)
+            if not self._receiving():
+                self._since = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._watchdog.cancel()
+            super().connection_lost(exc)
+
+        def _receiving(self) -> bool:
+            """A request is partly here: its headers are being read or its body is arriving."""
+            state = self.conn.their_state
+            return state is h11.SEND_BODY or (state is h11.IDLE and bool(self.conn.trailing_data[0]))
+
+        def _check(self) -> None:
+            if self.transport.is_closing():
+                return
+            now = self.loop.time()
+            late = self._since is not None and (now - self._since > request_timeout or now - self._last > idle_timeout)
+            if late and not self.flow.read_paused:
+                log.info(
+                    "dropped a connection that did not deliver its request in time (limits: %.0f s in all, "
+                    "%.0f s without data)",
+                    request_timeout,
+                    idle_timeout,
+                )
+                self.transport.close()
+                return
+            self._watchdog = self.loop.call_later(check_every, self._check)
+
+    return SlowClientH11Protocol

