@@ -80,7 +80,7 @@ function showHeatmap(card, result) {
   const note = $(".heatmap-note", card);
   if (result.heatmap) {
     overlay.src = `data:image/png;base64,${result.heatmap}`;
-    overlay.alt = `Grad-CAM heat map over ${result.filename}: warmer colours pushed the model towards pneumonia`;
+    overlay.alt = `Heat map over ${result.filename}: warmer colours pushed the model towards pneumonia`;
     overlay.hidden = false;
     toggle.hidden = false;
     $("input", toggle).addEventListener("change", (e) => {
