@@ -135,5 +135,5 @@ def test_onnx_without_pneumo_metadata_is_refused(small_net, tmp_path):
         Predictor.load(bare)
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"this is not protobuf")
-    with pytest.raises(ModelFileError, match="not a readable ONNX model"):
+    with pytest.raises(ModelFileError, match="not a readable ONNX graph"):
         Predictor.load(junk)

@@ -18,15 +18,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pneumo.cam import HeatMapper, heatmap_rgba
-from pneumo.imaging import ImageLoadError, load_display_image, load_image
+from pneumo.imaging import DISPLAY_MAX, ImageLoadError, load_display_image, load_image
 from pneumo.inference import Prediction, Predictor, open_model
 from pneumo.modelfile import ModelFile, load_model_file
 from pneumo.preprocess import to_input
 
 if TYPE_CHECKING:
     import torch
-
-DISPLAY_MAX = 512
 
 
 def _pneumonia_log_odds(output: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from torch import nn
 from pneumo.atomic import write_bytes
 from pneumo.cam import CAM_OUTPUT
 from pneumo.errors import PneumoError
-from pneumo.modelfile import ModelFile, ModelFileError, ModelMeta, load_model_file, save_model_file
+from pneumo.modelfile import ModelFile, ModelFileError, ModelMeta, load_model_file, onnx_session, save_model_file
 from pneumo.models import PneumoNet, WithFeatures, cam_target_layer, create_model
 
 OPSET = 17
@@ -115,12 +115,13 @@ def verify_onnx(data: bytes, net: torch.nn.Module, x: torch.Tensor, *, arch: str
     """Raise :class:`ExportError` unless ONNX Runtime reproduces every output of ``net`` on ``x`` to
     ``TOLERANCE`` (relative to the output's magnitude when that exceeds 1). A bare :class:`PneumoNet` is wrapped
     by :func:`export_wrapper` (pass ``arch`` to check a ``cam`` output too)."""
-    import onnxruntime as ort
-
     net = export_wrapper(net, arch, x) if isinstance(net, PneumoNet) else net
     with torch.no_grad():
         ref = [t.numpy() for t in net.eval()(x)]
-    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    try:
+        sess = onnx_session(data, source="exported graph")
+    except ModelFileError as exc:
+        raise ExportError(str(exc)) from exc
     got = sess.run(net.output_names, {"image": x.numpy()})  # by name: a graph may have more outputs than net
     for name, r, g in zip(net.output_names, ref, got, strict=True):
         err = float(np.max(np.abs(r - g)))

@@ -15,7 +15,7 @@ from pneumo.calibration import choose_threshold, expected_calibration_error, fit
 from pneumo.config import TrainConfig
 from pneumo.domain import fit_domain_guard
 from pneumo.export import build_model_file
-from pneumo.modelfile import TASK_CLASSES, ModelMeta, save_model_file, without_paths
+from pneumo.modelfile import TASK_CLASSES, ModelMeta, onnx_session, save_model_file, without_paths
 from pneumo.models import PneumoNet, count_parameters
 from pneumo.probability import calibrated_probability, subtype_probabilities
 
@@ -53,9 +53,7 @@ def infer_batches(
 
 
 def _onnx_ms_per_image(onnx_bytes: bytes, image_size: int, batch: int = 16, repeats: int = 5) -> float:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    sess = onnx_session(onnx_bytes)
     x = np.random.default_rng(0).standard_normal((batch, 1, image_size, image_size)).astype(np.float32)
     sess.run(None, {"image": x})
     t = time.perf_counter()

@@ -34,6 +34,9 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
 # ours or Pillow's, quotes this number).
 MAX_PIXELS = 64_000_000
 MIN_SIDE = 2
+# Longest side of the display image (page, heat-map overlays): large enough to read on a tablet, small enough
+# that a response stays a few hundred kB. One definition for every caller.
+DISPLAY_MAX = 512
 # The largest pixel buffer one image may need while it is decoded (Pillow's decoded image, or the float copy of a
 # DICOM's pixels). It fits a 64 MP grayscale image at 8 or 16 bits (Pillow keeps colour at 4 bytes a pixel, so
 # colour fits 33 MP); JPEGs are measured after DCT scaling, so a large JPEG decoded for a small target costs a

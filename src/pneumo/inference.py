@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from pneumo.domain import domain_check
 from pneumo.imaging import ImageLoadError, load_image
-from pneumo.modelfile import ModelFile, ModelFileError, ModelMeta, load_model_file
+from pneumo.modelfile import ModelFile, ModelFileError, ModelMeta, load_model_file, onnx_session
 from pneumo.preprocess import to_input, views
 from pneumo.probability import calibrated_probability, pneumonia_log_odds, subtype_probabilities
 
@@ -45,24 +45,14 @@ class Prediction(BaseModel):
     log_odds: float | None = None  # uncalibrated pneumonia log-odds: what pneumo adapt refits the calibration on
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
-
-
 def _onnx_model_file(path: Path) -> ModelFile:
     """A bare ``.onnx`` written by ``pneumo export`` carries its metadata in the graph's metadata props."""
-    import onnxruntime as ort
-
     from pneumo.modelfile import MAX_MEMBER_BYTES, ONNX
 
     if (size := path.stat().st_size) > (cap := MAX_MEMBER_BYTES[ONNX]):
         raise ModelFileError(f"{path}: {size / 2**20:,.0f} MB, over the limit of {cap / 2**20:,.0f} MB for a model")
     data = path.read_bytes()
-    try:
-        props = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
-    except Exception as exc:  # onnxruntime raises its own types for every kind of bad graph
-        raise ModelFileError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0]})") from exc
+    props = onnx_session(data, source=path).get_modelmeta().custom_metadata_map
     if "pneumo_meta" not in props:
         raise ModelFileError(f"{path}: an ONNX graph without Pneumo metadata; export it with `pneumo export`")
     arrays = {k: np.asarray(v, dtype=np.float32) for k, v in json.loads(props.get("pneumo_arrays", "{}")).items()}
@@ -83,15 +73,7 @@ class Predictor:
     """Calibrated pneumonia probabilities, decisions and domain checks from one loaded model."""
 
     def __init__(self, model: ModelFile, *, threshold: float | None = None, threads: int | None = None):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(model.onnx, opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for a bad graph
-            raise ModelFileError(f"{model.path}: model.onnx is not a readable ONNX graph ({_first_line(exc)})") from exc
+        self.session = onnx_session(model.onnx, source=f"{model.path}: model.onnx", threads=threads)
         self.model = model
         self.meta = model.meta
         self.threshold = self.meta.threshold if threshold is None else float(threshold)

@@ -402,6 +402,22 @@ def _read_arrays(zf: zipfile.ZipFile, path: Path) -> dict[str, np.ndarray]:
         raise ModelFileError(f"{path}: {ARRAYS} refused: {exc}".splitlines()[0]) from exc
 
 
+def onnx_session(graph: bytes, *, source: str | Path = "model.onnx", threads: int | None = None) -> Any:
+    """The one place an ONNX Runtime CPU session is made; a graph ONNX Runtime cannot load is a one-line
+    :class:`ModelFileError` naming ``source``."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for a bad graph
+        lines = str(exc).strip().splitlines()
+        reason = lines[0][:200] if lines else type(exc).__name__
+        raise ModelFileError(f"{source} is not a readable ONNX graph ({reason})") from exc
+
+
 def read_meta(model: str | Path | None = None) -> ModelMeta:
     """Only the metadata of a model file."""
     return load_model_file(model, parts=()).meta

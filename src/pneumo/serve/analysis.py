@@ -18,15 +18,12 @@ import numpy as np
 from PIL import Image
 
 from pneumo.cam import HeatMapper, heatmap_rgba
-from pneumo.imaging import ImageLoadError, load_display_image, load_image
+from pneumo.imaging import DISPLAY_MAX, ImageLoadError, load_display_image, load_image
 from pneumo.inference import Prediction, Predictor
 from pneumo.modelfile import ModelFileError
 from pneumo.serve.upload import maybe_headerless_dicom, sniff_format, unsupported_reason
 
 log = logging.getLogger("pneumo.serve")
-
-# Large enough to read on a tablet, small enough that a response stays a few hundred kB.
-DISPLAY_MAX = 512
 
 
 class UnsupportedImage(Exception):
