@@ -186,9 +186,31 @@ def test_empty_and_bad_model(predictor, tmp_path):
         Predictor.load(tmp_path)
 
 
-@pytest.mark.parametrize("module", ["pneumo.inference", "pneumo.cli", "pneumo.predict_io", "pneumo.modelfile"])
-def test_inference_path_does_not_import_torch(module):
-    code = f"import sys, {module}; print(sorted(m for m in ('torch', 'lightning', 'timm') if m in sys.modules))"
+# The seam between training and inference: what predict, serve, the DICOM node, batch and adapt load must not pull
+# in torch or any training-only module of our own.
+INFERENCE_PATH = [
+    "pneumo.inference",
+    "pneumo.cli",
+    "pneumo.predict_io",
+    "pneumo.modelfile",
+    "pneumo.imaging",
+    "pneumo.preprocess",
+    "pneumo.domain",
+    "pneumo.cam",
+    "pneumo.serve.app",
+    "pneumo.serve.analysis",
+    "pneumo.dicom.node",
+    "pneumo.dicom.analysis",
+    "pneumo.batch",
+    "pneumo.adapt",
+]
+TRAINING_MODULES = ("train", "finalize", "augment", "cache", "export", "models")
+TRAINING_ONLY = ("torch", "lightning", "timm", "pytorch_grad_cam", *(f"pneumo.{m}" for m in TRAINING_MODULES))
+
+
+@pytest.mark.parametrize("module", INFERENCE_PATH)
+def test_inference_path_imports_nothing_from_training(module):
+    code = f"import sys, {module}; print(sorted(m for m in {TRAINING_ONLY!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
 
