@@ -165,9 +165,7 @@ def efficientnet_lite0_imagenet_state_dict() -> dict[str, torch.Tensor]:
 
 def _timm_backbone(name: str, pretrained: bool) -> nn.Module:
     backbone = timm.create_model(name, pretrained=False, num_classes=0, in_chans=1)
-    if pretrained:
-        if name != "efficientnet_lite0":
-            raise ConfigError(f"no shipped ImageNet weights for {name}; train it with pretrained=False")
+    if pretrained:  # create_model allows it only where ArchSpec.pretrained_available says weights ship
         sd = efficientnet_lite0_imagenet_state_dict()
         # Grayscale input: sum the RGB filters (what a gray image fed as R=G=B would see), not a 3x copy.
         sd["conv_stem.weight"] = adapt_input_conv(1, sd["conv_stem.weight"])
