@@ -66,3 +66,15 @@ def test_bundled_model_flags_what_is_not_a_pediatric_chest_xray(predictor):
     assert len(preds) > 100 and flagged >= 0.99
     adult = list(predictor.predict_sources(adult_chest_radiographs()))
     assert adult and all(p.in_domain is False for p in adult)
+
+
+def test_info_labels_what_each_figure_was_measured_on(capsys):
+    from pneumo.cli import main
+
+    assert main(["info"]) == 0
+    out, err = capsys.readouterr()
+    assert '"measured_on": "internal validation' in out
+    lines = err.splitlines()
+    assert any("specificity" in ln and "(internal validation: split.csv)" in ln for ln in lines), err
+    assert any(ln.strip().startswith("worst case under framing shift") for ln in lines), err
+    assert "other sites or periods" in err

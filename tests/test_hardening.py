@@ -321,6 +321,7 @@ def guarded_client(tiny_model, tmp_path_factory):
     meta = mf.meta.model_copy(
         update={
             "data": {"data_dir": "/home/alice/secret/chest_xray/train", "train_images": 10},
+            "validation": {**mf.meta.validation, "measured_on": "internal validation: /home/alice/secret/split.csv"},
             "training": {"config": {"data_dir": "/home/alice/secret/chest_xray", "out": "/srv/runs/x", "epochs": 1}},
         }
     )
@@ -352,6 +353,7 @@ def test_model_card_carries_no_path_of_the_training_machine(guarded_client):
     assert "/home/alice" not in text and "/srv/runs" not in text and "data_dir" not in card["data"]
     assert card["data"]["dataset"] == "train" and card["data"]["train_images"] == 10
     assert card["training"]["config"] == {"data_dir": "chest_xray", "out": "x", "epochs": 1}
+    assert card["validation"]["measured_on"] == "internal validation: split.csv"
 
 
 def test_served_hosts():

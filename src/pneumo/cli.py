@@ -493,11 +493,14 @@ def adapt(
 
 @app.command()
 def info(model: ModelOpt = None) -> None:
-    """Print a model file's metadata (its model card) as JSON; a site calibration in force is named on stderr."""
+    """Print a model file's metadata (its model card) as JSON; its figures, labelled with what they were measured
+    on, and a site calibration in force go to stderr."""
     from pneumo.modelfile import read_meta
 
     meta = _run(read_meta, model)
     print(meta.model_dump_json(indent=2))
+    for line in meta.figures_summary():
+        err.print(line, highlight=False, soft_wrap=True)
     if (site := meta.site) is not None:
         cv = site.cross_validated
         band = f"; REFER {site.refer.low:.3f}-{site.refer.high:.3f}" if site.refer else ""

@@ -108,7 +108,8 @@ def finalize_run(cfg: TrainConfig, net: PneumoNet, train, val, data_summary: dic
 
     metrics = validation_metrics(y_bin, prob, threshold)
     metrics["ece_before_calibration"] = expected_calibration_error(raw_prob, y_bin)
-    metrics["measured_on"] = f"internal validation: {data_summary.get('split', 'a split of the training data')}"
+    split = data_summary.get("split")
+    metrics["measured_on"] = f"internal validation: {Path(split).name if split else 'a split of the training data'}"
     metrics["operating_point_fitted_on"] = "validation pooled with " + ", ".join(GEOMETRY_CHECKS)
     at_op = operating_point(y_pooled, pooled_prob, threshold)
     metrics["operating_point"] = {"sensitivity": at_op["sensitivity"], "specificity": at_op["specificity"]}

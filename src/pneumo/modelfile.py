@@ -237,6 +237,21 @@ class ModelMeta(BaseModel):
     def has_subtypes(self) -> bool:
         return self.task == "subtype" or bool(self.arch_kwargs.get("subtype_head"))
 
+    def figures_summary(self) -> list[str]:
+        """The validation figures in words, each labelled with what it was measured on (for ``pneumo info``)."""
+        v, lines = self.validation, [f"{self.name} {self.version}: threshold {self.threshold:.4f}"]
+        if "sensitivity" in v and "specificity" in v:
+            where = measured_on_label(v.get("measured_on", "validation"))
+            lines.append(f"  sensitivity {v['sensitivity']:.3f}, specificity {v['specificity']:.3f} ({where})")
+        if (worst := v.get("geometry_shift", {}).get("worst")) is not None:
+            shifts = ", ".join(k for k in v["geometry_shift"] if k != "worst")
+            lines.append(
+                f"  worst case under framing shift: sensitivity {worst['sensitivity']:.3f}, specificity "
+                f"{worst['specificity']:.3f}, ROC AUC {worst['roc_auc']:.3f} (validation under {shifts})"
+            )
+        lines.append("  expect lower figures on X-rays from other sites or periods")
+        return lines
+
 
 class ModelFile(BaseModel):
     """A loaded model file: metadata plus the raw bytes of its parts."""
@@ -449,4 +464,13 @@ def public_meta_json(meta: ModelMeta) -> dict[str, Any]:
     config = out.get("training", {}).get("config")
     if isinstance(config, dict):
         out["training"]["config"] = without_paths(config)
+    validation = out.get("validation", {})
+    if isinstance(validation.get("measured_on"), str):
+        validation["measured_on"] = measured_on_label(validation["measured_on"])
     return out
+
+
+def measured_on_label(where: str) -> str:
+    """``"internal validation: /a/b/split.csv"`` (as older model files record it) -> ``"... : split.csv"``."""
+    label, sep, split = where.partition(": ")
+    return f"{label}{sep}{Path(split).name}" if sep and ("/" in split or "\\" in split) else where
