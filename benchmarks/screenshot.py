@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,33 +24,6 @@ FULLRES = Path(os.environ.get("PNEUMO_SHARED_DATA", REPO.parent / "shared" / "da
 CHROMIUM = Path("/usr/bin/chromium")
 TIMEOUT_MS = 120_000  # three images with heat maps on a busy 2-core machine
 WIDTH, HEIGHT = 1280, 900
-
-
-class LoopbackServer:
-    """uvicorn in a background thread on a free loopback port; the socket is bound first, so no port race."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> LoopbackServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the server did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
 
 
 def noise_image(path: Path, h: int = 320, w: int = 280) -> Path:
@@ -112,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from pneumo.atomic import write_bytes
     from pneumo.modelfile import ModelFileError
     from pneumo.serve.app import create_app
+    from pneumo.serve.background import LoopbackServer
 
     if not CHROMIUM.exists():
         raise SystemExit(f"error: no Chromium at {CHROMIUM}: apt-get install chromium")

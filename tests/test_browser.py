@@ -6,9 +6,6 @@ Chromium every test here skips and says so. ``benchmarks/screenshot.py`` remakes
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -30,33 +27,6 @@ def _png(path: Path, h: int = 320, w: int = 280) -> Path:
     return path
 
 
-class _Server:
-    """uvicorn in a background thread on a free loopback port; the socket is bound first, so no port race."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> _Server:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
@@ -75,8 +45,9 @@ def browser():
 @pytest.fixture(scope="module")
 def server(tiny_model):
     from pneumo.serve.app import create_app
+    from pneumo.serve.background import LoopbackServer
 
-    with _Server(create_app(tiny_model)) as srv:
+    with LoopbackServer(create_app(tiny_model)) as srv:
         yield srv
 
 
