@@ -17,7 +17,15 @@ from pydantic import BaseModel
 
 from pneumo.domain import domain_check
 from pneumo.imaging import ImageLoadError, load_image
-from pneumo.modelfile import ModelFile, ModelFileError, ModelMeta, load_model_file, onnx_session
+from pneumo.modelfile import (
+    MAX_MEMBER_BYTES,
+    ONNX,
+    ModelFile,
+    ModelFileError,
+    ModelMeta,
+    load_model_file,
+    onnx_session,
+)
 from pneumo.preprocess import to_input, views
 from pneumo.probability import calibrated_probability, pneumonia_log_odds, subtype_probabilities
 
@@ -47,8 +55,6 @@ class Prediction(BaseModel):
 
 def _onnx_model_file(path: Path) -> ModelFile:
     """A bare ``.onnx`` written by ``pneumo export`` carries its metadata in the graph's metadata props."""
-    from pneumo.modelfile import MAX_MEMBER_BYTES, ONNX
-
     if (size := path.stat().st_size) > (cap := MAX_MEMBER_BYTES[ONNX]):
         raise ModelFileError(f"{path}: {size / 2**20:,.0f} MB, over the limit of {cap / 2**20:,.0f} MB for a model")
     data = path.read_bytes()
