@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pneumo.cache import build_cache
 from pneumo.data import scan_dataset
+from pneumo.training.cache import build_cache
 
 DEFAULT_DATA = Path(
     os.environ.get("PNEUMO_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")

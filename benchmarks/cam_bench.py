@@ -1,7 +1,7 @@
 """Heat maps without PyTorch: agreement with Grad-CAM, time to the first heat map, server memory under load.
 
 Re-exports the model (the bundled one unless --model) so that its ONNX graph has the class activation map
-(``pneumo.export.export_model``, as ``pneumo export --output X.pneumo`` does), then prints
+(``pneumo.training.export.export_model``, as ``pneumo export --output X.pneumo`` does), then prints
 
 1. agreement of the ONNX map (numpy) with PyTorch Grad-CAM on real X-rays, at the network's input size, and
    that the re-export predicts what the original does;
@@ -113,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from pneumo.cam import CAM_OUTPUT
-    from pneumo.export import export_model
     from pneumo.inference import Predictor
     from pneumo.modelfile import resolve_model_path
+    from pneumo.training.export import export_model
 
     images = sorted(args.images.rglob("*.jpeg"))[: args.n]
     if not images:

@@ -50,7 +50,7 @@ def model_only_ort(model, repeats: int = 10) -> float:
 def torch_eager(model, repeats: int = 10) -> float:
     import torch
 
-    from pneumo.export import torch_twin
+    from pneumo.training.export import torch_twin
 
     torch.set_num_threads(2)
     net = torch_twin(model).to(memory_format=torch.channels_last)

@@ -52,10 +52,10 @@ def make_tiny_model(path: Path, *, task: str = "binary", image_size: int = 64, s
     import torch
 
     from pneumo.domain import fit_domain_guard
-    from pneumo.export import build_model_file
     from pneumo.modelfile import TASK_CLASSES, ModelMeta, Preprocessing, save_model_file
-    from pneumo.models import count_parameters, create_model
     from pneumo.preprocess import to_input
+    from pneumo.training.export import build_model_file
+    from pneumo.training.models import count_parameters, create_model
 
     torch.manual_seed(seed)
     classes = TASK_CLASSES[task]

@@ -1,4 +1,4 @@
-"""pneumo.augment: the batched training twins agree with the numpy inference path; each transform does its job."""
+"""pneumo.training.augment: batched training twins agree with the numpy inference path; each transform does its job."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pneumo.augment import AugmentConfig, augment_batch, equalize_batch, gaussian_blur, normalize_batch
 from pneumo.modelfile import Preprocessing
 from pneumo.preprocess import equalize, to_input
+from pneumo.training.augment import AugmentConfig, augment_batch, equalize_batch, gaussian_blur, normalize_batch
 
 OFF = {
     "rotation_deg": 0.0, "shear_deg": 0.0, "scale": (1.0, 1.0), "aspect": (1.0, 1.0), "translate": 0.0,
@@ -103,8 +103,8 @@ def test_each_transform_alone_changes_images(field):
 @pytest.mark.parametrize(("sx", "sy"), [(0.8, 0.8), (1.25, 1.25), (0.85, 1.0), (1.0, 0.85), (0.9, 1.1)])
 def test_rescale_content_is_the_numpy_twin_of_the_training_warp(sx, sy):
     """Test-time views (numpy, inference) resample exactly as the training augmentation (grid_sample) does."""
-    from pneumo.augment import rescale_batch
     from pneumo.preprocess import rescale_content
+    from pneumo.training.augment import rescale_batch
 
     imgs = _images(4, size=40)
     got = np.stack([rescale_content(img, sx, sy) for img in imgs])

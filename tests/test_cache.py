@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import pneumo.cache as cache_mod
-from pneumo.cache import build_cache, default_cache_dir
+import pneumo.training.cache as cache_mod
 from pneumo.imaging import load_image
+from pneumo.training.cache import build_cache, default_cache_dir
 
 SIZE = 16
 

@@ -18,7 +18,6 @@ from PIL import Image
 from pneumo import cam as cam_mod
 from pneumo.cam import ALPHA_FLOOR, ALPHA_MAX, CAM_OUTPUT, HeatMapper, heatmap_rgba, overlay_alpha, overlay_rgb
 from pneumo.explain import GradCam, _pneumonia_log_odds
-from pneumo.export import TOLERANCE, ExportError, WithCam, build_model_file, export_onnx, export_wrapper, verify_onnx
 from pneumo.imaging import resize_map
 from pneumo.inference import Predictor
 from pneumo.modelfile import (
@@ -30,7 +29,16 @@ from pneumo.modelfile import (
     load_model_file,
     save_model_file,
 )
-from pneumo.models import cam_target_layer, create_model
+from pneumo.training.export import (
+    TOLERANCE,
+    ExportError,
+    WithCam,
+    build_model_file,
+    export_onnx,
+    export_wrapper,
+    verify_onnx,
+)
+from pneumo.training.models import cam_target_layer, create_model
 
 SIZE = 64
 
@@ -265,7 +273,7 @@ def test_overlay_rgb_burns_the_map_into_the_gray_image():
 @pytest.fixture(scope="module")
 def old_model_file(tmp_path_factory):
     """A model file as earlier versions wrote it: a graph without the map, PyTorch weights beside it."""
-    from pneumo.export import weights_bytes
+    from pneumo.training.export import weights_bytes
 
     net = _net()
     mf = ModelFile(meta=_meta(), onnx=export_onnx(net, SIZE), weights=weights_bytes(net))
@@ -283,7 +291,7 @@ def test_model_file_without_the_map_falls_back_to_grad_cam(old_model_file):
 
 
 def test_bare_graph_without_map_or_weights_is_refused_with_a_reason(old_model_file, tmp_path):
-    from pneumo.export import export_model
+    from pneumo.training.export import export_model
 
     bare = export_model(old_model_file, tmp_path / "new.onnx")  # a re-export: now it has the map
     assert HeatMapper(Predictor.load(bare)).method == "onnx-cam"
@@ -295,7 +303,7 @@ def test_bare_graph_without_map_or_weights_is_refused_with_a_reason(old_model_fi
 
 def test_reexport_gives_an_old_model_file_the_map(old_model_file, tmp_path):
     """``pneumo export --output X.pneumo`` rebuilds the graph from the weights: same predictions, plus the map."""
-    from pneumo.export import export_model
+    from pneumo.training.export import export_model
 
     new = export_model(old_model_file, tmp_path / "new.pneumo")
     old_p, new_p = Predictor.load(old_model_file), Predictor.load(new)

@@ -12,9 +12,9 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pneumo.cli import main
 from pneumo.explain import Explainer
-from pneumo.export import build_model_file
 from pneumo.modelfile import ModelFile, ModelMeta, Preprocessing
-from pneumo.models import create_model
+from pneumo.training.export import build_model_file
+from pneumo.training.models import create_model
 
 
 def _xray(seed: int = 0, h: int = 90, w: int = 120) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""pneumo.export: the ONNX graph reproduces PyTorch, the check really checks, and exported files predict alike."""
+"""pneumo.training.export: the ONNX graph reproduces PyTorch, the check checks, and exported files predict alike."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from pneumo import export
-from pneumo.export import ExportError, export_model, export_onnx, torch_twin
 from pneumo.inference import Predictor, open_model
 from pneumo.modelfile import ModelFileError, load_model_file
-from pneumo.models import create_model
+from pneumo.training.export import ExportError, export_model, export_onnx, torch_twin
+from pneumo.training.models import create_model
 
 
 @pytest.fixture(scope="module")

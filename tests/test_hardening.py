@@ -502,11 +502,11 @@ def _train_folder(root: Path, bad: int) -> Path:
 def test_training_data_warns_records_and_fails_on_unreadable_images(tmp_path, caplog):
     pytest.importorskip("lightning")
     from pneumo.config import TrainConfig
-    from pneumo.train import MAX_SKIPPED_FRACTION, load_splits
+    from pneumo.training.train import MAX_SKIPPED_FRACTION, load_splits
 
     root = _train_folder(tmp_path / "few", bad=1)
     cfg = TrainConfig(data_dir=root, out=tmp_path / "run", arch="cnn-small", image_size=32, cache_dir=tmp_path / "c")
-    with caplog.at_level(logging.WARNING, logger="pneumo.train"):
+    with caplog.at_level(logging.WARNING, logger="pneumo.training.train"):
         _, _, summary = load_splits(cfg)
     assert summary["skipped_files"] == {"count": 1, "files": ["PNEUMONIA/person100_virus_0.png"]}
     assert summary["dataset"] == "few" and "data_dir" not in summary
@@ -542,12 +542,12 @@ def test_every_library_error_is_a_pneumo_error():
     assert imaging.ImageLoadError is ImageLoadError and modelfile.ModelFileError is ModelFileError
     for cls in (ImageLoadError, ModelFileError, DataError, errors.ConfigError, errors.MissingExtraError):
         assert issubclass(cls, PneumoError)
-    export = pytest.importorskip("pneumo.export")
+    export = pytest.importorskip("pneumo.training.export")
     assert issubclass(export.ExportError, PneumoError)
 
 
 def test_cli_reports_export_errors_in_one_line(tiny_model, tmp_path, monkeypatch, capsys):
-    export = pytest.importorskip("pneumo.export")
+    export = pytest.importorskip("pneumo.training.export")
 
     def failing(model, output):
         raise export.ExportError("ONNX logits differ from PyTorch by 3.1e-02 (tolerance 0.001)")
@@ -588,7 +588,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
     import torch
 
     from pneumo.config import TrainConfig
-    from pneumo.train import PneumoModule, _net_state, fit
+    from pneumo.training.train import PneumoModule, _net_state, fit
 
     data = _train_folder(tmp_path / "ds", bad=0)
     base = {

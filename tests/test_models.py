@@ -1,4 +1,4 @@
-"""pneumo.models: timm-style smoke tests for every registered architecture, shipped weights, transfer modes."""
+"""pneumo.training.models: timm-style smoke tests for every registered architecture, shipped weights, transfer modes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pneumo.models import (
+from pneumo.training.models import (
     ARCHS,
     VARIANCE_FLOOR,
     PneumoNet,

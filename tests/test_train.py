@@ -1,4 +1,4 @@
-"""pneumo.train: a few real epochs on a tiny learnable synthetic dataset; resume, kill-and-resume, balance, DDP."""
+"""pneumo.training.train: a few real epochs on a tiny learnable synthetic dataset; resume, kill-resume, balance, DDP."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from PIL import Image
 from pneumo.config import TrainConfig
 from pneumo.inference import Predictor
 from pneumo.modelfile import load_model_file
-from pneumo.train import _class_weights, balanced_indices, fit
+from pneumo.training.train import _class_weights, balanced_indices, fit
 
 N_PER_CLASS = 24
 
@@ -124,7 +124,7 @@ def test_training_sees_what_inference_feeds(binary_run, monkeypatch):
 
     from pneumo.imaging import load_image
     from pneumo.preprocess import to_input
-    from pneumo.train import CachedImages, PneumoModule, load_splits
+    from pneumo.training.train import CachedImages, PneumoModule, load_splits
 
     pre = load_model_file(binary_run).meta.preprocessing
     cfg = TrainConfig.load(binary_run / "config.yaml")
@@ -259,7 +259,7 @@ def test_ddp_two_processes(dataset, tmp_path):
 
 
 def test_targets_per_task():
-    from pneumo.train import _targets, task_targets
+    from pneumo.training.train import _targets, task_targets
 
     labels = ["NORMAL", "PNEUMONIA", "PNEUMONIA", "PNEUMONIA"]
     subtypes = ["none", "bacteria", "virus", "unknown"]
@@ -273,7 +273,7 @@ def test_targets_per_task():
 def test_library_config_resolves_like_the_cli(dataset, tmp_path):
     """``fit(TrainConfig(arch=...))`` needs no CLI: pretrained follows the architecture, a config file and
     overrides merge in the library."""
-    from pneumo.train import PneumoModule, resolve_pretrained
+    from pneumo.training.train import PneumoModule, resolve_pretrained
 
     plain = TrainConfig(data_dir=dataset, out=tmp_path, arch="resnet18")
     assert plain.pretrained is None and resolve_pretrained(plain).pretrained is False  # no shipped weights

@@ -2,7 +2,7 @@
 
 For a network whose head is global average pooling then a linear layer, Grad-CAM on the last convolutional block
 is the class activation map: the head's weights applied to the last feature maps. Model files exported by this
-version compute that map inside their ONNX graph (output ``cam``, see :class:`pneumo.export.WithCam`), for the
+version compute that map inside their ONNX graph (output ``cam``, see :class:`pneumo.training.export.WithCam`), for the
 pneumonia log-odds that ``pneumo explain`` has always explained. Computing it in the graph, rather than shipping the
 feature maps and a copy of the head's weights in ``arrays.npz``, keeps one source of truth: the map always uses the
 weights that made the prediction, ``.onnx`` files written by ``pneumo export`` carry it too, and nothing new has to

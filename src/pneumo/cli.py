@@ -175,11 +175,11 @@ def train(
     if resume and (out_dir / "config.yaml").is_file() and not config:
         config = out_dir / "config.yaml"
     cfg = _run(TrainConfig.resolve, config, overrides)
-    from pneumo.models import ARCHS
+    from pneumo.training.models import ARCHS
 
     if cfg.arch not in ARCHS:
         _fail(UsageError(f"--arch {cfg.arch}: unknown architecture; `pneumo models` lists them"))
-    from pneumo.train import fit
+    from pneumo.training.train import fit
 
     path = _run(fit, cfg, resume=resume)
     if path is not None:  # None on the non-zero ranks of a distributed run
@@ -192,7 +192,7 @@ def finalize(
     target_sensitivity: Annotated[float | None, typer.Option(help="Operating-point sensitivity")] = None,
 ) -> None:
     """Recalibrate, choose the threshold, refit the domain guard and re-export a run without retraining."""
-    from pneumo.train import refinalize
+    from pneumo.training.train import refinalize
 
     out.print(f"wrote {_run(refinalize, run_dir, target_sensitivity)}", highlight=False)
 
@@ -200,7 +200,7 @@ def finalize(
 @app.command()
 def models() -> None:
     """List the architectures `pneumo train --arch` accepts."""
-    from pneumo.models import ARCHS
+    from pneumo.training.models import ARCHS
 
     for name, spec in sorted(ARCHS.items()):
         weights = "ImageNet weights shipped" if spec.pretrained_available else "from scratch"
@@ -413,7 +413,7 @@ def export(
                             split_csv=split_csv, calibration_images=calibration_images)  # fmt: skip
         out.print(f"wrote {path} (INT8: {parity.summary()})", highlight=False, soft_wrap=True)
         return
-    from pneumo.export import export_model
+    from pneumo.training.export import export_model
 
     path = _run(export_model, model, output)
     out.print(f"wrote {path} (ONNX Runtime matches PyTorch within 1e-3)", highlight=False)

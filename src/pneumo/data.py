@@ -1,7 +1,7 @@
 """Scan a dataset folder, read patient ids and pneumonia subtypes from Kermany file names, split by patient.
 
 Nothing here decodes an image: the scan only lists and names files, so it takes milliseconds even on the full
-dataset. Decoding lives in :mod:`pneumo.imaging`; the decoded training cache in :mod:`pneumo.cache`; the dataset
+dataset. Decoding lives in :mod:`pneumo.imaging`; the training cache in :mod:`pneumo.training.cache`; the dataset
 summary (which reads image headers) in :mod:`pneumo.inspect_report`.
 """
 

@@ -1,6 +1,6 @@
 """Domain guard: is this image like the pediatric chest X-rays the model was validated on?
 
-It works in the network's own feature space (mid-level activation statistics, see :class:`pneumo.models.PneumoNet`).
+It reads the network's feature space (mid-level activation statistics, :class:`pneumo.training.models.PneumoNet`).
 Features are standardised per dimension with the training statistics, then projected on their top
 principal components; an image's distance combines the Mahalanobis distance inside that subspace (Hotelling's
 T^2) with the squared residual outside it (Q statistic), each scaled to mean 1 on the training features so that

@@ -2,7 +2,7 @@
 
 The CLI and the server catch the base class (and ``OSError``) and print or return one line; any other exception is
 a bug in our own code and surfaces with its traceback. The subclasses stay importable from the modules that raise
-them (``pneumo.imaging.ImageLoadError``, ``pneumo.modelfile.ModelFileError``, ``pneumo.export.ExportError``).
+them (``pneumo.imaging.ImageLoadError``, ``pneumo.modelfile.ModelFileError``, ``pneumo.training.export.ExportError``).
 """
 
 from __future__ import annotations

@@ -39,8 +39,8 @@ class GradCam:
     def __init__(self, model: ModelFile):
         from pytorch_grad_cam import GradCAM
 
-        from pneumo.export import torch_twin
-        from pneumo.models import cam_target_layer
+        from pneumo.training.export import torch_twin
+        from pneumo.training.models import cam_target_layer
 
         self.preprocessing = model.meta.preprocessing
         self.net = torch_twin(model)

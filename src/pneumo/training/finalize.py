@@ -10,14 +10,14 @@ import numpy as np
 import torch
 
 from pneumo import __version__, atomic
-from pneumo.augment import GEOMETRY_CHECKS
 from pneumo.calibration import choose_threshold, expected_calibration_error, fit_calibration, operating_point
 from pneumo.config import TrainConfig
 from pneumo.domain import fit_domain_guard
-from pneumo.export import build_model_file
 from pneumo.modelfile import TASK_CLASSES, ModelMeta, onnx_session, save_model_file, without_paths
-from pneumo.models import PneumoNet, count_parameters
 from pneumo.probability import calibrated_probability, subtype_probabilities
+from pneumo.training.augment import GEOMETRY_CHECKS
+from pneumo.training.export import build_model_file
+from pneumo.training.models import PneumoNet, count_parameters
 
 DOMAIN_FIT_IMAGES = 2000
 
@@ -30,8 +30,8 @@ def infer_batches(
 
     Logits are averaged over the test-time views of ``preproc`` exactly as :class:`pneumo.inference.Predictor`
     does; the features are those of the image as it is. ``shift`` first rescales the content by ``(sx, sy)``."""
-    from pneumo.augment import normalize_batch, rescale_batch
     from pneumo.preprocess import views
+    from pneumo.training.augment import normalize_batch, rescale_batch
 
     net = net.eval().to(memory_format=torch.channels_last)
     scales = views(preproc)

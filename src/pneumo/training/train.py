@@ -1,6 +1,6 @@
 """Training: the Lightning module, the data it reads, and :func:`fit`.
 
-Images are decoded once into a uint8 cache at the training size (:mod:`pneumo.cache`); an epoch only indexes a
+Images are decoded once into a uint8 cache at the training size (:mod:`pneumo.training.cache`); an epoch only indexes a
 memory map and augments whole batches, so both CPU cores go to the network.
 """
 
@@ -22,13 +22,13 @@ from lightning.pytorch.loggers import CSVLogger
 from torchmetrics.classification import BinaryAUROC
 
 from pneumo import atomic
-from pneumo.augment import GEOMETRY_CHECKS, augment_batch, normalize_batch, rescale_batch
-from pneumo.cache import build_cache
 from pneumo.config import TrainConfig
 from pneumo.data import read_split_csv, scan_dataset, split_dataset
 from pneumo.errors import DataError
 from pneumo.modelfile import TASK_CLASSES
-from pneumo.models import create_model, set_transfer_mode
+from pneumo.training.augment import GEOMETRY_CHECKS, augment_batch, normalize_batch, rescale_batch
+from pneumo.training.cache import build_cache
+from pneumo.training.models import create_model, set_transfer_mode
 
 SUBTYPE_INDEX = {"none": 0, "bacteria": 1, "virus": 2}
 UNKNOWN_SUBTYPE = 3  # pneumonia whose subtype the file name does not tell: trains the binary head only
@@ -146,7 +146,7 @@ def _check_skipped(skipped: list[tuple[str, str]], n_images: int) -> None:
             f"{MAX_SKIPPED_FRACTION:.0%} training tolerates (first: {first}); "
             "`pneumo data inspect --verify` lists them all"
         )
-    logging.getLogger("pneumo.train").warning(
+    logging.getLogger("pneumo.training.train").warning(
         "warning: skipping %d unreadable image%s of %d (%s%s)",
         len(skipped),
         "" if len(skipped) == 1 else "s",
@@ -349,7 +349,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path | None:
     """Train, then (on the main process) calibrate, fit the domain guard, export and write ``model.pneumo``.
 
     Returns the model file's path on the main process and ``None`` on the other ranks of a distributed run."""
-    from pneumo.finalize import finalize_run
+    from pneumo.training.finalize import finalize_run
 
     cfg = resolve_pretrained(cfg)
     run = Path(cfg.out)
@@ -408,7 +408,7 @@ def resolve_pretrained(cfg: TrainConfig) -> TrainConfig:
     records which)."""
     if cfg.pretrained is not None:
         return cfg
-    from pneumo.models import ARCHS
+    from pneumo.training.models import ARCHS
 
     spec = ARCHS.get(cfg.arch)
     return cfg.model_copy(update={"pretrained": bool(spec and spec.pretrained_available)})
@@ -417,7 +417,7 @@ def resolve_pretrained(cfg: TrainConfig) -> TrainConfig:
 def refinalize(run: Path, target_sensitivity: float | None = None) -> Path:
     """Re-run calibration, threshold choice, domain-guard fitting and export on a finished run's best checkpoint
     (after changing those steps or the target sensitivity) without training again."""
-    from pneumo.finalize import finalize_run
+    from pneumo.training.finalize import finalize_run
 
     run = Path(run)
     cfg = TrainConfig.load(run / "config.yaml")

@@ -14,7 +14,7 @@ from pneumo.atomic import write_bytes
 from pneumo.cam import CAM_OUTPUT
 from pneumo.errors import PneumoError
 from pneumo.modelfile import ModelFile, ModelFileError, ModelMeta, load_model_file, onnx_session, save_model_file
-from pneumo.models import PneumoNet, WithFeatures, cam_target_layer, create_model
+from pneumo.training.models import PneumoNet, WithFeatures, cam_target_layer, create_model
 
 OPSET = 17
 TOLERANCE = 1e-3
