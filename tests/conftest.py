@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import os
+import struct
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import settings
+from PIL import Image
 
 # Property tests draw the same examples on every machine and run: a failure in CI is one you can reproduce.
 settings.register_profile("pneumo", derandomize=True, database=None)
@@ -46,9 +51,34 @@ def dicom_dir() -> Path:
     return _need(SHARED_DATA / "dicom")
 
 
+def xray(seed: int, size: int = 96) -> Image.Image:
+    """A chest-like grayscale image: a vertical gradient, a bright blob at a seeded place, and noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = 0.25 + 0.4 * yy + 0.25 * np.exp(-((xx - rng.uniform(0.2, 0.8)) ** 2 + (yy - 0.5) ** 2) / 0.03)
+    return Image.fromarray((np.clip(img + 0.05 * rng.standard_normal((size, size)), 0, 1) * 255).astype(np.uint8))
+
+
+def encode_png(img: Image.Image | np.ndarray) -> bytes:
+    """``img`` (a PIL image or a uint8 array) as PNG bytes."""
+    buf = io.BytesIO()
+    (img if isinstance(img, Image.Image) else Image.fromarray(img)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int, bit_depth: int = 8, color_type: int = 0) -> bytes:
+    """A PNG whose header claims width x height (8-bit grey by default) over a few bytes of pixel data: a
+    decompression bomb when large; decoding it would fail."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
 def make_tiny_model(path: Path, *, task: str = "binary", image_size: int = 64, seed: int = 0) -> Path:
     """A real (untrained, seeded) cnn-small model file with a fitted domain guard, built by the export path."""
-    import numpy as np
     import torch
 
     from pneumo.domain import fit_domain_guard

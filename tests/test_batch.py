@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+
+from conftest import xray
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -32,13 +32,6 @@ TOLERANCE = 1e-6
 BAD = {"d_empty.png", "e_truncated.jpg", "f_text.jpeg"}
 
 
-def _xray(seed: int, size: int = 72) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    img = 0.25 + 0.4 * yy + 0.25 * np.exp(-((xx - rng.uniform(0.2, 0.8)) ** 2 + (yy - 0.5) ** 2) / 0.03)
-    return Image.fromarray((np.clip(img + 0.05 * rng.standard_normal((size, size)), 0, 1) * 255).astype(np.uint8))
-
-
 def _folder(root: Path, n: int, bad: bool = True) -> Path:
     root.mkdir(parents=True)
     for i in range(n):
@@ -46,15 +39,15 @@ def _folder(root: Path, n: int, bad: bool = True) -> Path:
         sub.mkdir(exist_ok=True)
         kind = i % 3
         if kind == 0:
-            _xray(i).save(sub / f"img{i:04d}.png")
+            xray(i, 72).save(sub / f"img{i:04d}.png")
         elif kind == 1:
-            _xray(i).save(sub / f"img{i:04d}.jpg", quality=90)
+            xray(i, 72).save(sub / f"img{i:04d}.jpg", quality=90)
         else:
-            _xray(i).save(sub / f"img{i:04d}", "PNG")  # no extension: the content decides
+            xray(i, 72).save(sub / f"img{i:04d}", "PNG")  # no extension: the content decides
     if bad:
         (root / "d_empty.png").write_bytes(b"")
         buf = io.BytesIO()
-        _xray(999, 160).save(buf, "JPEG", quality=95)
+        xray(999, 160).save(buf, "JPEG", quality=95)
         (root / "e_truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
         (root / "f_text.jpeg").write_text("this is not a JPEG\n")
     return root

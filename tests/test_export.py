@@ -7,9 +7,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from pneumo import export
 from pneumo.inference import Predictor, open_model
 from pneumo.modelfile import ModelFileError, load_model_file
+from pneumo.training import export
 from pneumo.training.export import ExportError, export_model, export_onnx, torch_twin
 from pneumo.training.models import create_model
 

@@ -18,13 +18,13 @@ import sys
 import threading
 import time
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import encode_png, png_header_only
 from pneumo import errors
 from pneumo.cli import main
 from pneumo.errors import DataError, ImageLoadError, ModelFileError, PneumoError, visible
@@ -33,26 +33,10 @@ from pneumo.imaging import DECODE_BUDGET, MAX_PIXELS, load_image
 # --- helpers ---
 
 
-def _png_header_only(width: int, height: int, bit_depth: int, color_type: int) -> bytes:
-    """A PNG whose header claims width x height; its pixel data is a few bytes (decoding would fail)."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
 def _xray(seed: int = 0, size: int = 48) -> Image.Image:
     rng = np.random.default_rng(seed)
     yy = np.linspace(0.2, 0.8, size)[:, None] * np.ones((1, size))
     return Image.fromarray((np.clip(yy + 0.1 * rng.standard_normal((size, size)), 0, 1) * 255).astype(np.uint8))
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
 
 
 def _truncated_jpeg(path: Path) -> Path:
@@ -71,7 +55,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_rgba_7999_square_is_refused_before_decoding():
-    data = _png_header_only(7999, 7999, 8, 6)  # RGBA: 256 MB once decoded, over the budget
+    data = png_header_only(7999, 7999, 8, 6)  # RGBA: 256 MB once decoded, over the budget
     start = time.perf_counter()
     with pytest.raises(ImageLoadError, match=r"hostile.png: decoding this 7999x7999 RGBA image would need 244 MB"):
         load_image(data, 160, name="hostile.png")
@@ -86,7 +70,7 @@ def test_budget_fits_64_megapixel_grayscale():
 @pytest.mark.parametrize("dims", [(30000, 30000), (9000, 9000)])  # past Pillow's own 179 MP limit, and past ours
 def test_pixel_limit_message_quotes_our_limit(dims):
     with pytest.raises(ImageLoadError) as info:
-        load_image(_png_header_only(*dims, 8, 0), name="bomb.png")
+        load_image(png_header_only(*dims), name="bomb.png")
     msg = str(info.value)
     assert f"over the limit of {MAX_PIXELS:,}" in msg and "178956970" not in msg and "178,956,970" not in msg
 
@@ -95,7 +79,7 @@ def test_16bit_reduction_equals_pillows_reducing_gap_resize():
     rng = np.random.default_rng(0)
     a = (rng.random((1003, 797)) * 65535).astype(np.uint16)  # ragged against every reduction factor
     for target in [(64, 50), (160, 160), (400, 300)]:
-        got = load_image(_png(Image.fromarray(a)), target)
+        got = load_image(encode_png(a), target)
         full = Image.fromarray((a / 65535.0).astype(np.float32))  # what main decoded before resizing
         ref = np.asarray(full.resize(target[::-1], Image.Resampling.LANCZOS, reducing_gap=3.0))
         # the same box average and kernel; only float32 rounding differs (one ulp near 1.0 is 6e-8)
@@ -229,7 +213,7 @@ def test_a_normal_request_on_the_timed_protocol_still_works(slow_server):
 
     url = f"http://127.0.0.1:{slow_server.port}"
     assert httpx.get(url + "/healthz").json() == {"status": "ok"}
-    files = {"file": ("x.png", _png(_xray()), "image/png")}
+    files = {"file": ("x.png", encode_png(_xray()), "image/png")}
     assert httpx.post(url + "/api/v1/predict", files=files, timeout=60).status_code == 200
 
 
@@ -287,14 +271,14 @@ def test_serve_answers_422_and_bounds_concurrent_decodes(tiny_model):
     analyser.analyse = counted
     with _Server(app, request_timeout=60, idle_timeout=30) as server:
         url = f"http://127.0.0.1:{server.port}/api/v1/predict"
-        hostile = _png_header_only(7999, 7999, 8, 6)
+        hostile = png_header_only(7999, 7999, 8, 6)
         resp = httpx.post(url, files={"file": ("h.png", hostile, "image/png")}, timeout=30)
         assert resp.status_code == 422 and "budget" in resp.json()["detail"]
 
         codes: list[int] = []
 
         def one() -> None:
-            files = {"file": ("x.png", _png(_xray()), "image/png")}
+            files = {"file": ("x.png", encode_png(_xray()), "image/png")}
             codes.append(httpx.post(url, files=files, timeout=60).status_code)
 
         threads = [threading.Thread(target=one) for _ in range(3 * decode_slots() + 2)]
@@ -337,7 +321,7 @@ def test_only_served_host_names_are_answered(guarded_client):
 
 
 def test_cross_origin_posts_are_refused_unless_allowed(guarded_client):
-    files = {"file": ("x.png", _png(_xray()), "image/png")}
+    files = {"file": ("x.png", encode_png(_xray()), "image/png")}
     resp = guarded_client.post("/api/v1/predict", files=files, headers={"Origin": "http://evil.example"})
     assert resp.status_code == 403 and "--allow-origin" in resp.json()["detail"]
     same = guarded_client.post("/api/v1/predict", files=files, headers={"Origin": "http://127.0.0.1:8000"})

@@ -2,33 +2,23 @@
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from PIL import Image
 
+from conftest import encode_png, xray
 from pneumo.imaging import load_image
-from pneumo.inference import Predictor
+from pneumo.inference import Prediction, Predictor
 from pneumo.modelfile import ModelFileError, load_model_file
 from pneumo.preprocess import to_input
 from pneumo.probability import calibrated_probability, subtype_probabilities
 
 
-def _xray(seed: int, size: int = 96) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    img = 0.25 + 0.4 * yy + 0.25 * np.exp(-((xx - rng.uniform(0.2, 0.8)) ** 2 + (yy - 0.5) ** 2) / 0.03)
-    return (np.clip(img + 0.05 * rng.standard_normal((size, size)), 0, 1) * 255).astype(np.uint8)
-
-
 def _png(seed: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(_xray(seed)).save(buf, "PNG")
-    return buf.getvalue()
+    return encode_png(xray(seed))
 
 
 @pytest.fixture(scope="module")
@@ -92,17 +82,11 @@ def test_tta_averages_logits_with_the_mirror(tiny_model, predictor):
     src = _png(3)
     img = load_image(src, predictor.size)
     logits = _reference(tiny_model, [src])
-    mirrored = _reference(tiny_model, [_png_of(img[:, ::-1])])
+    mirrored = _reference(tiny_model, [encode_png((img[:, ::-1] * 255).round().astype(np.uint8))])
     m = predictor.meta
     expected = calibrated_probability((logits + mirrored) / 2, m.temperature, m.calibration_bias)[0]
     assert predictor.predict_one(src, "x", tta=True).probability == pytest.approx(expected, abs=1e-5)
     assert predictor.predict_one(src, "x").probability != pytest.approx(expected, abs=1e-7)
-
-
-def _png_of(img: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray((img * 255).round().astype(np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def test_decision_at_the_threshold_is_pneumonia(tiny_model, predictor):
@@ -184,6 +168,36 @@ def test_empty_and_bad_model(predictor, tmp_path):
     assert predictor.predict_arrays([], []) == []
     with pytest.raises(ModelFileError):
         Predictor.load(tmp_path)
+
+
+def test_csv_json_and_api_rows_are_the_fields_of_prediction(predictor, tmp_path):
+    """One schema: the CSV columns and JSON keys of ``pneumo predict`` are Prediction's output fields in order, and
+    the API's answer extends them (``path`` named ``filename``, no ``error``); a field added there shows in all."""
+    import csv
+    import json
+
+    from pneumo.predict_io import columns, write_predictions
+    from pneumo.serve.app import PredictResponse
+
+    row = [name for name, f in Prediction.model_fields.items() if not f.exclude]
+    assert "log_odds" in Prediction.model_fields and "log_odds" not in row  # in-process only
+    assert columns(subtypes=True, refer=True) == row
+    preds = [predictor.predict_one(_png(0), "a.png"), Prediction(path="b.png", threshold=0.5, error="unreadable")]
+    with open(write_predictions(preds, tmp_path / "p.csv", subtypes=True), newline="") as f:
+        assert next(csv.reader(f)) == [c for c in row if c not in ("refer_low", "refer_high")]  # no band in force
+    assert [list(r) for r in json.loads(write_predictions(preds, tmp_path / "p.json", subtypes=True).read_text())] == [
+        [c for c in row if c not in ("refer_low", "refer_high")]
+    ] * 2
+    extra = ["image", "heatmap", "explain_error", "model_name", "model_version", "site_calibration", "disclaimer"]
+    api = PredictResponse(**dict(preds[0]), image="", heatmap=None, explain_error=None, model_name="m",
+                          model_version="1", disclaimer="d")  # fmt: skip
+    shared = ["filename" if c == "path" else c for c in row if c != "error"]
+    assert list(api.model_dump(by_alias=True)) == shared + extra
+    assert list(PredictResponse.model_json_schema(mode="serialization")["properties"]) == shared + extra
+    assert set(shared + extra) == {  # what API clients rely on: these keys, no more, no fewer
+        "filename", "probability", "prediction", "threshold", "refer_low", "refer_high", "in_domain", "domain_score",
+        "p_normal", "p_bacterial", "p_viral", *extra,
+    }  # fmt: skip
 
 
 # The seam between training and inference: what predict, serve, the DICOM node, batch and adapt load must not pull

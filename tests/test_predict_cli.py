@@ -6,19 +6,17 @@ import csv
 import io
 import json
 import shutil
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from conftest import png_header_only, xray
 from pneumo.cli import main
 from pneumo.imaging import load_image
 from pneumo.modelfile import load_model_file
@@ -27,25 +25,6 @@ from pneumo.probability import calibrated_probability
 
 HEADER = ["path", "probability", "prediction", "threshold", "in_domain", "domain_score", "error"]
 SUBTYPE_HEADER = [*HEADER, "p_normal", "p_bacterial", "p_viral"]
-
-
-def _xray(seed: int, size: int = 80) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    img = 0.25 + 0.4 * yy + 0.25 * np.exp(-((xx - rng.uniform(0.2, 0.8)) ** 2 + (yy - 0.5) ** 2) / 0.03)
-    return Image.fromarray((np.clip(img + 0.05 * rng.standard_normal((size, size)), 0, 1) * 255).astype(np.uint8))
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def _bomb_png() -> bytes:
-    """A PNG whose header claims 30000 x 30000 grey pixels (900 MP) over a few bytes of data."""
-    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
-    )
 
 
 def _dicom_without_pixels(path: Path) -> Path:
@@ -69,18 +48,18 @@ BAD = ["d_empty.png", "e_truncated.jpg", "f_text.jpeg", "g_bomb.png", "h_nopixel
 def mixed(tmp_path) -> Path:
     d = tmp_path / "in"
     (d / "sub").mkdir(parents=True)
-    _xray(0).save(d / "a_good.png")
-    _xray(1).save(d / "b_good.jpg", quality=90)
-    _xray(2).save(d / "c_noext", "PNG")  # no extension: the content decides
+    xray(0, 80).save(d / "a_good.png")
+    xray(1, 80).save(d / "b_good.jpg", quality=90)
+    xray(2, 80).save(d / "c_noext", "PNG")  # no extension: the content decides
     (d / "d_empty.png").write_bytes(b"")
     buf = io.BytesIO()
-    _xray(3, 200).save(buf, "JPEG", quality=95)
+    xray(3, 200).save(buf, "JPEG", quality=95)
     (d / "e_truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     (d / "f_text.jpeg").write_text("this is not a JPEG\n")
-    (d / "g_bomb.png").write_bytes(_bomb_png())
+    (d / "g_bomb.png").write_bytes(png_header_only(30000, 30000))  # 900 MP of grey over a few bytes
     _dicom_without_pixels(d / "h_nopixels.dcm")
-    _xray(4).save(d / "sub" / "i_nested.png")
-    _xray(5).save(d / ".hidden.png")  # hidden: skipped
+    xray(4, 80).save(d / "sub" / "i_nested.png")
+    xray(5, 80).save(d / ".hidden.png")  # hidden: skipped
     (d / "notes.txt").write_text("skipped: not an image suffix")
     return d
 

@@ -39,8 +39,7 @@ from pneumo.probability import sigmoid
 
 DEFAULT_FOLDS = 5
 SENSITIVITY_MARGIN = 0.05  # the interval on sensitivity must exclude target - this margin
-NORMAL, PNEUMONIA, REFER = 0, 1, 2
-DECISIONS = ("NORMAL", "PNEUMONIA", "REFER")
+NORMAL, PNEUMONIA, REFER = 0, 1, 2  # decision codes: indices into labels.DECISIONS
 _EPS = 1e-9
 
 

@@ -14,7 +14,6 @@ import numpy as np
 
 from pneumo import atomic
 from pneumo.adapt import (
-    DECISIONS,
     NORMAL,
     PNEUMONIA,
     REFER,
@@ -26,6 +25,7 @@ from pneumo.adapt import (
     sha256_hex,
 )
 from pneumo.data import parse_kermany_name, scan_dataset
+from pneumo.labels import BINARY_CLASSES, DECISIONS
 from pneumo.modelfile import (
     ModelMeta,
     ReferBand,
@@ -106,7 +106,7 @@ def score_site(folder: Path, predictor, batch_size: int = 64, patients_csv: Path
     (:func:`pneumo.data.parse_kermany_name`)."""
     ds = scan_dataset(folder)
     labels = {r.label for r in ds.records}
-    if labels != {"NORMAL", "PNEUMONIA"}:
+    if labels != set(BINARY_CLASSES):
         raise ValueError(
             f"{folder}: a site sample needs NORMAL/ and PNEUMONIA/ folders of images, found {sorted(labels) or 'none'}"
         )
@@ -125,7 +125,7 @@ def score_site(folder: Path, predictor, batch_size: int = 64, patients_csv: Path
     keep = [i for i, p in enumerate(preds) if p.error is None]
     return SiteScores(
         paths=[str(recs[i].path) for i in keep],
-        y=np.array([int(recs[i].label == "PNEUMONIA") for i in keep], dtype=np.int64),
+        y=np.array([BINARY_CLASSES.index(recs[i].label) for i in keep], dtype=np.int64),
         z=np.array([preds[i].log_odds for i in keep], dtype=np.float64),
         patients=np.array([patient[recs[i].rel] for i in keep]),
         unreadable=[p.error for p in preds if p.error],

@@ -420,6 +420,28 @@ def export(
 
 
 @app.command()
+def ensemble(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more run directories or .pneumo files of one recipe")],
+    data_dir: Annotated[Path, typer.Option("--data", help="Dataset root the members' split refers to")],
+    split_csv: Annotated[Path, typer.Option("--split", help="The `pneumo data split` CSV all members trained on")],
+    output: Annotated[Path, typer.Option("--out", "-o", help="The ensemble's model file (.pneumo)")],
+    name: Annotated[str | None, typer.Option(help="Model name [default: the first member's, -ensembleN]")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Decoded-image cache [default: as the members']")] = None,
+) -> None:
+    """One ONNX graph averaging the members' logits (the first member's domain guard), recalibrated and
+    thresholded again on the members' common validation split pooled with its geometry-shifted copies."""
+    from pneumo.training.ensemble import build_ensemble
+
+    path = _run(build_ensemble, runs, output, data_dir, split_csv, name=name, cache_dir=cache_dir)
+    from pneumo.modelfile import read_meta
+
+    v = read_meta(path).validation
+    worst = v.get("geometry_shift", {}).get("worst", {})
+    out.print(f"wrote {path}: {len(runs)} members; {v['measured_on']}: AUC {v['roc_auc']:.3f}; worst geometry shift "
+              f"AUC {worst.get('roc_auc', float('nan')):.3f}", highlight=False, soft_wrap=True)  # fmt: skip
+
+
+@app.command()
 def robustness(
     data_dir: Annotated[Path, typer.Argument(help="Dataset root the split CSV refers to")],
     split_csv: Annotated[Path, typer.Option(help="A `pneumo data split` CSV; its val rows are used")],

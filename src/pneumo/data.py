@@ -16,12 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from pneumo import atomic
 from pneumo.errors import ConfigError, DataError
 from pneumo.imaging import IMAGE_SUFFIXES
+from pneumo.labels import NORMAL
 
-SUBTYPES = ("bacteria", "virus", "none", "unknown")
-NORMAL = "NORMAL"
 SPLIT_COLUMNS = ("path", "split", "label", "patient_id", "subtype")
 
 # Folder names recognised as a split level above the class folders; "valid"/"validation" are common spellings.
@@ -220,6 +221,16 @@ class SplitRow:
     label: str
     patient_id: str
     subtype: str
+
+
+@dataclass
+class SplitData:
+    """Decoded images of one split with their targets, as training and finalising read them."""
+
+    images: np.ndarray  # N x H x W uint8 (a memory map)
+    targets: np.ndarray  # N class indices for the task
+    paths: list[str]
+    subtypes: list[str]
 
 
 def write_split_csv(path: str | os.PathLike[str], records: Sequence[ImageRecord], splits: Sequence[str]) -> Path:

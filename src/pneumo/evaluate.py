@@ -21,9 +21,9 @@ import numpy as np
 
 from pneumo import atomic
 from pneumo.calibration import bin_index, reliability_bins
+from pneumo.labels import BINARY_CLASSES, NORMAL, PNEUMONIA
 
-BINARY_NAMES = ("NORMAL", "PNEUMONIA")
-DISPLAY_NAMES = {"NORMAL": "Healthy", "PNEUMONIA": "Pneumonia", "BACTERIA": "Bacterial", "VIRUS": "Viral"}
+DISPLAY_NAMES = {NORMAL: "Healthy", PNEUMONIA: "Pneumonia", "BACTERIA": "Bacterial", "VIRUS": "Viral"}
 CI_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "roc_auc", "pr_auc", "ece", "brier")
 CI_METHOD = "percentile bootstrap, resampled within each true class (class counts fixed)"
 
@@ -298,7 +298,7 @@ def write_evaluation(
     prob: np.ndarray,
     threshold: float,
     paths: Sequence[str | Path] | None,
-    class_names: Sequence[str] = BINARY_NAMES,
+    class_names: Sequence[str] = BINARY_CLASSES,
     probs_multiclass: np.ndarray | None = None,
     y_class: np.ndarray | None = None,
     images: Sequence[np.ndarray] | None = None,
@@ -325,7 +325,7 @@ def write_evaluation(
     rel = reliability_bins(prob, y)
     metrics["reliability"] = {k: rel[k] for k in ("confidence", "accuracy", "count")}
     report = classification_report_text(
-        y, pred, display_names(BINARY_NAMES), prob=prob, threshold=threshold, metrics=metrics, ci=ci
+        y, pred, display_names(BINARY_CLASSES), prob=prob, threshold=threshold, metrics=metrics, ci=ci
     )
 
     sub = probs_multiclass is not None and y_class is not None
@@ -339,7 +339,7 @@ def write_evaluation(
         metrics["model"] = dict(model_meta)
 
     files = {"report": out / "report.txt", "metrics": out / "metrics.json", "predictions": out / "predictions.csv"}
-    names = display_names(BINARY_NAMES)
+    names = display_names(BINARY_CLASSES)
     files["confusion"] = plots.plot_confusion_matrix(metrics["confusion_matrix"], names, out / "confusion_matrix.png")
     files["roc"] = plots.plot_roc(y, prob, out / "roc.png", threshold=threshold)
     files["pr"] = plots.plot_pr(y, prob, out / "pr.png", threshold=threshold)
@@ -357,9 +357,9 @@ def write_evaluation(
     for i in range(y.size):
         row: dict[str, Any] = {
             "path": paths_s[i],
-            "label": BINARY_NAMES[y[i]],
+            "label": BINARY_CLASSES[y[i]],
             "probability": f"{prob[i]:.6f}",
-            "prediction": BINARY_NAMES[pred[i]],
+            "prediction": BINARY_CLASSES[pred[i]],
             "correct": int(pred[i] == y[i]),
         }
         if sub:

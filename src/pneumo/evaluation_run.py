@@ -11,7 +11,8 @@ from pneumo.errors import DataError
 from pneumo.evaluate import write_evaluation
 from pneumo.imaging import load_image
 from pneumo.inference import Predictor
-from pneumo.modelfile import TASK_CLASSES, meta_json
+from pneumo.labels import BINARY_CLASSES, SUBTYPE_INDEX, TASK_CLASSES
+from pneumo.modelfile import meta_json
 
 GALLERY_SIZE = 128  # pixels per gallery tile; the gallery needs thumbnails, not the network input
 
@@ -57,22 +58,21 @@ def evaluate_folder(
     """Predict every labelled image and write report.txt, metrics.json, predictions.csv and plots."""
     recs, described = select_records(Path(data_dir), split, split_csv)
     labels = {r.label for r in recs}
-    if not recs or not labels <= {"NORMAL", "PNEUMONIA"}:
+    if not recs or not labels <= set(BINARY_CLASSES):
         raise DataError(f"{data_dir}: expected NORMAL/ and PNEUMONIA/ images, found {sorted(labels) or 'none'}")
     predictor = Predictor.load(model, threshold=threshold)
     preds = list(predictor.predict_sources(((str(r.path), r.path) for r in recs), tta=tta))
     keep = [i for i, p in enumerate(preds) if p.error is None]
     if not keep:
         raise DataError(f"{data_dir}: none of the {len(recs)} images could be read")
-    y = np.array([int(recs[i].label == "PNEUMONIA") for i in keep])
+    y = np.array([BINARY_CLASSES.index(recs[i].label) for i in keep])
     prob = np.array([preds[i].probability for i in keep])
     meta = predictor.meta
     multiclass = y_class = None
-    sub = {"none": 0, "bacteria": 1, "virus": 2}
     # The subtype report needs every image's subtype (Kermany file names give it); otherwise it is left out.
-    if meta.has_subtypes and all(recs[i].subtype in sub for i in keep):
+    if meta.has_subtypes and all(recs[i].subtype in SUBTYPE_INDEX for i in keep):
         multiclass = np.array([[preds[i].p_normal, preds[i].p_bacterial, preds[i].p_viral] for i in keep])
-        y_class = np.array([sub[recs[i].subtype] for i in keep])
+        y_class = np.array([SUBTYPE_INDEX[recs[i].subtype] for i in keep])
     images = [load_image(recs[i].path, GALLERY_SIZE) for i in keep]
     metrics = write_evaluation(
         out_dir,

@@ -20,6 +20,7 @@ import numpy as np
 from pneumo.cam import HeatMapper, heatmap_rgba
 from pneumo.imaging import DISPLAY_MAX, ImageLoadError, load_display_image, load_image
 from pneumo.inference import Prediction, Predictor, open_model
+from pneumo.labels import PNEUMONIA
 from pneumo.modelfile import ModelFile, load_model_file
 from pneumo.preprocess import to_input
 
@@ -101,7 +102,7 @@ def overlay_png(exp: Explanation, *, show_heatmap: bool = True, title: str | Non
     if show_heatmap:  # the page's and the Secondary Capture's overlay: jet colours, smoothly rising opacity
         ax.imshow(heatmap_rgba(exp.heatmap), interpolation="bilinear")
     ax.set_axis_off()
-    color = "#c62828" if p.prediction == "PNEUMONIA" else "#2e7d32"
+    color = "#c62828" if p.prediction == PNEUMONIA else "#2e7d32"
     headline = f"{p.prediction}  P(pneumonia) = {p.probability:.2f}  (threshold {p.threshold:.2f})"
     fig.text(0.02, 0.97, title or Path(p.path).name, fontsize=9, va="top", color="#333333")
     fig.text(0.02, 0.935, headline, fontsize=12, va="top", color=color, weight="bold")

@@ -6,26 +6,18 @@ GIL) runs in a thread pool while the previous batch is on the network.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from pneumo.domain import domain_check
 from pneumo.imaging import ImageLoadError, load_image
-from pneumo.modelfile import (
-    MAX_MEMBER_BYTES,
-    ONNX,
-    ModelFile,
-    ModelFileError,
-    ModelMeta,
-    load_model_file,
-    onnx_session,
-)
+from pneumo.labels import NORMAL, PNEUMONIA, REFER
+from pneumo.modelfile import ModelFile, ModelFileError, load_model_file, load_onnx_file, onnx_session
 from pneumo.preprocess import to_input, views
 from pneumo.probability import calibrated_probability, pneumonia_log_odds, subtype_probabilities
 
@@ -36,39 +28,36 @@ class Prediction(BaseModel):
     """One file's result; ``error`` is set (and the rest empty) when the file could not be read.
 
     ``prediction`` is NORMAL or PNEUMONIA, or REFER when a site's REFER band (``pneumo adapt --refer``) is in force
-    and the probability lies in it (``refer_low <= probability <= refer_high``)."""
+    and the probability lies in it (``refer_low <= probability <= refer_high``). The fields, in this order, are the
+    columns of ``pneumo predict`` and ``pneumo batch``; the API's answer extends them (``serve.app.PredictResponse``).
+    """
 
     path: str
     probability: float | None = None
-    prediction: str | None = None
-    threshold: float
-    in_domain: bool | None = None
-    domain_score: float | None = None
+    prediction: str | None = None  # str, not labels.Decision: the DICOM writers refuse unknown ones themselves
+    threshold: float = Field(description="operating threshold: at or above it the decision is PNEUMONIA")
+    in_domain: bool | None = Field(
+        default=None, description="false: the image is unlike the validation X-rays; do not rely on it"
+    )
+    domain_score: float | None = Field(
+        default=None,
+        description="share of validation X-rays that lie further from the training images than this one "
+        "(near 1: typical; 0: stranger than all of them)",
+    )
     error: str | None = None
-    p_normal: float | None = None
-    p_bacterial: float | None = None
-    p_viral: float | None = None
-    refer_low: float | None = None
-    refer_high: float | None = None
-    log_odds: float | None = None  # uncalibrated pneumonia log-odds: what pneumo adapt refits the calibration on
-
-
-def _onnx_model_file(path: Path) -> ModelFile:
-    """A bare ``.onnx`` written by ``pneumo export`` carries its metadata in the graph's metadata props."""
-    if (size := path.stat().st_size) > (cap := MAX_MEMBER_BYTES[ONNX]):
-        raise ModelFileError(f"{path}: {size / 2**20:,.0f} MB, over the limit of {cap / 2**20:,.0f} MB for a model")
-    data = path.read_bytes()
-    props = onnx_session(data, source=path).get_modelmeta().custom_metadata_map
-    if "pneumo_meta" not in props:
-        raise ModelFileError(f"{path}: an ONNX graph without Pneumo metadata; export it with `pneumo export`")
-    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in json.loads(props.get("pneumo_arrays", "{}")).items()}
-    return ModelFile(meta=ModelMeta.model_validate_json(props["pneumo_meta"]), onnx=data, arrays=arrays, path=path)
+    p_normal: float | None = Field(default=None, description="subtype models only, else null")
+    p_bacterial: float | None = Field(default=None, description="subtype models only, else null")
+    p_viral: float | None = Field(default=None, description="subtype models only, else null")
+    refer_low: float | None = Field(default=None, description="REFER band, lower end (inclusive); null if none")
+    refer_high: float | None = Field(default=None, description="REFER band, upper end (inclusive); null if none")
+    # Uncalibrated pneumonia log-odds, what pneumo adapt refits the calibration on: in-process only, in no output.
+    log_odds: float | None = Field(default=None, exclude=True)
 
 
 def open_model(model: str | Path | None = None) -> ModelFile:
     """A ``.pneumo`` model file, a run directory, an exported ``.onnx``, or ``None`` for the bundled model."""
     if model is not None and Path(model).suffix.lower() == ".onnx" and Path(model).is_file():
-        return _onnx_model_file(Path(model))
+        return load_onnx_file(model)
     mf = load_model_file(model, parts=("onnx",))
     if mf.onnx is None:
         raise ModelFileError(f"{mf.path}: this model file has no ONNX graph; run `pneumo export` on it")
@@ -128,8 +117,8 @@ class Predictor:
     def decide(self, p: float) -> str:
         """NORMAL / PNEUMONIA at the threshold; with a REFER band, NORMAL below it, PNEUMONIA above, REFER in it."""
         if self.refer is None:
-            return "PNEUMONIA" if p >= self.threshold else "NORMAL"
-        return "NORMAL" if p < self.refer.low else "PNEUMONIA" if p > self.refer.high else "REFER"
+            return PNEUMONIA if p >= self.threshold else NORMAL
+        return NORMAL if p < self.refer.low else PNEUMONIA if p > self.refer.high else REFER
 
     def _predict_inputs(self, x: np.ndarray, names: Sequence[str], tta: bool) -> list[Prediction]:
         """Predict a prepared batch (N x V x H x W, normalised as the model expects)."""
@@ -137,9 +126,7 @@ class Predictor:
         m = self.meta
         prob = calibrated_probability(logits, m.temperature, m.calibration_bias)
         log_odds = pneumonia_log_odds(logits)
-        subtypes = None
-        if m.has_subtypes:
-            subtypes = subtype_probabilities(logits, m.temperature, m.calibration_bias, sub)
+        subtypes = subtype_probabilities(logits, m.temperature, m.calibration_bias, sub) if m.has_subtypes else None
         if m.domain_guard is not None and self.model.arrays:
             in_domain, score = domain_check(features, m.domain_guard, self.model.arrays)
         else:
@@ -148,14 +135,8 @@ class Predictor:
         for i, name in enumerate(names):
             p = float(prob[i])
             if not np.isfinite(p):  # never a decision: a NaN compares below every threshold and would read NORMAL
-                out.append(
-                    Prediction(
-                        path=name,
-                        threshold=self.threshold,
-                        error=f"{name}: the model gave no finite "
-                        "probability for this image (not a valid result; check the model file)",
-                    )
-                )
+                why = "the model gave no finite probability for this image (not a valid result; check the model file)"
+                out.append(Prediction(path=name, threshold=self.threshold, error=f"{name}: {why}"))
                 continue
             pred = Prediction(
                 path=name,

@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from pneumo import __version__
 from pneumo.atomic import atomic_open
 from pneumo.errors import ModelFileError
+from pneumo.labels import TASK_CLASSES
 
 FORMAT_VERSION = 1
 META = "meta.json"
@@ -41,11 +42,6 @@ SUFFIX = ".pneumo"
 # A site file (``pneumo adapt``) is a zip of ``site.json`` and the base model file, stored byte for byte.
 SITE = "site.json"
 BASE = "base.pneumo"
-
-TASK_CLASSES: dict[str, list[str]] = {
-    "binary": ["NORMAL", "PNEUMONIA"],
-    "subtype": ["NORMAL", "BACTERIA", "VIRUS"],
-}
 
 
 # Every number read from meta.json is checked: a NaN threshold or a zero std would not fail loudly, it would
@@ -431,6 +427,38 @@ def onnx_session(graph: bytes, *, source: str | Path = "model.onnx", threads: in
         lines = str(exc).strip().splitlines()
         reason = lines[0][:200] if lines else type(exc).__name__
         raise ModelFileError(f"{source} is not a readable ONNX graph ({reason})") from exc
+
+
+# A bare ``.onnx`` (``pneumo export -o m.onnx``) carries the metadata and side arrays in the graph's metadata
+# props, so the graph alone is enough for ``pneumo predict``.
+ONNX_META, ONNX_ARRAYS = "pneumo_meta", "pneumo_arrays"
+
+
+def save_onnx_file(path: str | Path, model: ModelFile) -> Path:
+    """Write ``model``'s graph to a bare ``.onnx`` atomically, with its metadata and arrays embedded."""
+    import onnx  # only export writes one; reading it back needs onnxruntime alone
+
+    proto = onnx.load_from_string(model.onnx)
+    onnx.helper.set_model_props(proto, {ONNX_META: model.meta.model_dump_json()})
+    if model.arrays:
+        proto.metadata_props.add(key=ONNX_ARRAYS, value=json.dumps({k: v.tolist() for k, v in model.arrays.items()}))
+    path = Path(path)
+    with atomic_open(path, "wb") as f:
+        f.write(proto.SerializeToString())
+    return path
+
+
+def load_onnx_file(path: str | Path) -> ModelFile:
+    """A bare ``.onnx`` written by :func:`save_onnx_file`; refused unless it carries Pneumo metadata."""
+    path = Path(path)
+    if (size := path.stat().st_size) > (cap := MAX_MEMBER_BYTES[ONNX]):
+        raise ModelFileError(f"{path}: {size / 2**20:,.0f} MB, over the limit of {cap / 2**20:,.0f} MB for a model")
+    data = path.read_bytes()
+    props = onnx_session(data, source=path).get_modelmeta().custom_metadata_map
+    if ONNX_META not in props:
+        raise ModelFileError(f"{path}: an ONNX graph without Pneumo metadata; export it with `pneumo export`")
+    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in json.loads(props.get(ONNX_ARRAYS, "{}")).items()}
+    return ModelFile(meta=ModelMeta.model_validate_json(props[ONNX_META]), onnx=data, arrays=arrays, path=path)
 
 
 def read_meta(model: str | Path | None = None) -> ModelMeta:

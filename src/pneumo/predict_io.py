@@ -14,8 +14,8 @@ from pneumo import atomic
 from pneumo.errors import visible
 from pneumo.imaging import IMAGE_SUFFIXES
 from pneumo.inference import Prediction
+from pneumo.labels import NORMAL, PNEUMONIA, REFER
 
-COLUMNS = ["path", "probability", "prediction", "threshold", "in_domain", "domain_score", "error"]
 SUBTYPE_COLUMNS = ["p_normal", "p_bacterial", "p_viral"]
 REFER_COLUMNS = ["refer_low", "refer_high"]  # only with a site REFER band in force (pneumo adapt --refer)
 _GLOB_CHARS = set("*?[")
@@ -72,7 +72,9 @@ def _cell(value) -> str:
 
 
 def columns(subtypes: bool, refer: bool = False) -> list[str]:
-    return COLUMNS + (SUBTYPE_COLUMNS if subtypes else []) + (REFER_COLUMNS if refer else [])
+    """:class:`Prediction`'s fields in order, but those kept in-process and the optional groups not asked for."""
+    left_out = (SUBTYPE_COLUMNS if not subtypes else []) + (REFER_COLUMNS if not refer else [])
+    return [name for name, f in Prediction.model_fields.items() if not f.exclude and name not in left_out]
 
 
 def _has_refer(preds: Sequence[Prediction]) -> bool:
@@ -101,9 +103,9 @@ def write_predictions(preds: Sequence[Prediction], path: Path, subtypes: bool) -
 def summary_line(preds: Sequence[Prediction]) -> str:
     """e.g. ``12 files: 7 PNEUMONIA, 4 NORMAL, 1 unreadable; 2 outside the validated domain``."""
     counts = Counter(p.prediction or "unreadable" for p in preds)
-    parts = [f"{counts[k]} {k}" for k in ("PNEUMONIA", "REFER", "NORMAL", "unreadable") if counts[k]]
-    if counts["REFER"]:
-        parts[parts.index(f"{counts['REFER']} REFER")] += f" ({counts['REFER'] / len(preds):.0%} referred)"
+    parts = [f"{counts[k]} {k}" for k in (PNEUMONIA, REFER, NORMAL, "unreadable") if counts[k]]
+    if counts[REFER]:
+        parts[parts.index(f"{counts[REFER]} {REFER}")] += f" ({counts[REFER] / len(preds):.0%} referred)"
     ood = sum(p.in_domain is False for p in preds)
     line = f"{len(preds)} file{'s' if len(preds) != 1 else ''}: " + ", ".join(parts)
     if ood:
@@ -128,7 +130,7 @@ def render_table(preds: Sequence[Prediction], subtypes: bool, names: Sequence[st
             reason = p.error.removeprefix(f"{p.path}: ")
             row = [f"{shown}\n[red]{escape(visible(reason))}[/red]", "", "[red]unreadable[/red]", ""]
         else:
-            style = {"PNEUMONIA": "bold red", "REFER": "bold yellow"}.get(p.prediction or "", "green")
+            style = {PNEUMONIA: "bold red", REFER: "bold yellow"}.get(p.prediction or "", "green")
             domain = "" if p.in_domain is None else ("ok" if p.in_domain else "[bold yellow]OUT[/]")
             if p.domain_score is not None:
                 domain += f" {p.domain_score:.2f}"

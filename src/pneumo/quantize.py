@@ -30,6 +30,7 @@ from pneumo.evaluate import binary_metrics
 from pneumo.evaluation_run import select_records
 from pneumo.imaging import ImageLoadError, load_image
 from pneumo.inference import Prediction, Predictor
+from pneumo.labels import BINARY_CLASSES
 from pneumo.modelfile import Quantization, load_model_file, save_model_file
 from pneumo.predict_io import expand_inputs
 from pneumo.preprocess import to_input
@@ -110,7 +111,7 @@ def validation_records(data_dir: Path, split_csv: Path | None):
     else:
         recs, _ = select_records(data_dir)
     labels = {r.label for r in recs}
-    if not recs or not labels <= {"NORMAL", "PNEUMONIA"} or len(labels) < 2:
+    if labels != set(BINARY_CLASSES):
         raise QuantizationError(
             f"{data_dir}: parity needs labelled NORMAL and PNEUMONIA validation images (found {sorted(labels)})"
         )
@@ -299,7 +300,7 @@ def quantize_model(
     val_dir = Path(validation_data) if validation_data is not None else calibration_data
     recs = validation_records(val_dir, Path(split_csv) if split_csv is not None else None)
     val_paths = [r.path for r in recs]
-    labels = np.array([r.label == "PNEUMONIA" for r in recs], dtype=int)
+    labels = np.array([BINARY_CLASSES.index(r.label) for r in recs])
     fp32 = Predictor(mf)
     cal = calibration_paths(calibration_data, {p.resolve() for p in val_paths}, calibration_images, seed)
     int8_bytes = quantize_graph(mf.onnx, fp32, cal, method)

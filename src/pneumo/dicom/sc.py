@@ -18,6 +18,7 @@ from pydicom.uid import JPEG2000, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNea
 from pneumo import __version__
 from pneumo.dicom.sr import MANUFACTURER, SERIES_DESCRIPTION
 from pneumo.inference import Prediction
+from pneumo.labels import NORMAL, PNEUMONIA, REFER
 from pneumo.modelfile import ModelMeta
 
 DISCLAIMER = "Decision support only - not a diagnosis; a clinician must read the image."
@@ -26,7 +27,7 @@ REFER_TEXT = "REFER: the site's data back neither NORMAL nor PNEUMONIA here - a 
 _LOSSY_SYNTAXES = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit, JPEG2000, JPEGLSNearLossless})
 _RED, _GREEN, _ORANGE, _GREY = (229, 57, 53), (67, 160, 71), (255, 152, 0), (200, 200, 200)
 _AMBER = (255, 200, 0)  # yellower than the out-of-domain orange, far from both red and green
-DECISION_COLOURS = {"PNEUMONIA": _RED, "NORMAL": _GREEN, "REFER": _AMBER}
+DECISION_COLOURS = {PNEUMONIA: _RED, NORMAL: _GREEN, REFER: _AMBER}
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray | None) -> np.ndarray:
@@ -71,7 +72,7 @@ def render(image: np.ndarray, heatmap: np.ndarray | None, pred: Prediction, meta
     the overlay."""
     h, w = image.shape
     lines = [(result_line(pred), decision_colour(pred.prediction))]
-    if pred.prediction == "REFER":
+    if pred.prediction == REFER:
         lines.append((REFER_TEXT, _AMBER))
     if pred.in_domain is False:
         lines.append((WARNING_TEXT, _ORANGE))
@@ -145,6 +146,6 @@ def build_sc(
     sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
     sc.DerivationDescription = "Pneumo result: heat map and result text burnt in over the X-ray"
     sc.SourceImageSequence = [_source_reference(source)]
-    refer = f" {REFER_TEXT}" if pred.prediction == "REFER" else ""
+    refer = f" {REFER_TEXT}" if pred.prediction == REFER else ""
     sc.ImageComments = f"{result_line(pred)}.{refer} {DISCLAIMER}"[:10240]
     return sc

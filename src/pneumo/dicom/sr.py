@@ -34,7 +34,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from pneumo import __version__
+from pneumo import __version__, labels
 from pneumo.inference import Prediction
 from pneumo.modelfile import ModelMeta
 
@@ -65,7 +65,7 @@ REFER_LOW = CodedConcept("REFERLOW", PRIVATE_SCHEME, "REFER band lower limit")
 REFER_HIGH = CodedConcept("REFERHIGH", PRIVATE_SCHEME, "REFER band upper limit")
 # Code meanings are LO (64 characters at most): the note says what the reader must know, the band says why.
 REFERRED = CodedConcept("REFER", PRIVATE_SCHEME, "Referred for a reader: the site data back neither decision")
-DECISIONS = {"PNEUMONIA": PRESENT, "NORMAL": ABSENT, "REFER": INDETERMINATE}
+DECISIONS = {labels.PNEUMONIA: PRESENT, labels.NORMAL: ABSENT, labels.REFER: INDETERMINATE}
 
 
 def decision_concept(prediction: str) -> CodedConcept:
@@ -120,7 +120,7 @@ def _groups(source: Dataset, pred: Prediction, meta: ModelMeta) -> list[Measurem
         return [SourceImageForMeasurementGroup.from_source_image(source)]
 
     evaluations = [QualitativeEvaluation(PNEUMONIA, decision_concept(pred.prediction))]
-    if pred.prediction == "REFER":
+    if pred.prediction == labels.REFER:
         evaluations.append(QualitativeEvaluation(RECOMMENDATION, REFERRED))
     measurements = [
         _probability(pred.probability),

@@ -20,7 +20,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -28,7 +28,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pneumo import __version__
 from pneumo.errors import ConfigError
-from pneumo.inference import Predictor
+from pneumo.inference import Prediction, Predictor
+from pneumo.labels import Decision
 from pneumo.modelfile import ModelMeta, public_meta_json
 from pneumo.serve.analysis import Analyser, Analysis, UnreadableImage, UnsupportedImage, log_exception
 from pneumo.serve.upload import (
@@ -54,26 +55,18 @@ CSP = (
 _TRUE = {"1", "true", "yes", "on"}
 
 
-class PredictResponse(BaseModel):
-    """One X-ray's result. Probabilities are calibrated; ``prediction`` is ``probability >= threshold``."""
+class PredictResponse(Prediction):
+    """One X-ray's result: the row ``pneumo predict`` writes (but ``error``), then what the page shows. Probabilities
+    are calibrated; ``prediction`` is ``probability >= threshold``."""
 
-    filename: str = Field(description="the name the client gave the file")
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)  # every key is always sent
+    path: str = Field(serialization_alias="filename", description="the name the client gave the file")
     probability: float = Field(description="calibrated probability of pneumonia, 0..1")
-    prediction: Literal["PNEUMONIA", "NORMAL", "REFER"] = Field(
+    prediction: Decision = Field(
         description="REFER only with a site REFER band (pneumo adapt --refer): the site data says the tool is "
         "unreliable between refer_low and refer_high; a clinician reads the study"
     )
-    threshold: float = Field(description="operating threshold: at or above it the decision is PNEUMONIA")
-    refer_low: float | None = Field(default=None, description="REFER band, lower end (inclusive); null if none")
-    refer_high: float | None = Field(default=None, description="REFER band, upper end (inclusive); null if none")
-    in_domain: bool | None = Field(description="false: the image is unlike the validation X-rays; do not rely on it")
-    domain_score: float | None = Field(
-        description="share of validation X-rays that lie further from the training images than this one "
-        "(near 1: typical; 0: stranger than all of them)"
-    )
-    p_normal: float | None = Field(description="subtype models only, else null")
-    p_bacterial: float | None = Field(description="subtype models only, else null")
-    p_viral: float | None = Field(description="subtype models only, else null")
+    error: None = Field(default=None, exclude=True)  # an unreadable upload is an HTTP error instead
     image: str = Field(description="the X-ray as decoded by the model's loader, base64 PNG (at most 512 px)")
     heatmap: str | None = Field(
         description="Grad-CAM heat map as a base64 RGBA PNG the size of `image`, to lay over it; null unless explain"
@@ -198,17 +191,7 @@ def _b64(png: bytes | None) -> str | None:
 def _response(result: Analysis, filename: str, predictor: Predictor) -> PredictResponse:
     p, meta = result.prediction, predictor.meta
     return PredictResponse(
-        filename=filename,
-        probability=p.probability,
-        prediction=p.prediction,
-        threshold=p.threshold,
-        refer_low=p.refer_low,
-        refer_high=p.refer_high,
-        in_domain=p.in_domain,
-        domain_score=p.domain_score,
-        p_normal=p.p_normal,
-        p_bacterial=p.p_bacterial,
-        p_viral=p.p_viral,
+        **dict(p, path=filename),
         image=_b64(result.image_png),
         heatmap=_b64(result.heatmap_png),
         explain_error=result.explain_error,

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from pneumo.atomic import write_bytes
 from pneumo.cam import CAM_OUTPUT
 from pneumo.errors import PneumoError
-from pneumo.modelfile import ModelFile, ModelFileError, ModelMeta, load_model_file, onnx_session, save_model_file
+from pneumo.modelfile import (
+    ModelFile,
+    ModelFileError,
+    ModelMeta,
+    load_model_file,
+    onnx_session,
+    save_model_file,
+    save_onnx_file,
+)
 from pneumo.training.models import PneumoNet, WithFeatures, cam_target_layer, create_model
 
 OPSET = 17
@@ -151,23 +157,10 @@ def torch_twin(model: ModelFile) -> PneumoNet:
 def export_model(model: str | Path | None, output: str | Path) -> Path:
     """``pneumo export``: re-export a model file's twin to ``output`` (.onnx, with the metadata embedded, or
     .pneumo, a complete model file), verifying ONNX Runtime against PyTorch."""
-    import onnx
-
     mf = load_model_file(model)
-    net = torch_twin(mf)
-    data = export_onnx(net, mf.meta.preprocessing.image_size, arch=mf.meta.arch)
-    output = Path(output)
-    if output.suffix == ".pneumo":
-        save_model_file(output, mf.model_copy(update={"onnx": data}))
-        return output
-    proto = onnx.load_from_string(data)
-    # The metadata travels inside the .onnx too, so the graph alone is enough for `pneumo predict`.
-    onnx.helper.set_model_props(proto, {"pneumo_meta": mf.meta.model_dump_json()})
-    arrays = {k: v.tolist() for k, v in mf.arrays.items()}
-    if arrays:
-        proto.metadata_props.add(key="pneumo_arrays", value=json.dumps(arrays))
-    write_bytes(output, proto.SerializeToString())
-    return output
+    data = export_onnx(torch_twin(mf), mf.meta.preprocessing.image_size, arch=mf.meta.arch)
+    save = save_model_file if Path(output).suffix == ".pneumo" else save_onnx_file
+    return save(output, mf.model_copy(update={"onnx": data}))
 
 
 def build_model_file(net: PneumoNet, meta: ModelMeta, arrays: dict[str, np.ndarray]) -> ModelFile:

@@ -12,8 +12,10 @@ import torch
 from pneumo import __version__, atomic
 from pneumo.calibration import choose_threshold, expected_calibration_error, fit_calibration, operating_point
 from pneumo.config import TrainConfig
+from pneumo.data import SplitData
 from pneumo.domain import fit_domain_guard
-from pneumo.modelfile import TASK_CLASSES, ModelMeta, onnx_session, save_model_file, without_paths
+from pneumo.labels import TASK_CLASSES
+from pneumo.modelfile import ModelMeta, onnx_session, save_model_file, without_paths
 from pneumo.probability import calibrated_probability, subtype_probabilities
 from pneumo.training.augment import GEOMETRY_CHECKS
 from pneumo.training.export import build_model_file
@@ -89,38 +91,56 @@ def geometry_shift_summary(y: np.ndarray, clean_prob: np.ndarray, shifted: dict,
     return {"worst": worst, **out}
 
 
-def finalize_run(cfg: TrainConfig, net: PneumoNet, train, val, data_summary: dict, timing: dict) -> Path:
+def fit_operating_point(
+    val_logits: np.ndarray,
+    val_sub: np.ndarray | None,
+    shifted: dict[str, np.ndarray],
+    targets: np.ndarray,
+    target_sensitivity: float,
+    split: str | None,
+) -> tuple[float, float, float, dict]:
+    """Temperature, bias, threshold and the validation figures of a model (or an ensemble) from its validation
+    logits, subtype logits (or None) and the logits of the geometry-shifted copies (:data:`GEOMETRY_CHECKS`).
+
+    The operating point must survive a change of framing: calibration and threshold are fitted on validation
+    pooled with its geometry-shifted copies, not on the clean images whose framing the model may read.
+    ``targets`` are the training targets (0 normal, >0 pneumonia; 1/2 bacterial/viral with subtypes)."""
+    y_bin = (targets > 0).astype(int)
+    pooled = np.concatenate([val_logits, *shifted.values()])
+    y_pooled = np.tile(y_bin, 1 + len(shifted))
+    temperature, bias = fit_calibration(pooled, y_pooled)
+    prob = calibrated_probability(val_logits, temperature, bias)
+    pooled_prob = calibrated_probability(pooled, temperature, bias)
+    threshold = choose_threshold(y_pooled, pooled_prob, target_sensitivity)
+
+    metrics = validation_metrics(y_bin, prob, threshold)
+    metrics["ece_before_calibration"] = expected_calibration_error(calibrated_probability(val_logits), y_bin)
+    metrics["measured_on"] = f"internal validation: {Path(split).name if split else 'a split of the training data'}"
+    metrics["operating_point_fitted_on"] = "validation pooled with " + ", ".join(shifted)
+    at_op = operating_point(y_pooled, pooled_prob, threshold)
+    metrics["operating_point"] = {"sensitivity": at_op["sensitivity"], "specificity": at_op["specificity"]}
+    metrics["geometry_shift"] = geometry_shift_summary(y_bin, prob, shifted, temperature, bias, threshold)
+    if val_sub is not None or targets.max() > 1:
+        known = targets <= 2
+        subtype_pred = subtype_probabilities(val_logits, temperature, bias, val_sub).argmax(1)
+        metrics["subtype_accuracy"] = float((subtype_pred == targets)[known].mean())
+        pneumonia = known & (targets > 0)  # bacterial vs viral among pneumonia, as Kermany 2018 reported
+        pred = subtype_pred[pneumonia]
+        metrics["bacterial_vs_viral_accuracy"] = float((np.maximum(pred, 1) == targets[pneumonia]).mean())
+    return temperature, bias, threshold, metrics
+
+
+def finalize_run(
+    cfg: TrainConfig, net: PneumoNet, train: SplitData, val: SplitData, data_summary: dict, timing: dict
+) -> Path:
     """Write ``model.pneumo`` (and ``validation.json``) into the run directory; return the model path."""
     run = Path(cfg.out)
     preproc = cfg.preprocessing()
     val_logits, val_feats, val_sub = infer_batches(net, val.images, preproc)
-    y_bin = (val.targets > 0).astype(int)
-    # The operating point must survive a change of framing: calibration and threshold are fitted on validation
-    # pooled with its geometry-shifted copies, not on the clean images whose framing the model may read.
     shifted = {name: infer_batches(net, val.images, preproc, shift=s)[0] for name, s in GEOMETRY_CHECKS.items()}
-    pooled = np.concatenate([val_logits, *shifted.values()])
-    y_pooled = np.tile(y_bin, 1 + len(shifted))
-    temperature, bias = fit_calibration(pooled, y_pooled)
-    raw_prob = calibrated_probability(val_logits)
-    prob = calibrated_probability(val_logits, temperature, bias)
-    pooled_prob = calibrated_probability(pooled, temperature, bias)
-    threshold = choose_threshold(y_pooled, pooled_prob, cfg.target_sensitivity)
-
-    metrics = validation_metrics(y_bin, prob, threshold)
-    metrics["ece_before_calibration"] = expected_calibration_error(raw_prob, y_bin)
-    split = data_summary.get("split")
-    metrics["measured_on"] = f"internal validation: {Path(split).name if split else 'a split of the training data'}"
-    metrics["operating_point_fitted_on"] = "validation pooled with " + ", ".join(GEOMETRY_CHECKS)
-    at_op = operating_point(y_pooled, pooled_prob, threshold)
-    metrics["operating_point"] = {"sensitivity": at_op["sensitivity"], "specificity": at_op["specificity"]}
-    metrics["geometry_shift"] = geometry_shift_summary(y_bin, prob, shifted, temperature, bias, threshold)
-    if cfg.task == "subtype" or cfg.subtype_head:
-        known = val.targets <= 2
-        subtype_pred = subtype_probabilities(val_logits, temperature, bias, val_sub).argmax(1)
-        metrics["subtype_accuracy"] = float((subtype_pred == val.targets)[known].mean())
-        pneumonia = known & (val.targets > 0)  # bacterial vs viral among pneumonia, as Kermany 2018 reported
-        split = subtype_pred[pneumonia]
-        metrics["bacterial_vs_viral_accuracy"] = float((np.maximum(split, 1) == val.targets[pneumonia]).mean())
+    temperature, bias, threshold, metrics = fit_operating_point(
+        val_logits, val_sub, shifted, val.targets, cfg.target_sensitivity, data_summary.get("split")
+    )
 
     rng = np.random.default_rng(cfg.seed)
     pick = np.sort(rng.choice(len(train.targets), min(DOMAIN_FIT_IMAGES, len(train.targets)), replace=False))

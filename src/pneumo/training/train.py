@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -23,26 +22,15 @@ from torchmetrics.classification import BinaryAUROC
 
 from pneumo import atomic
 from pneumo.config import TrainConfig
-from pneumo.data import read_split_csv, scan_dataset, split_dataset
+from pneumo.data import SplitData, read_split_csv, scan_dataset, split_dataset
 from pneumo.errors import DataError
-from pneumo.modelfile import TASK_CLASSES
+from pneumo.labels import PNEUMONIA, SUBTYPE_INDEX, TASK_CLASSES
 from pneumo.training.augment import GEOMETRY_CHECKS, augment_batch, normalize_batch, rescale_batch
 from pneumo.training.cache import build_cache
 from pneumo.training.models import create_model, set_transfer_mode
 
-SUBTYPE_INDEX = {"none": 0, "bacteria": 1, "virus": 2}
 UNKNOWN_SUBTYPE = 3  # pneumonia whose subtype the file name does not tell: trains the binary head only
 MONITOR = "val_auc_worst"  # clean validation rewards the framing shortcut; the worst geometric shift does not
-
-
-@dataclass
-class SplitData:
-    """Decoded images of one split with their targets."""
-
-    images: np.ndarray  # N x H x W uint8 (a memory map)
-    targets: np.ndarray  # N class indices for the task
-    paths: list[str]
-    subtypes: list[str]
 
 
 class CachedImages(torch.utils.data.Dataset):
@@ -64,10 +52,10 @@ def _targets(labels: list[str], subtypes: list[str], task: str, subtype_head: bo
     """Class indices: 0/1 for the binary task; 0/1/2 (normal/bacterial/viral) for the subtype task and for the
     binary task with a subtype head (then also 3 = pneumonia of unknown subtype); -1 = unusable for the task."""
     if task == "binary" and not subtype_head:
-        return np.array([int(lbl.upper() == "PNEUMONIA") for lbl in labels], dtype=np.int64)
+        return np.array([int(lbl.upper() == PNEUMONIA) for lbl in labels], dtype=np.int64)
     unknown = UNKNOWN_SUBTYPE if task == "binary" else -1
     pairs = zip(labels, subtypes, strict=True)
-    return np.array([0 if lbl.upper() != "PNEUMONIA" else SUBTYPE_INDEX.get(s, unknown) for lbl, s in pairs])
+    return np.array([0 if lbl.upper() != PNEUMONIA else SUBTYPE_INDEX.get(s, unknown) for lbl, s in pairs])
 
 
 def task_targets(targets: np.ndarray, task: str) -> np.ndarray:
