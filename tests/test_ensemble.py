@@ -64,7 +64,10 @@ def test_graph_averages_members_and_keeps_the_first_guard(members, tmp_path):
 def test_operating_point_is_refitted_on_the_common_split(members, tmp_path):
     data, split, runs = members
     out = build_ensemble(runs, tmp_path / "ens.pneumo", data, split, cache_dir=tmp_path / "cache")
-    v = load_model_file(out).meta.validation
+    meta = load_model_file(out).meta
+    v = meta.validation
+    assert meta.training["config"]["split_csv"] == split.name and meta.data["dataset"] == data.name
+    assert str(split.parent) not in meta.model_dump_json()  # no path of the machine it was built on
     assert v["measured_on"] == f"internal validation: {split.name}"
     assert v["n"] == load_model_file(runs[0]).meta.validation["n"]
     assert set(v["geometry_shift"]) >= {"worst", "zoom 0.8", "zoom 1.25"}

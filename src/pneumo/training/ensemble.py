@@ -21,7 +21,7 @@ from pneumo import __version__
 from pneumo.config import TrainConfig
 from pneumo.errors import ModelFileError
 from pneumo.inference import Predictor
-from pneumo.modelfile import ModelFile, ModelMeta, load_model_file, save_model_file
+from pneumo.modelfile import ModelFile, ModelMeta, load_model_file, public_meta_json, save_model_file, without_paths
 from pneumo.preprocess import rescale_content, to_input
 from pneumo.training.augment import GEOMETRY_CHECKS
 from pneumo.training.finalize import _onnx_ms_per_image, fit_operating_point
@@ -148,8 +148,9 @@ def build_ensemble(
             "training": {
                 "train_seconds": round(sum(float(t.get("train_seconds", 0.0)) for t in member_training), 1),
                 "members": member_training,
-                "config": first.training.get("config", {}),
+                "config": without_paths(first.training.get("config") or {}),
             },
+            "data": public_meta_json(first)["data"],  # the dataset's name and counts, no path of this machine
             "members": [m.meta.name for m in models],
         }
     )
