@@ -27,10 +27,11 @@ from PIL import Image
 
 from pneumo.adapt import adapt_site
 from pneumo.data import make_split, scan_dataset, split_dataset
-from pneumo.evaluate import binary_metrics, bootstrap_ci
+from pneumo.evaluate import bootstrap_ci
 from pneumo.evaluation_run import select_records
 from pneumo.imaging import load_image
 from pneumo.inference import Predictor
+from pneumo.metrics import binary_metrics
 from pneumo.robustness import PERTURBATIONS
 
 REPO = Path(__file__).resolve().parents[1]

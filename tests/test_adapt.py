@@ -28,8 +28,9 @@ from pneumo.adapt import (
     positives_needed,
     sample_size_warning,
 )
-from pneumo.calibration import choose_threshold, expected_calibration_error, operating_point
+from pneumo.calibration import choose_threshold
 from pneumo.cli import main
+from pneumo.metrics import expected_calibration_error, operating_point
 from pneumo.modelfile import (
     BASE,
     SITE,

@@ -11,13 +11,8 @@ import scipy.special
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pneumo.calibration import (
-    choose_threshold,
-    expected_calibration_error,
-    fit_calibration,
-    operating_point,
-    reliability_bins,
-)
+from pneumo.calibration import choose_threshold, fit_calibration
+from pneumo.metrics import expected_calibration_error, operating_point, reliability_bins
 from pneumo.probability import calibrated_probability, softmax
 
 
@@ -169,3 +164,18 @@ def test_calibration_import_stays_light():
     code = "import sys, pneumo.calibration; print(sorted({'matplotlib', 'sklearn', 'torch'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_pneumonia_log_odds_is_one_formula_for_numpy_and_torch():
+    """Training's AUC monitor and Grad-CAM's target run it on torch tensors, with gradients; predict on numpy."""
+    torch = pytest.importorskip("torch")
+    from pneumo.probability import pneumonia_log_odds
+
+    logits = np.random.default_rng(0).normal(size=(20, 3)) * 4
+    t = torch.tensor(logits, requires_grad=True)
+    z = pneumonia_log_odds(t)
+    np.testing.assert_allclose(z.detach().numpy(), pneumonia_log_odds(logits), rtol=1e-12)
+    np.testing.assert_allclose(1 / (1 + np.exp(-pneumonia_log_odds(logits))), 1 - softmax(logits)[:, 0], rtol=1e-12)
+    (grad,) = torch.autograd.grad(z.sum(), t)
+    np.testing.assert_allclose(grad[:, 0].numpy(), -1.0)  # d z / d logit_normal
+    assert pneumonia_log_odds(t[0]).shape == ()  # one sample's logits, as Grad-CAM passes them

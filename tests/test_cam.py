@@ -17,7 +17,7 @@ from PIL import Image
 
 from pneumo import cam as cam_mod
 from pneumo.cam import ALPHA_FLOOR, ALPHA_MAX, CAM_OUTPUT, HeatMapper, heatmap_rgba, overlay_alpha, overlay_rgb
-from pneumo.explain import GradCam, _pneumonia_log_odds
+from pneumo.explain import GradCam
 from pneumo.imaging import resize_map
 from pneumo.inference import Predictor
 from pneumo.modelfile import (
@@ -29,6 +29,7 @@ from pneumo.modelfile import (
     load_model_file,
     save_model_file,
 )
+from pneumo.probability import pneumonia_log_odds
 from pneumo.training.export import (
     TOLERANCE,
     ExportError,
@@ -155,7 +156,7 @@ def test_three_class_head_weighs_bacterial_and_viral_by_their_share():
     hook = layer.register_forward_hook(lambda m, a, out: acts.append(out))
     logits = net(x)
     hook.remove()
-    (grad,) = torch.autograd.grad(_pneumonia_log_odds(logits).sum(), acts[0])
+    (grad,) = torch.autograd.grad(pneumonia_log_odds(logits).sum(), acts[0])
     expected = (grad.sum(dim=(2, 3), keepdim=True) * acts[0]).sum(dim=1)  # Grad-CAM x number of cells
     torch.testing.assert_close(cam, expected.detach(), rtol=1e-4, atol=1e-5)
 
@@ -172,7 +173,7 @@ def test_every_pooling_architecture_gets_the_map_and_it_is_grad_cam(arch):
     x = torch.from_numpy(np.stack(_images(2))[:, None] * 4 - 2)
     with torch.no_grad():
         raw = wrapped(x)[-1].numpy()
-    ref = GradCAM(model=net, target_layers=[cam_target_layer(net, arch)])(x, targets=[_pneumonia_log_odds] * 2)
+    ref = GradCAM(model=net, target_layers=[cam_target_layer(net, arch)])(x, targets=[pneumonia_log_odds] * 2)
     for i in range(2):
         got = cam_mod.normalised_map(raw[i], (SIZE, SIZE))
         assert np.abs(got - ref[i]).max() < 1e-4  # float32 autograd against the closed form, both in torch

@@ -11,16 +11,8 @@ import pytest
 from PIL import Image
 from sklearn.metrics import average_precision_score, brier_score_loss, f1_score, roc_auc_score
 
-from pneumo.calibration import expected_calibration_error
-from pneumo.evaluate import (
-    CI_METRICS,
-    _weighted_metrics,
-    binary_metrics,
-    bootstrap_ci,
-    classification_report_text,
-    multiclass_metrics,
-    write_evaluation,
-)
+from pneumo.evaluate import bootstrap_ci, classification_report_text, multiclass_metrics, write_evaluation
+from pneumo.metrics import CI_METRICS, binary_metrics, expected_calibration_error, weighted_metrics
 
 
 def _known():
@@ -64,7 +56,7 @@ def test_weighted_metrics_equal_metrics_of_the_expanded_resample():
     y, prob = _synthetic(150, seed=2)
     idx = np.random.default_rng(3).integers(0, y.size, size=y.size)
     counts = np.bincount(idx, minlength=y.size)[None, :].astype(float)
-    fast = _weighted_metrics(y, prob, 0.5, counts)
+    fast = weighted_metrics(y, prob, 0.5, counts)
     slow = binary_metrics(y[idx], prob[idx], 0.5)
     for k in CI_METRICS:
         assert fast[k][0] == pytest.approx(slow[k], abs=1e-12), k

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo.evaluate import binary_metrics
 from pneumo.evaluation_run import evaluate_folder, select_records
 from pneumo.imaging import load_image
 from pneumo.inference import Predictor
+from pneumo.metrics import binary_metrics
 from pneumo.ood import photographs, synthetic
 from pneumo.robustness import GEOMETRY, PERTURBATIONS, WORST, format_table, shifted_validation, worst_case
 

@@ -188,12 +188,12 @@ def weighted_figures(
 ) -> dict[str, Any]:
     """Sensitivity, specificity, ROC and PR AUC, ECE, Brier and, for three-way decisions, the referred share and
     the miss and false-alarm rates of the confident calls; one value per row of ``weights`` (case weights)."""
-    from pneumo.evaluate import _weighted_metrics
+    from pneumo.metrics import weighted_metrics
 
     y = np.asarray(y).astype(bool)
     w = np.atleast_2d(weights)
     pos, neg = w @ y, w @ ~y
-    base = _weighted_metrics(y, np.asarray(prob, dtype=np.float64), 0.5, w)  # threshold-free parts only
+    base = weighted_metrics(y, np.asarray(prob, dtype=np.float64), 0.5, w)  # threshold-free parts only
     with np.errstate(invalid="ignore", divide="ignore"):
         out = {
             "sensitivity": w @ (y & (decision == PNEUMONIA)) / pos,

@@ -344,8 +344,8 @@ def write_report(
 ) -> dict[str, Any]:
     """report.txt, metrics.json, predictions.csv, reliability_before.png, reliability_after.png, roc.png."""
     from pneumo import plots
-    from pneumo.calibration import operating_point
     from pneumo.evaluate import _jsonable
+    from pneumo.metrics import operating_point
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {

@@ -1,4 +1,5 @@
-"""Calibration and operating points: temperature and bias fitting, ECE, reliability bins and threshold choice.
+"""Calibration and operating points: temperature and bias fitting and threshold choice (counting and ECE are
+:mod:`pneumo.metrics`).
 
 Everything here works on plain numpy arrays and needs only numpy and scipy, because training imports it to set the
 temperature and threshold that travel in the model file.
@@ -14,7 +15,6 @@ Conventions shared by every function:
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
@@ -50,40 +50,6 @@ def fit_calibration(logits: np.ndarray, y_pneumonia: np.ndarray) -> tuple[float,
     return float(math.exp(res.x[0])), float(res.x[1])
 
 
-def bin_index(prob: np.ndarray, n_bins: int = 15) -> np.ndarray:
-    """Equal-width bin of each probability in [0, 1]; 1.0 falls in the last bin."""
-    idx = np.floor(np.asarray(prob, dtype=np.float64) * n_bins).astype(np.int64)
-    return np.clip(idx, 0, n_bins - 1)
-
-
-def reliability_bins(prob: np.ndarray, y: np.ndarray, n_bins: int = 15) -> dict[str, np.ndarray]:
-    """Per-bin mean predicted probability (``confidence``), observed pneumonia rate (``accuracy``) and ``count``.
-
-    Bins are equal-width on the pneumonia probability; empty bins have NaN confidence and accuracy.
-    Also returns the bin ``edges`` (n_bins + 1).
-    """
-    prob = np.asarray(prob, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    idx = bin_index(prob, n_bins)
-    count = np.bincount(idx, minlength=n_bins)
-    sum_p = np.bincount(idx, weights=prob, minlength=n_bins)
-    sum_y = np.bincount(idx, weights=y, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        conf = np.where(count > 0, sum_p / count, np.nan)
-        acc = np.where(count > 0, sum_y / count, np.nan)
-    return {"edges": np.linspace(0.0, 1.0, n_bins + 1), "confidence": conf, "accuracy": acc, "count": count}
-
-
-def expected_calibration_error(prob: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
-    """ECE of the binary pneumonia probability: ``sum_b n_b / N * |mean(prob)_b - mean(y)_b|``, equal-width bins."""
-    prob = np.asarray(prob, dtype=np.float64)
-    if prob.size == 0:
-        return float("nan")
-    idx = bin_index(prob, n_bins)
-    gap = np.bincount(idx, weights=prob - np.asarray(y, dtype=np.float64), minlength=n_bins)
-    return float(np.abs(gap).sum() / prob.size)
-
-
 def choose_threshold(y: np.ndarray, prob: np.ndarray, target_sensitivity: float = 0.98) -> float:
     """The highest threshold whose sensitivity on these data is >= ``target_sensitivity``.
 
@@ -103,28 +69,3 @@ def choose_threshold(y: np.ndarray, prob: np.ndarray, target_sensitivity: float 
     sens = np.arange(1, pos.size + 1) / pos.size
     k = int(np.argmax(sens >= target_sensitivity))
     return float(pos[k])
-
-
-def operating_point(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, Any]:
-    """Confusion counts and rates at ``threshold`` (positive when ``prob >= threshold``); undefined rates are NaN."""
-    y = np.asarray(y).astype(bool)
-    pred = np.asarray(prob, dtype=np.float64) >= threshold
-    tp = int(np.sum(pred & y))
-    fp = int(np.sum(pred & ~y))
-    fn = int(np.sum(~pred & y))
-    tn = int(np.sum(~pred & ~y))
-
-    def ratio(a: int, b: int) -> float:
-        return a / b if b else float("nan")
-
-    return {
-        "threshold": float(threshold),
-        "sensitivity": ratio(tp, tp + fn),
-        "specificity": ratio(tn, tn + fp),
-        "ppv": ratio(tp, tp + fp),
-        "npv": ratio(tn, tn + fn),
-        "tp": tp,
-        "fp": fp,
-        "tn": tn,
-        "fn": fn,
-    }

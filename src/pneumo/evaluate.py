@@ -3,9 +3,8 @@
 Binary truth ``y`` is 1 for pneumonia; ``prob`` is the probability of pneumonia; a case is predicted positive when
 ``prob >= threshold``. The subtype task adds ``y_class`` (index into ``class_names``) and ``probs`` (N x C).
 
-Point estimates and bootstrap replicates go through the same weighted-count code (:func:`_weighted_metrics`): a
-bootstrap resample is a vector of how often each case was drawn, so 1,000 resamples are a few matrix products
-instead of 1,000 calls into scikit-learn.
+The counting itself (metrics at a threshold, for the point estimate and every bootstrap resample) is
+:mod:`pneumo.metrics`.
 """
 
 from __future__ import annotations
@@ -14,96 +13,23 @@ import csv
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pneumo import atomic
-from pneumo.calibration import bin_index, reliability_bins
 from pneumo.labels import BINARY_CLASSES, NORMAL, PNEUMONIA
+from pneumo.metrics import CI_METRICS, binary_metrics, prepare, reliability_bins, weighted_metrics
 
 DISPLAY_NAMES = {NORMAL: "Healthy", PNEUMONIA: "Pneumonia", "BACTERIA": "Bacterial", "VIRUS": "Viral"}
-CI_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "roc_auc", "pr_auc", "ece", "brier")
 CI_METHOD = "percentile bootstrap, resampled within each true class (class counts fixed)"
 
 
 def display_names(class_names: Sequence[str]) -> list[str]:
     """Names for reports and plots: NORMAL -> Healthy, PNEUMONIA -> Pneumonia, others title-cased."""
     return [DISPLAY_NAMES.get(n.upper(), n.title()) for n in class_names]
-
-
-def _weighted_metrics(
-    y: np.ndarray, prob: np.ndarray, threshold: float, counts: np.ndarray, n_bins: int = 15
-) -> dict[str, np.ndarray]:
-    """Binary metrics for each row of ``counts`` (B x N: how many times each case is in that resample).
-
-    AUC and average precision are computed on cases grouped by tied probability, which gives exactly
-    scikit-learn's ``roc_auc_score`` (ties count one half) and ``average_precision_score`` (step-wise, no
-    interpolation).
-    """
-    y = y.astype(bool)
-    pred = prob >= threshold
-    yf = y.astype(np.float64)
-    n = counts.sum(axis=1)
-    n_pos = counts @ yf
-    n_neg = n - n_pos
-    tp = counts @ (y & pred).astype(np.float64)
-    fp = counts @ (~y & pred).astype(np.float64)
-    fn, tn = n_pos - tp, n_neg - fp
-
-    order = np.argsort(prob, kind="stable")
-    sp = prob[order]
-    starts = np.flatnonzero(np.r_[True, sp[1:] != sp[:-1]])
-    w = counts[:, order]
-    pos_g = np.add.reduceat(w * yf[order], starts, axis=1)  # B x groups, ascending probability
-    neg_g = np.add.reduceat(w * (1.0 - yf[order]), starts, axis=1)
-    neg_below = np.cumsum(neg_g, axis=1) - neg_g
-    tp_cum = np.cumsum(pos_g[:, ::-1], axis=1)  # descending thresholds for the PR curve
-    fp_cum = np.cumsum(neg_g[:, ::-1], axis=1)
-
-    onehot = np.eye(n_bins)[bin_index(prob, n_bins)]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision_at = np.where(tp_cum + fp_cum > 0, tp_cum / (tp_cum + fp_cum), 0.0)
-        return {
-            "accuracy": (tp + tn) / n,
-            "sensitivity": tp / n_pos,
-            "specificity": tn / n_neg,
-            "precision": tp / (tp + fp),
-            "npv": tn / (tn + fn),
-            "f1": 2 * tp / (2 * tp + fp + fn),
-            "roc_auc": (pos_g * (neg_below + 0.5 * neg_g)).sum(axis=1) / (n_pos * n_neg),
-            "pr_auc": (pos_g[:, ::-1] * precision_at).sum(axis=1) / n_pos,
-            "ece": np.abs(counts @ (onehot * (prob - yf)[:, None])).sum(axis=1) / n,
-            "brier": counts @ (prob - yf) ** 2 / n,
-            "n_pos": n_pos,
-            "n_neg": n_neg,
-        }
-
-
-def _prepare(y: Any, prob: Any) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(y).astype(np.int64).ravel()
-    prob = np.asarray(prob, dtype=np.float64).ravel()
-    if y.shape != prob.shape:
-        raise ValueError(f"y and prob differ in length ({y.size} vs {prob.size})")
-    return y, prob
-
-
-def binary_metrics(y: np.ndarray, prob: np.ndarray, threshold: float, n_bins: int = 15) -> dict[str, Any]:
-    """Accuracy, sensitivity, specificity, precision (PPV), NPV, F1, ROC AUC, PR AUC (average precision), ECE,
-    Brier score, counts and the confusion matrix ``[[tn, fp], [fn, tp]]`` at ``threshold``.
-
-    Undefined values (e.g. AUC with one class present) are NaN.
-    """
-    y, prob = _prepare(y, prob)
-    m = {k: float(v[0]) for k, v in _weighted_metrics(y, prob, threshold, np.ones((1, y.size)), n_bins).items()}
-    pred = prob >= threshold
-    tn, fp = int(np.sum(~pred & (y == 0))), int(np.sum(pred & (y == 0)))
-    fn, tp = int(np.sum(~pred & (y == 1))), int(np.sum(pred & (y == 1)))
-    out: dict[str, Any] = {k: m[k] for k in CI_METRICS}
-    out.update(threshold=float(threshold), n=int(y.size), n_pos=tp + fn, n_neg=tn + fp)
-    out["confusion_matrix"] = [[tn, fp], [fn, tp]]
-    return out
 
 
 def _percentiles(values: np.ndarray, alpha: float) -> tuple[float, float]:
@@ -140,14 +66,14 @@ def bootstrap_ci(
     a class. With ``stratified=False`` cases are drawn from the whole set and resamples with one class are skipped.
     The threshold stays fixed (it was chosen on validation data). Deterministic for a given ``seed``.
     """
-    y, prob = _prepare(y, prob)
+    y, prob = prepare(y, prob)
     rng = np.random.default_rng(seed)
     groups = [np.flatnonzero(y == 0), np.flatnonzero(y == 1)] if stratified else [np.arange(y.size)]
     chunks: dict[str, list[np.ndarray]] = {k: [] for k in CI_METRICS}
     chunk = max(1, 250_000 // max(y.size, 1))  # bounds memory to ~2 MB of counts per step whatever N is
     for start in range(0, n_boot, chunk):
         counts = _resample_counts(rng, groups, y.size, min(chunk, n_boot - start))
-        m = _weighted_metrics(y, prob, threshold, counts, n_bins)
+        m = weighted_metrics(y, prob, threshold, counts, n_bins)
         ok = (m["n_pos"] > 0) & (m["n_neg"] > 0)
         for k in CI_METRICS:
             chunks[k].append(m[k][ok])
@@ -291,8 +217,16 @@ def _write_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def write_evaluation(
-    out_dir: str | Path,
+@dataclass
+class Evaluation:
+    """What an evaluation found: ``metrics.json``'s content, ``report.txt``'s text and ``predictions.csv``'s rows."""
+
+    metrics: dict[str, Any]
+    report: str
+    rows: list[dict[str, Any]]
+
+
+def compute_evaluation(
     *,
     y: np.ndarray,
     prob: np.ndarray,
@@ -301,23 +235,16 @@ def write_evaluation(
     class_names: Sequence[str] = BINARY_CLASSES,
     probs_multiclass: np.ndarray | None = None,
     y_class: np.ndarray | None = None,
-    images: Sequence[np.ndarray] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     model_meta: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Evaluate and write ``report.txt``, ``metrics.json``, ``predictions.csv`` and PNG plots into ``out_dir``.
+) -> Evaluation:
+    """Metrics with bootstrap intervals, the classification report and one row per case (no files).
 
     ``class_names`` are the model's classes (binary or subtype); the subtype part is evaluated when both
-    ``probs_multiclass`` and ``y_class`` are given. ``images`` (2-D arrays aligned with ``paths``) adds a gallery.
-    ``model_meta`` (e.g. :func:`pneumo.modelfile.meta_json`) is stored under ``"model"`` so the directory can be
-    compared with others. Returns what ``metrics.json`` holds.
-    """
-    from pneumo import plots
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    y, prob = _prepare(y, prob)
+    ``probs_multiclass`` and ``y_class`` are given. ``model_meta`` (e.g. :func:`pneumo.modelfile.meta_json`) is
+    stored under ``"model"`` so that evaluations can be compared."""
+    y, prob = prepare(y, prob)
     pred = (prob >= threshold).astype(np.int64)
     metrics: dict[str, Any] = {"task": "binary", **binary_metrics(y, prob, threshold)}
     ci = bootstrap_ci(y, prob, threshold, n_boot=n_boot, seed=seed)
@@ -327,7 +254,6 @@ def write_evaluation(
     report = classification_report_text(
         y, pred, display_names(BINARY_CLASSES), prob=prob, threshold=threshold, metrics=metrics, ci=ci
     )
-
     sub = probs_multiclass is not None and y_class is not None
     if sub:
         probs_multiclass = np.asarray(probs_multiclass, dtype=np.float64)
@@ -337,20 +263,6 @@ def write_evaluation(
         report += "\nSubtype\n\n" + multiclass_report_text(y_class, probs_multiclass, class_names, metrics["subtype"])
     if model_meta is not None:
         metrics["model"] = dict(model_meta)
-
-    files = {"report": out / "report.txt", "metrics": out / "metrics.json", "predictions": out / "predictions.csv"}
-    names = display_names(BINARY_CLASSES)
-    files["confusion"] = plots.plot_confusion_matrix(metrics["confusion_matrix"], names, out / "confusion_matrix.png")
-    files["roc"] = plots.plot_roc(y, prob, out / "roc.png", threshold=threshold)
-    files["pr"] = plots.plot_pr(y, prob, out / "pr.png", threshold=threshold)
-    files["reliability"] = plots.plot_reliability(prob, y, out / "reliability.png")
-    if sub:
-        files["confusion_subtype"] = plots.plot_confusion_matrix(
-            metrics["subtype"]["confusion_matrix"],
-            display_names(class_names),
-            out / "confusion_matrix_subtype.png",
-            title="Subtype confusion matrix",
-        )
 
     paths_s = [str(p) for p in paths] if paths is not None else [str(i) for i in range(y.size)]
     rows = []
@@ -367,18 +279,52 @@ def write_evaluation(
             row["pred_class"] = class_names[int(probs_multiclass[i].argmax())]
             row.update({f"p_{c}": f"{probs_multiclass[i, j]:.6f}" for j, c in enumerate(class_names)})
         rows.append(row)
+    return Evaluation(metrics=metrics, report=report, rows=rows)
 
+
+def write_evaluation(
+    out_dir: str | Path,
+    *,
+    images: Sequence[np.ndarray] | None = None,
+    **evaluation: Any,
+) -> dict[str, Any]:
+    """:func:`compute_evaluation` (same keyword arguments), written as ``report.txt``, ``metrics.json``,
+    ``predictions.csv`` and PNG plots into ``out_dir``; ``images`` (2-D arrays aligned with ``paths``) adds a
+    gallery. Returns what ``metrics.json`` holds."""
+    from pneumo import plots
+
+    ev = compute_evaluation(**evaluation)
+    metrics, rows = ev.metrics, ev.rows
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    y, prob = prepare(evaluation["y"], evaluation["prob"])
+    threshold = evaluation["threshold"]
+    files = {"report": out / "report.txt", "metrics": out / "metrics.json", "predictions": out / "predictions.csv"}
+    files["confusion"] = plots.plot_confusion_matrix(
+        metrics["confusion_matrix"], display_names(BINARY_CLASSES), out / "confusion_matrix.png"
+    )
+    files["roc"] = plots.plot_roc(y, prob, out / "roc.png", threshold=threshold)
+    files["pr"] = plots.plot_pr(y, prob, out / "pr.png", threshold=threshold)
+    files["reliability"] = plots.plot_reliability(prob, y, out / "reliability.png")
+    sub = "subtype" in metrics
+    if sub:
+        files["confusion_subtype"] = plots.plot_confusion_matrix(
+            metrics["subtype"]["confusion_matrix"],
+            display_names(evaluation.get("class_names", BINARY_CLASSES)),
+            out / "confusion_matrix_subtype.png",
+            title="Subtype confusion matrix",
+        )
     if images is not None:
-        if sub:
-            true_n = [display_names([r["true_class"]])[0] for r in rows]
-            pred_n = [display_names([r["pred_class"]])[0] for r in rows]
-        else:
-            true_n, pred_n = [names[v] for v in y], [names[v] for v in pred]
-        files["gallery"] = plots.plot_gallery(images, true_n, pred_n, prob, out / "gallery.png", seed=seed)
+        true_key, pred_key = ("true_class", "pred_class") if sub else ("label", "prediction")
+        true_n = display_names([r[true_key] for r in rows])
+        pred_n = display_names([r[pred_key] for r in rows])
+        files["gallery"] = plots.plot_gallery(
+            images, true_n, pred_n, prob, out / "gallery.png", seed=evaluation.get("seed", 0)
+        )
 
     metrics["files"] = {k: p.name for k, p in files.items()}
     metrics = _jsonable(metrics)
-    atomic.write_text(files["report"], report)
+    atomic.write_text(files["report"], ev.report)
     _write_predictions(files["predictions"], rows)
     atomic.write_text(files["metrics"], json.dumps(metrics, indent=2))
     return metrics

@@ -13,7 +13,6 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,14 +22,7 @@ from pneumo.inference import Prediction, Predictor, open_model
 from pneumo.labels import PNEUMONIA
 from pneumo.modelfile import ModelFile, load_model_file
 from pneumo.preprocess import to_input
-
-if TYPE_CHECKING:
-    import torch
-
-
-def _pneumonia_log_odds(output: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM's target: ``logsumexp(logits[1:]) - logits[0]`` of the main head (one sample's logits)."""
-    return output[..., 1:].logsumexp(dim=-1) - output[..., 0]
+from pneumo.probability import pneumonia_log_odds
 
 
 class GradCam:
@@ -52,7 +44,7 @@ class GradCam:
         import torch
 
         x = torch.from_numpy(to_input([image], self.preprocessing))
-        cam = self.cam(input_tensor=x, targets=[_pneumonia_log_odds])[0]
+        cam = self.cam(input_tensor=x, targets=[pneumonia_log_odds])[0]
         return np.nan_to_num(cam.astype(np.float32))
 
 

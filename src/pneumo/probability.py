@@ -1,4 +1,4 @@
-"""From logits to the probabilities Pneumo reports. numpy only: shared by training, predict and serve.
+"""From logits to the probabilities Pneumo reports. numpy at import: shared by training, predict and serve.
 
 Column 0 of the logits is NORMAL; the other columns are pneumonia (one for the binary task, bacterial and viral
 for the subtype task). The pneumonia log-odds ``z = logsumexp(logits[1:]) - logits[0]`` is calibrated as
@@ -6,6 +6,8 @@ for the subtype task). The pneumonia log-odds ``z = logsumexp(logits[1:]) - logi
 """
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 
@@ -18,12 +20,20 @@ def softmax(logits: np.ndarray, T: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def pneumonia_log_odds(logits: np.ndarray) -> np.ndarray:
-    """``log P(pneumonia) / P(normal)`` under the uncalibrated softmax."""
-    lg = np.asarray(logits, dtype=np.float64)
-    rest = lg[:, 1:]
-    m = rest.max(axis=1)
-    return m + np.log(np.exp(rest - m[:, None]).sum(axis=1)) - lg[:, 0]
+def _namespace(x):
+    """numpy, or torch for a torch tensor (training's monitor and Grad-CAM's target need autograd, not a copy).
+    torch is only looked up, never imported: the inference path passes numpy arrays."""
+    return sys.modules["torch"] if type(x).__module__.startswith("torch") else np
+
+
+def pneumonia_log_odds(logits):
+    """``log P(pneumonia) / P(normal)`` under the uncalibrated softmax: ``logsumexp(logits[1:]) - logits[0]`` over
+    the last axis, for numpy arrays (as float64) and torch tensors alike; the one definition of P(pneumonia)."""
+    xp = _namespace(logits)
+    lg = np.asarray(logits, dtype=np.float64) if xp is np else logits
+    rest = lg[..., 1:]
+    m = xp.amax(rest, axis=-1, keepdims=True)
+    return m[..., 0] + xp.log(xp.sum(xp.exp(rest - m), axis=-1)) - lg[..., 0]
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:

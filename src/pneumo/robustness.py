@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from pneumo.evaluate import binary_metrics
 from pneumo.imaging import load_image
 from pneumo.inference import Predictor
+from pneumo.metrics import binary_metrics
 
 Perturb = Callable[[Image.Image], Image.Image]
 

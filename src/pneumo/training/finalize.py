@@ -10,11 +10,12 @@ import numpy as np
 import torch
 
 from pneumo import __version__, atomic
-from pneumo.calibration import choose_threshold, expected_calibration_error, fit_calibration, operating_point
+from pneumo.calibration import choose_threshold, fit_calibration
 from pneumo.config import TrainConfig
 from pneumo.data import SplitData
 from pneumo.domain import fit_domain_guard
 from pneumo.labels import TASK_CLASSES
+from pneumo.metrics import binary_metrics, expected_calibration_error, operating_point
 from pneumo.modelfile import ModelMeta, onnx_session, save_model_file, without_paths
 from pneumo.probability import calibrated_probability, subtype_probabilities
 from pneumo.training.augment import GEOMETRY_CHECKS
@@ -66,7 +67,7 @@ def _onnx_ms_per_image(onnx_bytes: bytes, image_size: int, batch: int = 16, repe
 
 def validation_metrics(y_bin: np.ndarray, prob: np.ndarray, threshold: float, n_boot: int = 500) -> dict:
     """Point metrics plus bootstrap 95 % intervals, flattened for the model file."""
-    from pneumo.evaluate import binary_metrics, bootstrap_ci
+    from pneumo.evaluate import bootstrap_ci
 
     m = binary_metrics(y_bin, prob, threshold)
     out = {k: v for k, v in m.items() if isinstance(v, int | float)}
@@ -78,7 +79,6 @@ def geometry_shift_summary(y: np.ndarray, clean_prob: np.ndarray, shifted: dict,
                            threshold: float) -> dict:  # fmt: skip
     """Per geometric shift of validation: AUC, sensitivity, specificity, ECE and decision flips against the clean
     images; and the worst case over the shifts (lowest AUC, sensitivity, specificity; highest ECE and flips)."""
-    from pneumo.evaluate import binary_metrics
 
     out = {}
     for name, logits in shifted.items():

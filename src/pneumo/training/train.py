@@ -25,6 +25,7 @@ from pneumo.config import TrainConfig
 from pneumo.data import SplitData, read_split_csv, scan_dataset, split_dataset
 from pneumo.errors import DataError
 from pneumo.labels import PNEUMONIA, SUBTYPE_INDEX, TASK_CLASSES
+from pneumo.probability import pneumonia_log_odds
 from pneumo.training.augment import GEOMETRY_CHECKS, augment_batch, normalize_batch, rescale_batch
 from pneumo.training.cache import build_cache
 from pneumo.training.models import create_model, set_transfer_mode
@@ -200,12 +201,12 @@ class PneumoModule(L.LightningModule):
         x, y = batch
         logits = self.net(self._inputs(x, train=False))
         loss = F.cross_entropy(logits, y if self.cfg.task == "subtype" else (y > 0).long())
-        p_pneumonia = 1 - logits.softmax(1)[:, 0]
+        p_pneumonia = torch.sigmoid(pneumonia_log_odds(logits))
         self.val_auc.update(p_pneumonia, (y > 0).long())
         for auc, shift in zip(self.shift_aucs, GEOMETRY_CHECKS.values(), strict=True):
             shifted = rescale_batch(x.float() / 255.0, *shift)
             x_shift = normalize_batch(shifted, self.preproc).contiguous(memory_format=torch.channels_last)
-            auc.update(1 - self.net(x_shift).softmax(1)[:, 0], (y > 0).long())
+            auc.update(torch.sigmoid(pneumonia_log_odds(self.net(x_shift))), (y > 0).long())
         acc = ((p_pneumonia >= 0.5).long() == (y > 0).long()).float().mean()
         self.log("val_loss", loss, prog_bar=True, batch_size=len(y), sync_dist=True)
         self.log("val_acc", acc, prog_bar=True, batch_size=len(y), sync_dist=True)
