@@ -562,3 +562,44 @@ def test_display_image_keeps_the_aspect_ratio_and_map_resizes(tmp_path):
     assert load_display_image(path, 1000).shape == (150, 300)  # never enlarged
     m = resize_map(np.array([[0.0, 1.0], [0.0, 1.0]], dtype=np.float32), (4, 8))
     assert m.shape == (4, 8) and m[:, 0].max() < 0.5 < m[:, -1].min()
+
+
+# --- one opening for the network input and the display image ---
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "dicom", "headerless dicom"])
+def test_one_opening_gives_what_load_image_and_load_display_image_give(fmt, tmp_path):
+    """The server and the DICOM node decode an upload once for both arrays; they must be the arrays that
+    predict's and the page's own calls give, from bytes and from a path alike."""
+    arr = _xray_like(900, 1300)
+    if fmt == "png":
+        data = _png_bytes(arr)
+    elif fmt == "jpeg":  # large enough for the scaled (draft) decode, which differs per target
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, "JPEG", quality=90)
+        data = buf.getvalue()
+    else:
+        data = _dicom(arr.astype(np.uint16) * 16, preamble=fmt == "dicom")  # 12 bits stored
+    path = tmp_path / "x.img"
+    path.write_bytes(data)
+    for source in (data, path):
+        net, display = imaging.load_image_and_display(source, 128, 400, name="x")
+        np.testing.assert_array_equal(net, load_image(source, 128, name="x"))
+        np.testing.assert_array_equal(display, imaging.load_display_image(source, 400, name="x"))
+        assert net.shape == (128, 128) and max(display.shape) == 400
+
+
+def test_errors_say_whether_the_content_is_unsupported_or_damaged(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(_xray_like(300, 200)).save(buf, "JPEG", quality=90)
+    cases = {
+        b"": "unsupported",
+        b"patient,label\n1,NORMAL\n": "unsupported",
+        b"\x00\x01\x02garbage" * 40: "unsupported",
+        buf.getvalue()[: len(buf.getvalue()) // 2]: "damaged",  # a JPEG, cut in half
+        _dicom(np.zeros((4, 4)), preamble=True)[:-20]: "damaged",  # a DICOM whose pixel data is cut short
+    }
+    for data, kind in cases.items():
+        with pytest.raises(ImageLoadError) as info:
+            imaging.load_image_and_display(data, 64, name="f")
+        assert info.value.kind == kind, (data[:20], str(info.value))

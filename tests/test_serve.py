@@ -206,6 +206,24 @@ def test_explain_returns_a_heatmap_png_the_size_of_the_image(client, how):
     assert alpha.min() < alpha.max()  # some of the map shows, some stays transparent
 
 
+def test_an_upload_is_decoded_once_for_prediction_display_and_heat_map(client, monkeypatch):
+    """One opening of the bytes gives the network input and the display image; the heat map reuses them. Every
+    loader of pneumo.imaging opens its source through ``_guarded``: count those openings."""
+    from pneumo import imaging
+
+    openings = []
+    guarded = imaging._guarded
+
+    def counted(source, name, read):
+        openings.append(name)
+        return guarded(source, name, read)
+
+    monkeypatch.setattr(imaging, "_guarded", counted)
+    body = post(client, jpeg_bytes(), params={"explain": "true"}).json()
+    assert body["heatmap"] is not None and body["explain_error"] is None
+    assert len(openings) == 1
+
+
 def test_explain_without_torch_still_gives_a_heat_map(tiny_model, monkeypatch):
     """The tiny model's graph has the class activation map: heat maps need neither torch nor pneumo.explain
     (the fallback for graphs without it is tested in test_cam.py)."""

@@ -8,6 +8,7 @@ them (``pneumo.imaging.ImageLoadError``, ``pneumo.modelfile.ModelFileError``, ``
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 # Top-level packages of the optional parts -> the extra that installs them (see pyproject.toml).
 EXTRAS: dict[str, str] = {
@@ -43,7 +44,15 @@ class PneumoError(Exception):
 
 
 class ImageLoadError(PneumoError):
-    """An image could not be read; ``str(e)`` is one line: ``"<file>: <reason>"``."""
+    """An image could not be read; ``str(e)`` is one line: ``"<file>: <reason>"``.
+
+    ``kind`` is ``"unsupported"`` when the content is no image format the loader reads (empty, text, unknown
+    bytes) and ``"damaged"`` when it is one but cannot be decoded (truncated, no pixel data, over the limits): the
+    server answers 415 and 422."""
+
+    def __init__(self, message: str, kind: Literal["unsupported", "damaged"] = "damaged"):
+        super().__init__(message)
+        self.kind = kind
 
 
 class ModelFileError(PneumoError):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.cam import HeatMapper, heatmap_rgba
-from pneumo.imaging import DISPLAY_MAX, ImageLoadError, load_display_image, load_image
+from pneumo.imaging import DISPLAY_MAX, ImageLoadError, load_image_and_display
 from pneumo.inference import Prediction, Predictor, open_model
 from pneumo.labels import PNEUMONIA
 from pneumo.modelfile import ModelFile, load_model_file
@@ -76,9 +76,8 @@ class Explainer:
 
     def explain(self, source: str | Path | bytes, name: str) -> Explanation:
         size = self.model.meta.preprocessing.image_size
-        net_input = load_image(source, size, name=name)
+        net_input, display = load_image_and_display(source, size, DISPLAY_MAX, name=name)
         pred = self.predictor.predict_arrays([net_input], [name])[0]
-        display = load_display_image(source, DISPLAY_MAX, name=name)
         return Explanation(pred, self.mapper.heatmap(net_input, display.shape), display)
 
 

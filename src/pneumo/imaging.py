@@ -76,6 +76,10 @@ _T = TypeVar("_T")
 class _Bad(Exception):
     """Internal: the reason a file failed; the public functions prefix it with the file's name."""
 
+    def __init__(self, reason: str, kind: str = "damaged"):
+        super().__init__(reason)
+        self.kind = kind
+
 
 @dataclass(frozen=True)
 class ImageInfo:
@@ -87,9 +91,47 @@ class ImageInfo:
     mode: str
 
 
+# The formats the loader is meant for, by their magic bytes (DICOM aside); Pillow opens more (GIF, PDF, icons),
+# which a service can refuse by name before decoding.
+_SUPPORTED_MAGIC = (
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+    (b"WEBP", 8, "WebP"),
+)
+
+
 def is_dicom(data: bytes) -> bool:
     """True when ``data`` (at least the first 132 bytes of a file) has the DICOM ``DICM`` magic at byte 128."""
     return data[128:132] == b"DICM"
+
+
+def maybe_headerless_dicom(data: bytes) -> bool:
+    """DICOM written without the 128-byte preamble: tags come sorted, so it starts in group 0002 or 0008."""
+    return data[:2] in (b"\x02\x00", b"\x08\x00")
+
+
+def is_text(head: bytes) -> bool:
+    """True when the first bytes of a file read as UTF-8 text (no NUL): a note or a CSV, not an image."""
+    try:  # the incremental decoder tolerates a character cut at the end of the sniffed bytes
+        return b"\0" not in head and bool(codecs.getincrementaldecoder("utf-8")().decode(head))
+    except UnicodeDecodeError:
+        return False
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format the content claims to be, when it is one the loader is meant for; ``None`` otherwise
+    (a headerless DICOM is told only by decoding it: :func:`maybe_headerless_dicom`)."""
+    if is_dicom(data):
+        return "DICOM"
+    for magic, offset, name in _SUPPORTED_MAGIC:
+        if data[offset : offset + len(magic)] == magic and (name != "WebP" or data[:4] == b"RIFF"):
+            return name
+    # BMP's magic is only two letters; the reserved header bytes that must be zero keep text starting "BM" out.
+    if data[:2] == b"BM" and data[6:10] == b"\0\0\0\0" and len(data) > 26:
+        return "BMP"
+    return None
 
 
 def load_image(
@@ -115,12 +157,31 @@ def probe_image(source: str | os.PathLike | bytes, *, name: str | None = None) -
 
 
 def load_display_image(
-    source: str | os.PathLike | bytes, max_side: int = 512, *, name: str | None = None
+    source: str | os.PathLike | bytes, max_side: int = DISPLAY_MAX, *, name: str | None = None
 ) -> np.ndarray:
     """The image for showing to a person: aspect ratio kept, the longer side at most ``max_side`` pixels."""
     info = probe_image(source, name=name)
-    scale = min(1.0, max_side / max(info.width, info.height))
-    return load_image(source, (max(2, round(info.height * scale)), max(2, round(info.width * scale))), name=name)
+    return load_image(source, _display_target(info.width, info.height, max_side), name=name)
+
+
+def load_image_and_display(
+    source: str | os.PathLike | bytes,
+    size: int | tuple[int, int],
+    max_side: int = DISPLAY_MAX,
+    *,
+    name: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`load_image` at ``size`` and :func:`load_display_image` at ``max_side`` from one opening of
+    ``source``: the file is read, sniffed and checked once, and a DICOM's pixels are decoded once (a JPEG is
+    decoded at each size, as its scaled decoding is what makes the small one cheap). The same arrays as the two
+    calls give."""
+    target = _target(size)
+    return _guarded(source, name, lambda fp, head: _decode_both(fp, head, target, max_side))
+
+
+def _display_target(width: int, height: int, max_side: int) -> tuple[int, int]:
+    scale = min(1.0, max_side / max(width, height))
+    return max(2, round(height * scale)), max(2, round(width * scale))
 
 
 def resize_map(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -136,14 +197,33 @@ def _guarded(source: str | os.PathLike | bytes, name: str | None, read: Callable
         with _open(source) as fp:
             return read(fp, _head(fp))
     except _Bad as exc:
-        raise ImageLoadError(f"{label}: {exc}") from exc.__cause__
+        raise ImageLoadError(f"{label}: {exc}", kind=exc.kind) from exc.__cause__
     except Exception as exc:  # a decoder bug or an odd file must still reach the user as one line
         raise ImageLoadError(f"{label}: {_describe(exc)}") from exc
 
 
 def _decode(fp: BinaryIO, head: bytes, target: tuple[int, int] | None) -> np.ndarray:
     src = _read_dicom(fp) if is_dicom(head) else _sniff(fp, head)
-    img = _pillow_pixels(src, target) if isinstance(src, Image.Image) else _dicom_pixels(src)
+    return _finish(_pillow_pixels(src, target) if isinstance(src, Image.Image) else _dicom_pixels(src), target)
+
+
+def _decode_both(
+    fp: BinaryIO, head: bytes, target: tuple[int, int] | None, max_side: int
+) -> tuple[np.ndarray, np.ndarray]:
+    src = _read_dicom(fp) if is_dicom(head) else _sniff(fp, head)
+    if isinstance(src, Image.Image):
+        display_target = _display_target(*_shown_size(src), max_side)
+        net = _pillow_pixels(src, target)
+        fp.seek(0)
+        display = _pillow_pixels(_sniff(fp, head), display_target)
+    else:
+        info = _dicom_info(src)
+        display_target = _display_target(info.width, info.height, max_side)
+        net = display = _dicom_pixels(src)
+    return _finish(net, target), _finish(display, display_target)
+
+
+def _finish(img: np.ndarray, target: tuple[int, int] | None) -> np.ndarray:
     if target is not None and img.shape != target:
         img = _resize(img, target)
     return np.clip(np.nan_to_num(img, nan=0.0), 0.0, 1.0).astype(np.float32, copy=False)
@@ -190,7 +270,7 @@ def _head(fp: BinaryIO) -> bytes:
     except OSError as exc:
         raise _Bad(f"cannot read the file ({exc.strerror or exc})") from exc
     if not head:
-        raise _Bad("file is empty (0 bytes)")
+        raise _Bad("file is empty (0 bytes)", kind="unsupported")
     return head
 
 
@@ -205,12 +285,9 @@ def _check_dims(width: int, height: int) -> None:
 
 
 def _not_an_image(head: bytes) -> _Bad:
-    try:  # the incremental decoder tolerates a character cut at the end of the sniffed bytes
-        if b"\0" not in head and codecs.getincrementaldecoder("utf-8")().decode(head):
-            return _Bad("file holds text, not an image")
-    except UnicodeDecodeError:
-        pass
-    return _Bad("not a recognised image format (expected JPEG, PNG, BMP, TIFF, WebP or DICOM content)")
+    if is_text(head):
+        return _Bad("file holds text, not an image", kind="unsupported")
+    return _Bad("not a recognised image format (expected JPEG, PNG, BMP, TIFF, WebP or DICOM content)", "unsupported")
 
 
 def _check_budget(needed: int, what: str, fits: str = "64 MP grayscale or 33 MP colour") -> None:
@@ -428,7 +505,7 @@ def _headerless_dicom(fp: BinaryIO) -> Dataset | None:
     import pydicom
 
     fp.seek(0)
-    if fp.read(2) not in (b"\x02\x00", b"\x08\x00"):  # tags come sorted: such a file starts in group 0002 or 0008
+    if not maybe_headerless_dicom(fp.read(2)):
         return None
     fp.seek(0)
     try:

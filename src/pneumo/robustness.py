@@ -28,6 +28,11 @@ from pneumo.metrics import binary_metrics
 Perturb = Callable[[Image.Image], Image.Image]
 
 
+def _gray8(img: np.ndarray) -> Image.Image:
+    """A decoded image (:func:`pneumo.imaging.load_image`, [0, 1]) as the 8-bit grayscale the perturbations take."""
+    return Image.fromarray(np.round(img * 255).astype(np.uint8))
+
+
 def _gamma(g: float) -> Perturb:
     lut = [round(255 * (i / 255) ** g) for i in range(256)]
     return lambda im: im.point(lut)
@@ -45,7 +50,7 @@ def _jpeg(q: int) -> Perturb:
     def f(im: Image.Image) -> Image.Image:
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=q)
-        return Image.open(io.BytesIO(buf.getvalue())).convert("L")
+        return _gray8(load_image(buf.getvalue(), name=f"JPEG q{q}"))
 
     return f
 
@@ -141,8 +146,7 @@ def predict_perturbed(predictor: Predictor, paths: Sequence[Path], perturb: Pert
     def source(p: Path):
         if perturb is None:
             return str(p), p
-        img = Image.fromarray(np.round(load_image(p) * 255).astype(np.uint8))
-        return str(p), _encode(perturb(img))
+        return str(p), _encode(perturb(_gray8(load_image(p))))
 
     preds = list(predictor.predict_sources((source(p) for p in paths), batch_size=32, tta=tta))
     return np.array([p.probability for p in preds]), preds

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from pneumo.errors import PneumoError
-from pneumo.imaging import ImageLoadError, load_display_image, load_image
+from pneumo.imaging import ImageLoadError, load_image_and_display
 from pneumo.inference import Prediction, Predictor
 
 log = logging.getLogger("pneumo.dicom")
@@ -146,8 +146,7 @@ class DicomAnalyser:
         header = read_header(data, name)
         check_chest_radiograph(header, name)
         try:
-            net_input = load_image(data, self.predictor.size, name=name)
-            display = load_display_image(data, SC_MAX_SIDE, name=name)
+            net_input, display = load_image_and_display(data, self.predictor.size, SC_MAX_SIDE, name=name)
         except ImageLoadError as exc:
             raise DicomError(str(exc), UNREADABLE) from exc
         if prediction is None:

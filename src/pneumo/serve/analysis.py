@@ -18,10 +18,10 @@ import numpy as np
 from PIL import Image
 
 from pneumo.cam import HeatMapper, heatmap_rgba
-from pneumo.imaging import DISPLAY_MAX, ImageLoadError, load_display_image, load_image
+from pneumo.imaging import DISPLAY_MAX, ImageLoadError, load_image_and_display, maybe_headerless_dicom, sniff_format
 from pneumo.inference import Prediction, Predictor
 from pneumo.modelfile import ModelFileError
-from pneumo.serve.upload import maybe_headerless_dicom, sniff_format, unsupported_reason
+from pneumo.serve.upload import unsupported_reason
 
 log = logging.getLogger("pneumo.serve")
 
@@ -70,14 +70,12 @@ class Analyser:
 
     def decode(self, data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(network input, display image); raises UnsupportedImage or UnreadableImage."""
-        recognised = sniff_format(data) is not None
-        if not recognised and not maybe_headerless_dicom(data):
+        if sniff_format(data) is None and not maybe_headerless_dicom(data):  # GIF, PDF, text: refused by name
             raise UnsupportedImage(unsupported_reason(data))
         try:
-            net_input = load_image(data, self.predictor.size, name=name)
-            display = load_display_image(data, DISPLAY_MAX, name=name)
+            net_input, display = load_image_and_display(data, self.predictor.size, DISPLAY_MAX, name=name)
         except ImageLoadError as exc:
-            raise (UnreadableImage if recognised else UnsupportedImage)(str(exc)) from None
+            raise (UnsupportedImage if exc.kind == "unsupported" else UnreadableImage)(str(exc)) from None
         return net_input, display
 
     def analyse(self, data: bytes, name: str, explain: bool = False) -> Analysis:

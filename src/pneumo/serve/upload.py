@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import ipaddress
 import logging
@@ -24,7 +23,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pneumo.imaging import is_dicom
+from pneumo.imaging import is_text
 
 log = logging.getLogger("pneumo.serve")
 
@@ -41,14 +40,6 @@ _SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 MULTIPART_OVERHEAD = 64 * 1024
 ACCEPTED = "upload a JPEG, PNG or DICOM chest X-ray"
 
-# (magic, offset, format) of what the loader decodes; a failure on one of these is a damaged file (422).
-_SUPPORTED_MAGIC = (
-    (b"\xff\xd8\xff", 0, "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
-    (b"II*\x00", 0, "TIFF"),
-    (b"MM\x00*", 0, "TIFF"),
-    (b"WEBP", 8, "WebP"),
-)
 # Formats Pillow could open but that are not X-ray formats: refused with their name (415).
 _UNSUPPORTED_MAGIC = (
     (b"GIF87a", "GIF"),
@@ -124,24 +115,6 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str, dic
     return data, upload.filename or "upload", fields
 
 
-def sniff_format(data: bytes) -> str | None:
-    """The image format the content claims to be, when it is one the loader decodes; ``None`` otherwise."""
-    if is_dicom(data):
-        return "DICOM"
-    for magic, offset, name in _SUPPORTED_MAGIC:
-        if data[offset : offset + len(magic)] == magic and (name != "WebP" or data[:4] == b"RIFF"):
-            return name
-    # BMP's magic is only two letters; the reserved header bytes that must be zero keep text starting "BM" out.
-    if data[:2] == b"BM" and data[6:10] == b"\0\0\0\0" and len(data) > 26:
-        return "BMP"
-    return None
-
-
-def maybe_headerless_dicom(data: bytes) -> bool:
-    """DICOM written without the 128-byte preamble starts with a group 0002 or 0008 tag."""
-    return data[:2] in (b"\x02\x00", b"\x08\x00")
-
-
 def unsupported_reason(data: bytes) -> str:
     """Why content that is not a supported image was refused, in words a person can act on."""
     if not data:
@@ -149,12 +122,8 @@ def unsupported_reason(data: bytes) -> str:
     for magic, name in _UNSUPPORTED_MAGIC:
         if data.startswith(magic):
             return f"{name} files are not supported; {ACCEPTED}"
-    head = data[:512]
-    try:  # the incremental decoder tolerates a character cut at the end of the sniffed bytes
-        if b"\0" not in head and codecs.getincrementaldecoder("utf-8")().decode(head):
-            return f"the file holds text, not an image; {ACCEPTED}"
-    except UnicodeDecodeError:
-        pass
+    if is_text(data[:512]):
+        return f"the file holds text, not an image; {ACCEPTED}"
     return f"not a recognised image format; {ACCEPTED}"
 
 
