@@ -77,6 +77,42 @@ def png_header_only(width: int, height: int, bit_depth: int = 8, color_type: int
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
+def dicom_bytes(pixels: np.ndarray | None, *, preamble: bool = True, **attrs) -> bytes:
+    """A CR image as DICOM: ``pixels`` as 16-bit words, 12 bits stored (``None``: no pixel data at all), with the
+    preamble and file meta header or, ``preamble=False``, a bare implicit-VR dataset; ``attrs`` set more elements
+    or override these (``PhotometricInterpretation``, ``Modality``, ...)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR image storage
+    ds.SOPInstanceUID = generate_uid()
+    if pixels is not None:
+        ds.Rows, ds.Columns = pixels.shape[-2:]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = pixels.astype("<u2").tobytes()
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    buf = io.BytesIO()
+    if preamble:
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.save_as(buf, enforce_file_format=True)
+    else:
+        ds.save_as(buf, implicit_vr=True, little_endian=True)
+    return buf.getvalue()
+
+
+def truncated_jpeg(path: Path) -> Path:
+    """A JPEG of :func:`xray` cut in half: a known format whose data ends early."""
+    buf = io.BytesIO()
+    xray(1, 200).save(buf, "JPEG", quality=90)
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    return path
+
+
 def make_tiny_model(path: Path, *, task: str = "binary", image_size: int = 64, seed: int = 0) -> Path:
     """A real (untrained, seeded) cnn-small model file with a fitted domain guard, built by the export path."""
     import torch

@@ -46,6 +46,9 @@ def test_recipe_file_reproduces_the_bundled_models_config():
     shipped.pop("pretrained")
     for machine_only in ("threads",):  # how many cores the run had, not part of the recipe
         recipe.pop(machine_only), shipped.pop(machine_only)
+    defaults = TrainConfig.model_fields
+    added_since = {k for k in recipe if k not in shipped}  # options added after the bundled model was trained
+    assert all(recipe.pop(k) == defaults[k].default for k in added_since), "a new option must default to the old way"
     assert recipe == shipped
 
 

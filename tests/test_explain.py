@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from conftest import dicom_bytes
 from pneumo.cli import main
 from pneumo.explain import Explainer
 from pneumo.modelfile import ModelFile, ModelMeta, Preprocessing
@@ -22,23 +21,6 @@ def _xray(seed: int = 0, h: int = 90, w: int = 120) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
     img = 0.25 + 0.4 * yy + 0.3 * np.exp(-((xx - 0.3) ** 2 + (yy - 0.4) ** 2) / 0.01)
     return (np.clip(img + 0.05 * rng.standard_normal((h, w)), 0, 1) * 255).astype(np.uint8)
-
-
-def _dicom(path, pixels: np.ndarray):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = (pixels.astype(np.uint16) * 16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +104,7 @@ def test_explain_cli_writes_pngs(tiny_model, tmp_path, capsys):
     src.mkdir()
     Image.fromarray(_xray(1)).save(src / "a.png")
     Image.fromarray(_xray(2)).save(src / "b.jpg")
-    _dicom(src / "c.dcm", _xray(3, 64, 64))
+    (src / "c.dcm").write_bytes(dicom_bytes(_xray(3, 64, 64).astype(np.uint16) * 16, Modality="CR"))
     (src / "d.png").write_bytes(b"broken")
     out = tmp_path / "out"
     assert main(["explain", str(src), "--model", str(tiny_model), "-o", str(out)]) == 3  # d.png is unreadable

@@ -7,7 +7,6 @@ note). Synthetic data only; the server tests start a real uvicorn on a loopback 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import encode_png, png_header_only
+from conftest import encode_png, png_header_only, truncated_jpeg
 from pneumo import errors
 from pneumo.cli import main
 from pneumo.errors import DataError, ImageLoadError, ModelFileError, PneumoError, visible
@@ -37,13 +36,6 @@ def _xray(seed: int = 0, size: int = 48) -> Image.Image:
     rng = np.random.default_rng(seed)
     yy = np.linspace(0.2, 0.8, size)[:, None] * np.ones((1, size))
     return Image.fromarray((np.clip(yy + 0.1 * rng.standard_normal((size, size)), 0, 1) * 255).astype(np.uint8))
-
-
-def _truncated_jpeg(path: Path) -> Path:
-    buf = io.BytesIO()
-    _xray(1, 200).save(buf, "JPEG", quality=90)
-    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
-    return path
 
 
 def _rows(path: Path) -> list[dict]:
@@ -447,7 +439,7 @@ def _dataset_with_a_truncated_jpeg(root: Path) -> Path:
         (root / c).mkdir(parents=True)
         for i in range(3):
             _xray(i).save(root / c / f"IM-000{i}-0001.png")
-    _truncated_jpeg(root / "PNEUMONIA" / "person9_bacteria_1.jpeg")
+    truncated_jpeg(root / "PNEUMONIA" / "person9_bacteria_1.jpeg")
     return root
 
 

@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, generate_uid
 
+from conftest import dicom_bytes, truncated_jpeg
 from pneumo import imaging
 from pneumo.imaging import IMAGE_SUFFIXES, MAX_PIXELS, ImageInfo, ImageLoadError, is_dicom, load_image, probe_image
 
@@ -267,21 +268,13 @@ def test_decompression_bomb_is_refused_fast(tmp_path, dims):
     assert time.perf_counter() - start < 1.0
 
 
-def _truncated_jpeg(tmp_path: Path) -> Path:
-    buf = io.BytesIO()
-    Image.fromarray(_xray_like(300, 400)).save(buf, "JPEG", quality=90)
-    path = tmp_path / "cut.jpeg"
-    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
-    return path
-
-
 def test_truncated_jpeg_is_an_error_not_a_grey_image(tmp_path):
-    path = _truncated_jpeg(tmp_path)
+    path = truncated_jpeg(tmp_path / "cut.jpeg")
     with pytest.raises(ImageLoadError, match=r"cut.jpeg: truncated JPEG data"):
         load_image(path)
     with pytest.raises(ImageLoadError, match="truncated"):
         load_image(path, 64)  # the draft path decodes fully too
-    assert probe_image(path) == ImageInfo("JPEG", 400, 300, "L")  # the header alone is fine: probe does not decode
+    assert probe_image(path) == ImageInfo("JPEG", 200, 200, "L")  # the header alone is fine: probe does not decode
 
 
 def test_truncated_real_jpeg(tmp_path, fullres_dir):
@@ -305,7 +298,7 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "300x1": (tmp_path / "line.png", "300x1 pixels, too small"),
         "directory": (tmp_path / "folder.png", "is a directory"),
         "missing": (tmp_path / "nowhere.png", "file not found"),
-        "truncated": (_truncated_jpeg(tmp_path), "truncated"),
+        "truncated": (truncated_jpeg(tmp_path / "cut.jpeg"), "truncated"),
     }
 
 
@@ -358,51 +351,30 @@ def test_unexpected_exceptions_are_wrapped(tmp_path, monkeypatch):
 # --- DICOM: crafted datasets ---
 
 
-def _dicom(arr: np.ndarray, *, preamble: bool = True, **attrs) -> bytes:
-    ds = Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR image storage
-    ds.SOPInstanceUID = generate_uid()
-    ds.Rows, ds.Columns = arr.shape[-2:]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = arr.astype("<u2").tobytes()
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    buf = io.BytesIO()
-    if preamble:
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.save_as(buf, enforce_file_format=True)
-    else:
-        ds.save_as(buf, implicit_vr=True, little_endian=True)
-    return buf.getvalue()
-
-
 RAMP = np.array([[0, 1000], [2000, 4095]])
 
 
 def test_dicom_window_and_monochrome1():
     window = {"WindowCenter": 2048, "WindowWidth": 4096}
-    out = load_image(_dicom(RAMP, **window))
+    out = load_image(dicom_bytes(RAMP, **window))
     np.testing.assert_allclose(out, RAMP / 4095, atol=1e-6)  # 12-bit window output range 0..4095
-    narrow = load_image(_dicom(RAMP, WindowCenter=1500, WindowWidth=2000))  # window 500..2500
+    narrow = load_image(dicom_bytes(RAMP, WindowCenter=1500, WindowWidth=2000))  # window 500..2500
     np.testing.assert_allclose(
         narrow, [[0, 0.25], [0.75, 1]], atol=1e-3
     )  # values outside the window clip  # values outside the window clip
-    inverted = load_image(_dicom(RAMP, PhotometricInterpretation="MONOCHROME1", **window))
+    inverted = load_image(dicom_bytes(RAMP, PhotometricInterpretation="MONOCHROME1", **window))
     np.testing.assert_allclose(inverted, 1 - RAMP / 4095, atol=1e-6)
 
 
 def test_dicom_rescale_then_min_max_without_window():
-    out = load_image(_dicom(RAMP, RescaleSlope=2, RescaleIntercept=-1024))
+    out = load_image(dicom_bytes(RAMP, RescaleSlope=2, RescaleIntercept=-1024))
     np.testing.assert_allclose(out, RAMP / 4095, atol=1e-6)
-    info = probe_image(_dicom(RAMP, PhotometricInterpretation="MONOCHROME1"))
+    info = probe_image(dicom_bytes(RAMP, PhotometricInterpretation="MONOCHROME1"))
     assert info == ImageInfo("DICOM", 2, 2, "MONOCHROME1 12-bit")
 
 
 def test_dicom_without_preamble_is_found_by_content(tmp_path):
-    data = _dicom(RAMP, preamble=False)
+    data = dicom_bytes(RAMP, preamble=False)
     assert not is_dicom(data)
     path = tmp_path / "IM0001"  # no extension, no preamble: typical of old PACS exports
     path.write_bytes(data)
@@ -412,13 +384,13 @@ def test_dicom_without_preamble_is_found_by_content(tmp_path):
 
 def test_dicom_multiframe_uses_first_frame():
     frames = np.stack([RAMP, 4095 - RAMP])
-    out = load_image(_dicom(frames, NumberOfFrames=2))
+    out = load_image(dicom_bytes(frames, NumberOfFrames=2))
     np.testing.assert_allclose(out, RAMP / 4095, atol=1e-6)
 
 
 def test_dicom_resized_to_exact_size():
     big = np.tile(np.linspace(0, 4095, 64), (48, 1)).astype(np.uint16)
-    out = load_image(_dicom(big), (10, 20))
+    out = load_image(dicom_bytes(big), (10, 20))
     assert out.shape == (10, 20) and out.dtype == np.float32
     assert out[:, 0].mean() < 0.1 and out[:, -1].mean() > 0.9
 
@@ -434,11 +406,11 @@ def test_dicom_errors(tmp_path):
         with pytest.raises(ImageLoadError, match=r"empty.dcm: DICOM file has no pixel data"):
             func(path)
 
-    colour = _dicom(np.zeros((2, 2, 3)), SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0)
+    colour = dicom_bytes(np.zeros((2, 2, 3)), SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0)
     with pytest.raises(ImageLoadError, match="colour DICOM is not supported"):
         load_image(colour, name="colour.dcm")
 
-    ds = pydicom.dcmread(io.BytesIO(_dicom(RAMP)))
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(RAMP)))
     ds.file_meta.TransferSyntaxUID = JPEGLSLossless
     ds.PixelData = encapsulate([b"\xff\xd8 not really JPEG-LS \xff\xd9"])
     buf = io.BytesIO()
@@ -447,7 +419,7 @@ def test_dicom_errors(tmp_path):
         load_image(buf.getvalue(), name="ls.dcm")
 
     with pytest.raises(ImageLoadError, match=r"cut\.dcm: "):
-        load_image(_dicom(RAMP)[:200], name="cut.dcm")
+        load_image(dicom_bytes(RAMP)[:200], name="cut.dcm")
 
 
 # --- real DICOM files ---
@@ -579,7 +551,7 @@ def test_one_opening_gives_what_load_image_and_load_display_image_give(fmt, tmp_
         Image.fromarray(arr).save(buf, "JPEG", quality=90)
         data = buf.getvalue()
     else:
-        data = _dicom(arr.astype(np.uint16) * 16, preamble=fmt == "dicom")  # 12 bits stored
+        data = dicom_bytes(arr.astype(np.uint16) * 16, preamble=fmt == "dicom")  # 12 bits stored
     path = tmp_path / "x.img"
     path.write_bytes(data)
     for source in (data, path):
@@ -597,7 +569,7 @@ def test_errors_say_whether_the_content_is_unsupported_or_damaged(tmp_path):
         b"patient,label\n1,NORMAL\n": "unsupported",
         b"\x00\x01\x02garbage" * 40: "unsupported",
         buf.getvalue()[: len(buf.getvalue()) // 2]: "damaged",  # a JPEG, cut in half
-        _dicom(np.zeros((4, 4)), preamble=True)[:-20]: "damaged",  # a DICOM whose pixel data is cut short
+        dicom_bytes(np.zeros((4, 4)), preamble=True)[:-20]: "damaged",  # a DICOM whose pixel data is cut short
     }
     for data, kind in cases.items():
         with pytest.raises(ImageLoadError) as info:

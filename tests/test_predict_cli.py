@@ -13,10 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from conftest import png_header_only, xray
+from conftest import dicom_bytes, png_header_only, xray
 from pneumo.cli import main
 from pneumo.imaging import load_image
 from pneumo.modelfile import load_model_file
@@ -25,19 +23,6 @@ from pneumo.probability import calibrated_probability
 
 HEADER = ["path", "probability", "prediction", "threshold", "in_domain", "domain_score", "error"]
 SUBTYPE_HEADER = [*HEADER, "p_normal", "p_bacterial", "p_viral"]
-
-
-def _dicom_without_pixels(path: Path) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR image storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "CR", "anon"
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 GOOD = ["a_good.png", "b_good.jpg", "c_noext"]
@@ -57,7 +42,7 @@ def mixed(tmp_path) -> Path:
     (d / "e_truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     (d / "f_text.jpeg").write_text("this is not a JPEG\n")
     (d / "g_bomb.png").write_bytes(png_header_only(30000, 30000))  # 900 MP of grey over a few bytes
-    _dicom_without_pixels(d / "h_nopixels.dcm")
+    (d / "h_nopixels.dcm").write_bytes(dicom_bytes(None, Modality="CR", PatientID="anon"))
     xray(4, 80).save(d / "sub" / "i_nested.png")
     xray(5, 80).save(d / ".hidden.png")  # hidden: skipped
     (d / "notes.txt").write_text("skipped: not an image suffix")

@@ -9,7 +9,6 @@ import re
 import sys
 import tempfile
 import threading
-from pathlib import Path
 from urllib.parse import urljoin
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from conftest import dicom_bytes
 from pneumo.inference import Predictor
 from pneumo.modelfile import ModelFileError
 from pneumo.serve.app import STATIC, create_app
@@ -316,26 +316,10 @@ def test_truncated_jpeg_is_422(client):
     assert_error(post(client, data[: len(data) // 2], "cut.jpeg"), 422, "truncated")
 
 
-def _dicom_without_pixels(path: Path) -> bytes:
-    from pydicom import Dataset
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.PatientName = "Doe^Jane"
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = 64, 64
-    ds.save_as(path, enforce_file_format=True)
-    return path.read_bytes()
-
-
 def test_dicom_without_pixel_data_is_422(client, tmp_path):
-    data = _dicom_without_pixels(tmp_path / "nopixels.dcm")
+    data = dicom_bytes(
+        None, SOPClassUID="1.2.840.10008.5.1.4.1.1.1.1", PatientName="Doe^Jane", Modality="DX", Rows=64, Columns=64
+    )
     assert data[128:132] == b"DICM"
     resp = post(client, data, "nopixels.dcm")
     assert_error(resp, 422, "no pixel data")

@@ -18,7 +18,7 @@ from PIL import Image
 from pneumo.config import TrainConfig
 from pneumo.inference import Predictor
 from pneumo.modelfile import load_model_file
-from pneumo.training.train import _class_weights, balanced_indices, fit
+from pneumo.training.train import balanced_indices, class_weights, fit
 
 N_PER_CLASS = 24
 
@@ -196,9 +196,9 @@ def test_balanced_indices_and_class_weights(dataset, tmp_path):
     assert np.array_equal(idx, balanced_indices(targets, seed=0))
     assert np.array_equal(balanced_indices(np.array([1, 1, 0, 0]), 0), [0, 1, 2, 3])
     cfg = _cfg(dataset, tmp_path, tmp_path, balance="weights")
-    w = _class_weights(cfg, np.array([0] * 10 + [1] * 30))
+    w = class_weights(cfg, np.array([0] * 10 + [1] * 30))
     assert w == pytest.approx([2.0, 2 / 3])  # inverse frequency, mean-one over the samples
-    assert _class_weights(cfg.model_copy(update={"balance": "none"}), np.array([0, 1])) is None
+    assert class_weights(cfg.model_copy(update={"balance": "none"}), np.array([0, 1])) is None
 
 
 def _train_cmd(dataset: Path, run: Path, *extra: str) -> list[str]:
@@ -258,16 +258,29 @@ def test_ddp_two_processes(dataset, tmp_path):
     assert Predictor.load(run).predict_one(next(dataset.rglob("*.png")), "x").error is None
 
 
-def test_targets_per_task():
-    from pneumo.training.train import _targets, task_targets
+def test_targets_per_task_in_the_loaded_splits(tmp_path):
+    """What each task trains on, read from the file names by load_splits: 0/1 for the binary task; 0/1/2
+    (normal/bacterial/viral) for the subtype task, without a pneumonia image whose name tells no subtype; and with
+    a subtype head 3 for that image, which still trains the binary head."""
+    from pneumo.training.train import load_splits
 
-    labels = ["NORMAL", "PNEUMONIA", "PNEUMONIA", "PNEUMONIA"]
-    subtypes = ["none", "bacteria", "virus", "unknown"]
-    assert _targets(labels, subtypes, "binary").tolist() == [0, 1, 1, 1]
-    assert _targets(labels, subtypes, "subtype").tolist() == [0, 1, 2, -1]  # unknown subtype: unusable
-    head = _targets(labels, subtypes, "binary", subtype_head=True)
-    assert head.tolist() == [0, 1, 2, 3]  # unknown subtype still trains the binary head
-    assert task_targets(head, "binary").tolist() == [0, 1, 1, 1]
+    data = make_dataset(tmp_path / "data", n=8)
+    Image.fromarray(np.full((48, 48), 128, np.uint8)).save(data / "PNEUMONIA" / "scan-from-elsewhere.png")
+    code = {"none": 0, "bacteria": 1, "virus": 2, "unknown": 3}
+    expected = {
+        ("binary", False): lambda s: int(s != "none"),
+        ("subtype", False): lambda s: code[s] if s != "unknown" else None,
+        ("binary", True): code.__getitem__,
+    }
+    for (task, head), want in expected.items():
+        cfg = _cfg(data, tmp_path / "run", tmp_path / "cache", task=task, subtype_head=head)
+        train, val, summary = load_splits(cfg)
+        got = {p: int(t) for split in (train, val) for p, t in zip(split.paths, split.targets, strict=True)}
+        subtypes = {p: s for split in (train, val) for p, s in zip(split.paths, split.subtypes, strict=True)}
+        assert len(got) == 17 - (task == "subtype"), (task, head)
+        assert all(got[p] == want(subtypes[p]) for p in got), (task, head)
+        assert "unknown" in subtypes.values() or task == "subtype"
+        assert sum(summary["train_class_counts"]) == len(train.targets)
 
 
 def test_library_config_resolves_like_the_cli(dataset, tmp_path):
@@ -284,3 +297,22 @@ def test_library_config_resolves_like_the_cli(dataset, tmp_path):
     cfg = TrainConfig.resolve(base, {"epochs": None, "lr": 0.01, "augment": {"enabled": False}})
     assert cfg.epochs == 3 and cfg.lr == 0.01  # None overrides nothing
     assert cfg.augment.enabled is False and cfg.augment.scale == (0.9, 1.1) and cfg.augment.hflip_p == 0.2
+
+
+def test_subtype_weight_scales_the_subtype_heads_loss(dataset, tmp_path):
+    """loss = binary + subtype_weight * subtype: the loss is linear in the weight, with the subtype term's slope."""
+    import torch
+
+    from pneumo.training.train import PneumoModule
+
+    x = torch.randint(0, 256, (6, 1, 32, 32), dtype=torch.uint8)
+    y = torch.tensor([0, 1, 2, 1, 2, 0])  # normal, bacterial, viral
+    losses = []
+    for weight in (1.0, 2.0, 3.0):
+        cfg = _cfg(dataset, tmp_path, tmp_path, subtype_head=True, subtype_weight=weight, augment={"enabled": False})
+        torch.manual_seed(0)
+        module = PneumoModule(cfg)
+        torch.manual_seed(1)
+        losses.append(float(module.training_step((x, y), 0)))
+    slope = losses[1] - losses[0]
+    assert slope > 0.1 and losses[2] - losses[1] == pytest.approx(slope, rel=1e-5)

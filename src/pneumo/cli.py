@@ -460,6 +460,7 @@ def robustness(
 
     from pneumo.evaluation_run import select_records
     from pneumo.inference import Predictor
+    from pneumo.labels import BINARY_CLASSES
     from pneumo.robustness import format_table, shifted_validation
 
     recs, _ = _run(select_records, data_dir, "val", split_csv)
@@ -468,10 +469,10 @@ def robustness(
         xr, _ = _run(select_records, folder)
         extras[f"{folder.parent.name}/{folder.name}"] = (
             [r.path for r in xr],
-            np.array([r.label == "PNEUMONIA" for r in xr], dtype=int),
+            np.array([BINARY_CLASSES.index(r.label) for r in xr]),
         )
     predictor = _run(Predictor.load, model)
-    y = np.array([r.label == "PNEUMONIA" for r in recs], dtype=int)
+    y = np.array([BINARY_CLASSES.index(r.label) for r in recs])
     results = _run(shifted_validation, predictor, [r.path for r in recs], y, tta=tta, extra=extras)
     print(format_table(results))
     if out_json:

@@ -45,6 +45,7 @@ class TrainConfig(BaseModel):
     arch: str = "efficientnet_lite0"
     task: Literal["binary", "subtype"] = "binary"
     subtype_head: bool = Field(default=False, description="binary task plus a normal/bacterial/viral head")
+    subtype_weight: float = Field(default=1.0, gt=0.0, le=100.0, description="the subtype head's loss weight")
     pretrained: bool | None = Field(default=None, description="ImageNet weights; None: when the arch ships them")
     transfer: Literal["full", "top", "linear"] = "full"
     image_size: int = 128

@@ -193,7 +193,8 @@ class PneumoModule(L.LightningModule):
         loss = F.cross_entropy(logits, target, weight=weight, label_smoothing=self.cfg.label_smoothing)
         if sub is not None:
             sub_target = torch.where(y >= UNKNOWN_SUBTYPE, torch.full_like(y, -100), y)
-            loss = loss + F.cross_entropy(sub, sub_target, label_smoothing=self.cfg.label_smoothing)
+            sub_loss = F.cross_entropy(sub, sub_target, label_smoothing=self.cfg.label_smoothing)
+            loss = loss + self.cfg.subtype_weight * sub_loss
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y), sync_dist=True)
         return loss
 
@@ -296,7 +297,8 @@ def _loaders(cfg: TrainConfig, train: SplitData, val: SplitData):
     return tl, vl
 
 
-def _class_weights(cfg: TrainConfig, targets: np.ndarray) -> list[float] | None:
+def class_weights(cfg: TrainConfig, targets: np.ndarray) -> list[float] | None:
+    """With ``balance: weights``, the loss weight of each class: inverse frequency, mean one over the samples."""
     if cfg.balance != "weights":
         return None
     counts = np.bincount(task_targets(targets, cfg.task), minlength=len(TASK_CLASSES[cfg.task])).astype(float)
@@ -351,7 +353,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path | None:
     train, val, summary = load_splits(cfg)
     data_seconds = time.time() - t0
 
-    module = PneumoModule(cfg, _class_weights(cfg, train.targets))
+    module = PneumoModule(cfg, class_weights(cfg, train.targets))
     tl, vl = _loaders(cfg, train, val)
     state = ResumeState(tl.generator)
     ckpt = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor=MONITOR, mode="max", save_last=True)
