@@ -162,3 +162,20 @@ def test_split_csv_of_another_folder_is_refused_clearly(labelled, tmp_path):
     assert recs and all(r.split == "train" for r in recs)  # val rows are carved out of the train split
     with pytest.raises(ValueError, match="none of its val rows"):
         select_records(labelled / "train", "val", tmp_path / "split.csv")
+
+
+def test_robustness_refuses_a_folder_with_other_classes_in_one_line(labelled, tiny_model, tmp_path):
+    """Only NORMAL/ and PNEUMONIA/ can be scored: an extra folder with another class is refused, not miscounted."""
+    from typer.testing import CliRunner
+
+    from pneumo.cli import app
+    from pneumo.data import make_split
+
+    make_split(labelled, tmp_path / "split.csv", val_fraction=0.3)
+    other = tmp_path / "other"
+    (other / "COVID").mkdir(parents=True)
+    _xray_like(3).save(other / "COVID" / "c.png")
+    args = ["robustness", str(labelled), "--split-csv", str(tmp_path / "split.csv"), "--model", str(tiny_model)]
+    result = CliRunner().invoke(app, [*args, "--extra", str(other)])
+    assert result.exit_code == 1 and "expected NORMAL/ and PNEUMONIA/ images, found ['COVID']" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # a message, not a traceback

@@ -456,23 +456,17 @@ def robustness(
     resolution loss and noise, the worst case over them first."""
     import json
 
-    import numpy as np
-
-    from pneumo.evaluation_run import select_records
+    from pneumo.evaluation_run import binary_targets, select_records
     from pneumo.inference import Predictor
-    from pneumo.labels import BINARY_CLASSES
     from pneumo.robustness import format_table, shifted_validation
 
     recs, _ = _run(select_records, data_dir, "val", split_csv)
     extras = {}
     for folder in extra or []:
         xr, _ = _run(select_records, folder)
-        extras[f"{folder.parent.name}/{folder.name}"] = (
-            [r.path for r in xr],
-            np.array([BINARY_CLASSES.index(r.label) for r in xr]),
-        )
+        extras[f"{folder.parent.name}/{folder.name}"] = ([r.path for r in xr], _run(binary_targets, xr, folder))
     predictor = _run(Predictor.load, model)
-    y = np.array([BINARY_CLASSES.index(r.label) for r in recs])
+    y = _run(binary_targets, recs, data_dir)
     results = _run(shifted_validation, predictor, [r.path for r in recs], y, tta=tta, extra=extras)
     print(format_table(results))
     if out_json:

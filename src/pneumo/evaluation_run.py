@@ -45,6 +45,14 @@ def select_records(
     return list(ds.records), f"all images of {data_dir}"
 
 
+def binary_targets(recs: list[ImageRecord], data_dir: Path) -> np.ndarray:
+    """0 NORMAL / 1 PNEUMONIA per record; a folder with any other class (or no image) is refused."""
+    labels = {r.label for r in recs}
+    if not recs or not labels <= set(BINARY_CLASSES):
+        raise DataError(f"{data_dir}: expected NORMAL/ and PNEUMONIA/ images, found {sorted(labels) or 'none'}")
+    return np.array([BINARY_CLASSES.index(r.label) for r in recs])
+
+
 def evaluate_folder(
     data_dir: Path,
     out_dir: Path,
@@ -57,15 +65,13 @@ def evaluate_folder(
 ) -> dict:
     """Predict every labelled image and write report.txt, metrics.json, predictions.csv and plots."""
     recs, described = select_records(Path(data_dir), split, split_csv)
-    labels = {r.label for r in recs}
-    if not recs or not labels <= set(BINARY_CLASSES):
-        raise DataError(f"{data_dir}: expected NORMAL/ and PNEUMONIA/ images, found {sorted(labels) or 'none'}")
+    targets = binary_targets(recs, Path(data_dir))
     predictor = Predictor.load(model, threshold=threshold)
     preds = list(predictor.predict_sources(((str(r.path), r.path) for r in recs), tta=tta))
     keep = [i for i, p in enumerate(preds) if p.error is None]
     if not keep:
         raise DataError(f"{data_dir}: none of the {len(recs)} images could be read")
-    y = np.array([BINARY_CLASSES.index(recs[i].label) for i in keep])
+    y = targets[keep]
     prob = np.array([preds[i].probability for i in keep])
     meta = predictor.meta
     multiclass = y_class = None
