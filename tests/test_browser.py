@@ -142,3 +142,26 @@ def test_the_file_picker_is_keyboard_reachable(page):
         if page.evaluate("document.activeElement && document.activeElement.id") == "file-input":
             break
     assert page.evaluate("document.activeElement.id") == "file-input"
+
+
+def test_subtype_probabilities_carry_their_caveat(browser, tiny_subtype_model, tmp_path):
+    """A subtype model's card shows the three probabilities as the API gives them, with the internal-validation
+    bacterial-vs-viral figure of the model file (the tiny model has none: "not recorded") beside them."""
+    from pneumo.serve.app import create_app
+    from pneumo.serve.background import LoopbackServer
+
+    with LoopbackServer(create_app(tiny_subtype_model)) as srv:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.goto(srv.url)
+        page.locator("#model-name").filter(has_text="tiny").wait_for(timeout=TIMEOUT_MS)
+        f = _png(tmp_path / "subtype.png")
+        page.get_by_test_id("file-input").set_input_files([str(f)])
+        card = _done_card(page, f.name)
+        api = _api(srv, f)
+        assert card.get_by_test_id("subtypes").is_visible()
+        for key in ("p_normal", "p_bacterial", "p_viral"):
+            assert card.get_by_test_id(key.replace("_", "-")).inner_text() == f"{api[key] * 100:.1f}%"
+        note = card.get_by_test_id("subtype-note").inner_text()
+        assert note.startswith("Indicative only") and "not recorded" in note and "not validated on later" in note
+        context.close()

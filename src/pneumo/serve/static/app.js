@@ -137,6 +137,11 @@ function showResult(card, r) {
     $('[data-testid="p-normal"]', card).textContent = pct(r.p_normal);
     $('[data-testid="p-bacterial"]', card).textContent = pct(r.p_bacterial);
     $('[data-testid="p-viral"]', card).textContent = pct(r.p_viral);
+    // The split is weaker than the decision and was measured within the training period only: say so beside it.
+    const bvv = ((model || {}).validation || {}).bacterial_vs_viral_accuracy;
+    $('[data-testid="subtype-note"]', card).textContent =
+      `Indicative only: bacterial vs viral was right for ${formatMetric(bvv)} of pneumonia images in internal ` +
+      "validation (X-rays of the training period); it was not validated on later X-rays.";
     $(".subtypes", card).hidden = false;
   }
 
