@@ -14,19 +14,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import re
 from pathlib import Path
 
 import numpy as np
 
-from pneumo.data import parse_kermany_name, read_split_csv
+from pneumo.data import parse_kermany_name, patient_number, read_split_csv
 from pneumo.inference import Predictor
-
-
-def patient_number(path: str | Path) -> int | None:
-    """1234 for ``person1234_...``; None for a name that numbers no pneumonia patient."""
-    m = re.fullmatch(r"person(\d+)", parse_kermany_name(path)[0])
-    return int(m.group(1)) if m else None
 
 
 def recall_by_period(names, subtypes, p_bacterial, p_viral, edges) -> list[tuple[str, int, int, float, float]]:

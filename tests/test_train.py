@@ -316,3 +316,20 @@ def test_subtype_weight_scales_the_subtype_heads_loss(dataset, tmp_path):
         losses.append(float(module.training_step((x, y), 0)))
     slope = losses[1] - losses[0]
     assert slope > 0.1 and losses[2] - losses[1] == pytest.approx(slope, rel=1e-5)
+
+
+def test_recency_draws_later_patients_more_often_and_as_many_in_all():
+    """Numbered pneumonia images are redrawn with weights from 1 (earliest) to 1 + recency (latest); the others once."""
+    from pneumo.training.train import recency_indices
+
+    paths = [f"PNEUMONIA/person{n}_bacteria_{n}.jpeg" for n in range(1, 401)] + ["NORMAL/IM-0001-0001.jpeg", "x.png"]
+    idx = recency_indices(paths, seed=0, recency=3.0)
+    assert len(idx) == len(paths) and np.array_equal(idx, recency_indices(paths, seed=0, recency=3.0))
+    counts = np.bincount(idx, minlength=len(paths))
+    assert counts[400] == counts[401] == 1  # no patient number: each once
+    early, late = counts[:100].sum(), counts[300:400].sum()
+    # expected draws: 400 * (the quarter's share of the summed weights 1 + 3 * rank) = 54.9 and 145.1 (sd 7 and 10)
+    assert 30 < early < 80 and 115 < late < 175, (early, late)
+    assert np.array_equal(recency_indices(paths, seed=0, recency=0.0), np.arange(len(paths)))
+    with pytest.raises(ValueError, match="choose one"):
+        TrainConfig(data_dir=".", out=".", recency=1.0, balance="oversample")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from pneumo.atomic import write_text
 from pneumo.modelfile import Preprocessing
@@ -58,6 +58,13 @@ class TrainConfig(BaseModel):
     dropout: float = 0.2
     label_smoothing: float = 0.05
     balance: Literal["weights", "oversample", "none"] = "weights"
+    recency: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=4.0,
+        description="resample pneumonia images by collection order (Kermany patient number): the latest drawn "
+        "1 + recency times as often as the earliest, as many in all; 0: each once",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     val_fraction: float = 0.1
     split_csv: Path | None = Field(default=None, description="a split written by `pneumo data split`")
@@ -72,6 +79,12 @@ class TrainConfig(BaseModel):
     name: str | None = None
     cache_dir: Path | None = None
     domain_quantile: float = 0.98
+
+    @model_validator(mode="after")
+    def _one_resampling(self) -> TrainConfig:
+        if self.recency and self.balance == "oversample":
+            raise ValueError("recency and balance: oversample both resample the training images; choose one")
+        return self
 
     def preprocessing(self) -> Preprocessing:
         return Preprocessing(image_size=self.image_size, normalization=self.normalization, tta=self.tta)

@@ -51,6 +51,13 @@ def parse_kermany_name(filename: str | os.PathLike[str]) -> tuple[str, str]:
     return stem, "unknown"
 
 
+def patient_number(filename: str | os.PathLike[str]) -> int | None:
+    """1234 for ``person1234_bacteria_5678.jpeg``: Kermany numbers its pneumonia patients in the order they were
+    collected. None for a name that numbers no pneumonia patient."""
+    m = re.fullmatch(r"person(\d+)", parse_kermany_name(filename)[0], re.IGNORECASE)
+    return int(m.group(1)) if m else None
+
+
 def record_subtype(label: str, parsed_subtype: str) -> str:
     """The subtype of an image given its class: NORMAL is "none"; other classes only trust bacteria/virus."""
     if label == NORMAL:

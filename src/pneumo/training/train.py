@@ -22,7 +22,7 @@ from torchmetrics.classification import BinaryAUROC
 
 from pneumo import atomic
 from pneumo.config import TrainConfig
-from pneumo.data import SplitData, read_split_csv, scan_dataset, split_dataset
+from pneumo.data import SplitData, patient_number, read_split_csv, scan_dataset, split_dataset
 from pneumo.errors import DataError
 from pneumo.labels import PNEUMONIA, SUBTYPE_INDEX, TASK_CLASSES
 from pneumo.probability import pneumonia_log_odds
@@ -287,8 +287,25 @@ class ResumeState(L.Callback):
         self.started = time.time()
 
 
+def recency_indices(paths: list[str], seed: int, recency: float) -> np.ndarray:
+    """Training indices that favour recent images: each image numbered by :func:`pneumo.data.patient_number`
+    is drawn with a weight rising linearly with its rank in collection order, from 1 (the earliest) to
+    ``1 + recency`` (the latest), as many draws as there are numbered images; unnumbered images once each."""
+    numbers = np.array([-1 if (k := patient_number(p)) is None else k for p in paths])
+    numbered = np.flatnonzero(numbers >= 0)
+    rest = np.flatnonzero(numbers < 0)
+    if recency == 0 or len(numbered) < 2:
+        return np.arange(len(paths))
+    rank = np.argsort(np.argsort(numbers[numbered], kind="stable"), kind="stable") / (len(numbered) - 1)
+    weight = 1.0 + recency * rank
+    drawn = np.random.default_rng(seed).choice(numbered, len(numbered), replace=True, p=weight / weight.sum())
+    return np.sort(np.concatenate([rest, drawn]))
+
+
 def _loaders(cfg: TrainConfig, train: SplitData, val: SplitData):
     idx = balanced_indices(task_targets(train.targets, cfg.task), cfg.seed) if cfg.balance == "oversample" else None
+    if cfg.recency:  # TrainConfig refuses it together with oversampling
+        idx = recency_indices(train.paths, cfg.seed, cfg.recency)
     train_ds, val_ds = CachedImages(train, idx), CachedImages(val)
     gen = torch.Generator().manual_seed(cfg.seed)
     # No worker processes: a batch is a memmap slice; workers would only compete for the two cores.
