@@ -20,13 +20,14 @@ import numpy as np
 
 from pneumo.data import parse_kermany_name, patient_number, read_split_csv
 from pneumo.inference import Predictor
+from pneumo.metrics import says_viral
 
 
 def recall_by_period(names, subtypes, p_bacterial, p_viral, edges) -> list[tuple[str, int, int, float, float]]:
     """(period, n bacterial, n viral, bacterial recall, viral recall) per period of patient numbers."""
     num = np.array([-1 if (k := patient_number(n)) is None else k for n in names])
     sub = np.array(subtypes)
-    says_bacterial = np.asarray(p_bacterial) > np.asarray(p_viral)
+    says_bacterial = ~says_viral(p_bacterial, p_viral)
     bounds = [0, *edges, np.inf]
     rows = []
     for lo, hi in itertools.pairwise(bounds):

@@ -110,6 +110,16 @@ def test_evaluate_folder_writes_report_through_the_onnx_path(labelled, tiny_mode
     assert "Healthy" in m["report"] and "Pneumonia" in m["report"]
 
 
+def _perturbed_by_hand(predictor, paths, f):
+    """The suite's numbers by hand: perturb the decoded image, re-encode, predict through the user's path."""
+    sources = []
+    for p in paths:
+        buf = io.BytesIO()
+        f(Image.fromarray(np.round(load_image(p) * 255).astype(np.uint8))).save(buf, "PNG")
+        sources.append((str(p), buf.getvalue()))
+    return list(predictor.predict_sources(sources))
+
+
 def test_shifted_validation_measures_each_condition_through_the_predictor(labelled, tiny_model):
     recs, _ = select_records(labelled)
     paths = [r.path for r in recs]
@@ -122,13 +132,7 @@ def test_shifted_validation_measures_each_condition_through_the_predictor(labell
     clean = predictor.predict_sources((str(p), p) for p in paths)
     clean_p = np.array([p.probability for p in clean])
     for name, f in conditions.items():
-        # the same numbers by hand: perturb the decoded image, re-encode, predict through the user's path
-        sources = []
-        for p in paths:
-            buf = io.BytesIO()
-            f(Image.fromarray(np.round(load_image(p) * 255).astype(np.uint8))).save(buf, "PNG")
-            sources.append((str(p), buf.getvalue()))
-        preds = list(predictor.predict_sources(sources))
+        preds = _perturbed_by_hand(predictor, paths, f)
         prob = np.array([p.probability for p in preds])
         m = binary_metrics(y, prob, predictor.threshold)
         r = res[name]
@@ -143,6 +147,47 @@ def test_shifted_validation_measures_each_condition_through_the_predictor(labell
     assert res[WORST]["decisions_flipped"] == max(res[k]["decisions_flipped"] for k in conditions)
     table = format_table(res).splitlines()
     assert table[2].startswith("| **worst case** |") and table[3].startswith("| clean |")
+
+
+def test_the_bacterial_viral_split_goes_through_the_same_suite(labelled, tiny_subtype_model):
+    recs, _ = select_records(labelled)
+    paths = [r.path for r in recs]
+    y = np.array([r.label == "PNEUMONIA" for r in recs], dtype=int)
+    # three bacterial, one viral, two untold: a constant call and a reversed rule give different figures
+    kinds = iter(["bacteria", "bacteria", "virus", "bacteria", "unknown", "unknown"])
+    subtypes = ["none" if r.label == "NORMAL" else next(kinds) for r in recs]
+    known = np.array([s in ("bacteria", "virus") for s in subtypes])
+    viral = np.array([s == "virus" for s in subtypes])
+    predictor = Predictor.load(tiny_subtype_model)
+    blur = PERTURBATIONS["blur sigma 2"]
+    extra = {"again": (paths, y, subtypes), "no subtypes": (paths, y)}
+    res = shifted_validation(predictor, paths, y, conditions={"blur": blur}, subtypes=subtypes, extra=extra)
+
+    def calls(preds):
+        return np.array([p.p_viral > p.p_bacterial for p in preds])
+
+    clean = calls(predictor.predict_sources((str(p), p) for p in paths))
+    blurred = calls(_perturbed_by_hand(predictor, paths, blur))
+    assert res["clean"]["bacterial_vs_viral"] == (clean[known] == viral[known]).mean()
+    assert res["blur"]["bacterial_vs_viral"] == (blurred[known] == viral[known]).mean()
+    assert res["blur"]["subtype_flipped"] == (blurred[known] != clean[known]).mean()
+    assert res["clean"]["subtype_flipped"] == 0.0
+    assert res[WORST]["bacterial_vs_viral"] == res["blur"]["bacterial_vs_viral"]
+    assert res[WORST]["worst_of"]["subtype_flipped"] == "blur"
+    assert res["again"]["bacterial_vs_viral"] == res["clean"]["bacterial_vs_viral"]
+    assert "subtype_flipped" not in res["again"] and "bacterial_vs_viral" not in res["no subtypes"]
+    assert "bacterial_vs_viral | subtype_flipped |" in format_table(res).splitlines()[0]
+    with pytest.raises(ValueError, match="3 subtypes for 10 images"):
+        shifted_validation(predictor, paths, y, conditions={}, subtypes=subtypes[:3])
+
+
+def test_a_binary_model_has_no_subtype_figures_in_the_suite(labelled, tiny_model):
+    recs, _ = select_records(labelled)
+    y = np.array([r.label == "PNEUMONIA" for r in recs], dtype=int)
+    res = shifted_validation(
+        Predictor.load(tiny_model), [r.path for r in recs], y, conditions={}, subtypes=["bacteria"] * len(recs)
+    )
+    assert "bacterial_vs_viral" not in res["clean"] and "bacterial_vs_viral" not in format_table(res)
 
 
 def test_reference_outliers_decode_through_the_loader():

@@ -453,7 +453,7 @@ def robustness(
     tta: Annotated[bool, typer.Option(help="Also average with the mirror images")] = False,
 ) -> None:
     """The shift suite: metrics under zoom, squeeze, translation, exposure, contrast, blur, sharpening, JPEG,
-    resolution loss and noise, the worst case over them first."""
+    resolution loss and noise, the worst case over them first; the bacterial / viral split too, for a subtype model."""
     import json
 
     from pneumo.evaluation_run import binary_targets, select_records
@@ -464,10 +464,13 @@ def robustness(
     extras = {}
     for folder in extra or []:
         xr, _ = _run(select_records, folder)
-        extras[f"{folder.parent.name}/{folder.name}"] = ([r.path for r in xr], _run(binary_targets, xr, folder))
+        extras[f"{folder.parent.name}/{folder.name}"] = (
+            [r.path for r in xr], _run(binary_targets, xr, folder), [r.subtype for r in xr]
+        )  # fmt: skip
     predictor = _run(Predictor.load, model)
     y = _run(binary_targets, recs, data_dir)
-    results = _run(shifted_validation, predictor, [r.path for r in recs], y, tta=tta, extra=extras)
+    paths, subtypes = [r.path for r in recs], [r.subtype for r in recs]
+    results = _run(shifted_validation, predictor, paths, y, tta=tta, extra=extras, subtypes=subtypes)
     print(format_table(results))
     if out_json:
         from pneumo.atomic import write_text

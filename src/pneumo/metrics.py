@@ -148,3 +148,18 @@ def binary_metrics(y: np.ndarray, prob: np.ndarray, threshold: float, n_bins: in
     out.update(threshold=float(threshold), n=int(y.size), n_pos=tp + fn, n_neg=tn + fp)
     out["confusion_matrix"] = [[tn, fp], [fn, tp]]
     return out
+
+
+def says_viral(p_bacterial: Any, p_viral: Any) -> np.ndarray:
+    """The bacterial / viral call of pneumonia images: True (viral) where ``p_viral`` exceeds ``p_bacterial``.
+
+    The pneumonia probability is shared out in the subtype head's own ratio (:mod:`pneumo.probability`), so the
+    call is the same whatever the binary decision; an image the binary head calls normal still gets one."""
+    return np.asarray(p_viral, dtype=np.float64) > np.asarray(p_bacterial, dtype=np.float64)
+
+
+def bacterial_vs_viral_accuracy(p_bacterial: Any, p_viral: Any, viral: Any) -> float:
+    """Share of pneumonia images whose bacterial / viral call (:func:`says_viral`) matches ``viral`` (True for a
+    viral image), as Kermany et al. 2018 reported it; NaN for no images."""
+    viral = np.asarray(viral, dtype=bool)
+    return float((says_viral(p_bacterial, p_viral) == viral).mean()) if viral.size else float("nan")

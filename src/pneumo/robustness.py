@@ -9,6 +9,9 @@ same loader and predictor a user's file goes through. Two families:
   replication the training augmentation uses, so the suite does not replay training;
 - acquisition: exposure (gamma), contrast, blur, sharpening, JPEG re-compression, resolution loss, noise.
 
+For a model with a subtype output and images whose subtype is known, the bacterial / viral split goes through the
+same suite: its accuracy among the pneumonia images and the share of their calls that flip against the clean image.
+
 A model is judged on the **worst case** over the conditions, never on their mean, which hides one bad shift.
 """
 
@@ -23,7 +26,8 @@ from PIL import Image, ImageFilter
 
 from pneumo.imaging import load_image
 from pneumo.inference import Predictor
-from pneumo.metrics import binary_metrics
+from pneumo.labels import SUBTYPE_INDEX
+from pneumo.metrics import bacterial_vs_viral_accuracy, binary_metrics, says_viral
 
 Perturb = Callable[[Image.Image], Image.Image]
 
@@ -129,8 +133,8 @@ ACQUISITION: dict[str, Perturb] = {
 }
 PERTURBATIONS: dict[str, Perturb] = {**GEOMETRY, **ACQUISITION}
 # Lower is worse for these, higher for the others: the worst case takes each figure from its own worst condition.
-HIGHER_IS_BETTER = ("accuracy", "sensitivity", "specificity", "roc_auc")
-LOWER_IS_BETTER = ("ece", "decisions_flipped", "mean_abs_change", "flagged_out_of_domain")
+HIGHER_IS_BETTER = ("accuracy", "sensitivity", "specificity", "roc_auc", "bacterial_vs_viral")
+LOWER_IS_BETTER = ("ece", "decisions_flipped", "mean_abs_change", "flagged_out_of_domain", "subtype_flipped")
 WORST = "worst case"
 
 
@@ -160,22 +164,46 @@ def shifted_validation(
     tta: bool = False,
     extra: dict | None = None,
     conditions: dict[str, Perturb] | None = None,
+    subtypes: Sequence[str] | None = None,
 ) -> dict[str, dict]:
     """Metrics on clean validation and under every condition (default: :data:`PERTURBATIONS`), with the mean
     probability change and the share of decisions that flip against the clean image; first of all the worst case
-    over the conditions, each figure with the condition it comes from. ``extra`` maps a name to ``(paths, y)`` of
-    further sets (e.g. original-size images), reported but not part of the worst case."""
+    over the conditions, each figure with the condition it comes from. ``extra`` maps a name to ``(paths, y)`` or
+    ``(paths, y, subtypes)`` of further sets (e.g. original-size images), reported but not part of the worst case.
+
+    ``subtypes`` gives each image's subtype as the file names tell it (``"bacteria"``, ``"virus"``, anything else
+    unknown); with a model that has a subtype output it adds ``bacterial_vs_viral`` (accuracy among the images of
+    known subtype) and ``subtype_flipped`` (share of their calls that differ from the clean image's)."""
     y = np.asarray(y)
+    sub = _subtype_codes(subtypes, len(y))
     base, preds = predict_perturbed(predictor, paths, None, tta)
-    per = {"clean": _summary(y, base, predictor.threshold, base, preds)}
+    base_calls = _viral_calls(preds)
+    per = {"clean": _summary(y, base, predictor.threshold, base, preds, sub, base_calls)}
     for name, f in (PERTURBATIONS if conditions is None else conditions).items():
         prob, preds = predict_perturbed(predictor, paths, f, tta)
-        per[name] = _summary(y, prob, predictor.threshold, base, preds)
+        per[name] = _summary(y, prob, predictor.threshold, base, preds, sub, base_calls)
     results = {WORST: worst_case({k: r for k, r in per.items() if k != "clean"}), **per}
-    for name, (xpaths, xy) in (extra or {}).items():
+    for name, (xpaths, xy, *xsub) in (extra or {}).items():
         prob, preds = predict_perturbed(predictor, xpaths, None, tta)
-        results[name] = _summary(np.asarray(xy), prob, predictor.threshold, None, preds)
+        xcodes = _subtype_codes(xsub[0] if xsub else None, len(xy))
+        results[name] = _summary(np.asarray(xy), prob, predictor.threshold, None, preds, xcodes)
     return results
+
+
+def _subtype_codes(subtypes: Sequence[str] | None, n: int) -> np.ndarray | None:
+    """1 bacterial, 2 viral, 0 otherwise (normal or not told), or None without subtypes."""
+    if subtypes is None:
+        return None
+    if len(subtypes) != n:
+        raise ValueError(f"{len(subtypes)} subtypes for {n} images")
+    return np.array([SUBTYPE_INDEX.get(s, 0) for s in subtypes])
+
+
+def _viral_calls(preds) -> np.ndarray | None:
+    """Each prediction's bacterial / viral call (True: viral), or None for a model without a subtype output."""
+    if any(p.p_viral is None or p.p_bacterial is None for p in preds):
+        return None
+    return says_viral([p.p_bacterial for p in preds], [p.p_viral for p in preds])
 
 
 def worst_case(per_condition: dict[str, dict]) -> dict:
@@ -192,13 +220,28 @@ def worst_case(per_condition: dict[str, dict]) -> dict:
     return out
 
 
-def _summary(y: np.ndarray, prob: np.ndarray, threshold: float, base: np.ndarray | None, preds) -> dict:
+def _summary(
+    y: np.ndarray,
+    prob: np.ndarray,
+    threshold: float,
+    base: np.ndarray | None,
+    preds,
+    sub: np.ndarray | None = None,
+    base_calls: np.ndarray | None = None,
+) -> dict:
     m = binary_metrics(y, prob, threshold)
     out = {k: float(m[k]) for k in ("accuracy", "sensitivity", "specificity", "roc_auc", "ece")}
     out["flagged_out_of_domain"] = float(np.mean([p.in_domain is False for p in preds]))
     if base is not None:
         out["mean_abs_change"] = float(np.mean(np.abs(prob - base)))
         out["decisions_flipped"] = float(np.mean((prob >= threshold) != (base >= threshold)))
+    calls = _viral_calls(preds)
+    known = None if sub is None else sub > 0
+    if calls is not None and known is not None and known.any():
+        p_b, p_v = (np.array([getattr(p, k) for p in preds])[known] for k in ("p_bacterial", "p_viral"))
+        out["bacterial_vs_viral"] = bacterial_vs_viral_accuracy(p_b, p_v, sub[known] == 2)
+        if base_calls is not None:
+            out["subtype_flipped"] = float(np.mean(calls[known] != base_calls[known]))
     return out
 
 
@@ -206,6 +249,7 @@ def format_table(results: dict[str, dict]) -> str:
     """A markdown table of :func:`shifted_validation` results, the worst case first and in bold."""
     cols = ["accuracy", "sensitivity", "specificity", "roc_auc", "ece", "mean_abs_change", "decisions_flipped"]
     cols.append("flagged_out_of_domain")
+    cols += [c for c in ("bacterial_vs_viral", "subtype_flipped") if any(c in r for r in results.values())]
     lines = ["| condition | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for name, r in results.items():
         cells = [f"{r[c]:.3f}" if isinstance(r.get(c), float) and np.isfinite(r[c]) else "—" for c in cols]

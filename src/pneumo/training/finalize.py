@@ -15,7 +15,7 @@ from pneumo.config import TrainConfig
 from pneumo.data import SplitData
 from pneumo.domain import fit_domain_guard
 from pneumo.labels import TASK_CLASSES
-from pneumo.metrics import binary_metrics, expected_calibration_error, operating_point
+from pneumo.metrics import bacterial_vs_viral_accuracy, binary_metrics, expected_calibration_error, operating_point
 from pneumo.modelfile import ModelMeta, onnx_session, save_model_file, without_paths
 from pneumo.probability import calibrated_probability, subtype_probabilities
 from pneumo.training.augment import GEOMETRY_CHECKS
@@ -122,11 +122,12 @@ def fit_operating_point(
     metrics["geometry_shift"] = geometry_shift_summary(y_bin, prob, shifted, temperature, bias, threshold)
     if val_sub is not None or targets.max() > 1:
         known = targets <= 2
-        subtype_pred = subtype_probabilities(val_logits, temperature, bias, val_sub).argmax(1)
-        metrics["subtype_accuracy"] = float((subtype_pred == targets)[known].mean())
-        pneumonia = known & (targets > 0)  # bacterial vs viral among pneumonia, as Kermany 2018 reported
-        pred = subtype_pred[pneumonia]
-        metrics["bacterial_vs_viral_accuracy"] = float((np.maximum(pred, 1) == targets[pneumonia]).mean())
+        p_sub = subtype_probabilities(val_logits, temperature, bias, val_sub)
+        metrics["subtype_accuracy"] = float((p_sub.argmax(1) == targets)[known].mean())
+        pneumonia = known & (targets > 0)
+        metrics["bacterial_vs_viral_accuracy"] = bacterial_vs_viral_accuracy(
+            p_sub[pneumonia, 1], p_sub[pneumonia, 2], targets[pneumonia] == 2
+        )
     return temperature, bias, threshold, metrics
 
 
