@@ -113,8 +113,11 @@ def truncated_jpeg(path: Path) -> Path:
     return path
 
 
-def make_tiny_model(path: Path, *, task: str = "binary", image_size: int = 64, seed: int = 0) -> Path:
-    """A real (untrained, seeded) cnn-small model file with a fitted domain guard, built by the export path."""
+def make_tiny_model(
+    path: Path, *, task: str = "binary", image_size: int = 64, seed: int = 0, validation: dict | None = None
+) -> Path:
+    """A real (untrained, seeded) cnn-small model file with a fitted domain guard, built by the export path;
+    ``validation`` replaces its (placeholder) validation figures."""
     import torch
 
     from pneumo.domain import fit_domain_guard
@@ -137,7 +140,7 @@ def make_tiny_model(path: Path, *, task: str = "binary", image_size: int = 64, s
     meta = ModelMeta(
         name=f"tiny-{task}", arch="cnn-small", task=task, class_names=list(classes), preprocessing=pre,
         temperature=1.3, threshold=0.5, params=count_parameters(net), feature_dim=int(feats.shape[1]),
-        domain_guard=guard, validation={"accuracy": 0.5, "roc_auc": 0.5},
+        domain_guard=guard, validation=validation or {"accuracy": 0.5, "roc_auc": 0.5},
     )  # fmt: skip
     return save_model_file(path, build_model_file(net, meta, arrays))
 

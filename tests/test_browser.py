@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import make_tiny_model
+
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -164,4 +166,29 @@ def test_subtype_probabilities_carry_their_caveat(browser, tiny_subtype_model, t
             assert card.get_by_test_id(key.replace("_", "-")).inner_text() == f"{api[key] * 100:.1f}%"
         note = card.get_by_test_id("subtype-note").inner_text()
         assert note.startswith("Indicative only") and "not recorded" in note and "not validated on later" in note
+        context.close()
+
+
+def test_subtype_caveat_shows_the_figures_under_framing_shift(browser, tmp_path):
+    """With the figures finalize records (internal validation and the worst over the framing shifts), the note
+    gives both, each said for what it is."""
+    from pneumo.serve.app import create_app
+    from pneumo.serve.background import LoopbackServer
+
+    worst = {"roc_auc": 0.99, "sensitivity": 0.95, "specificity": 0.93, "ece": 0.03, "decisions_flipped": 0.02,
+             "bacterial_vs_viral": 0.747, "subtype_flipped": 0.096}  # fmt: skip
+    validation = {"sensitivity": 0.97, "specificity": 0.98, "bacterial_vs_viral_accuracy": 0.773,
+                  "geometry_shift": {"worst": worst}}  # fmt: skip
+    model = make_tiny_model(tmp_path / "figures.pneumo", task="subtype", validation=validation)
+    with LoopbackServer(create_app(model)) as srv:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.goto(srv.url)
+        page.locator("#model-name").filter(has_text="tiny").wait_for(timeout=TIMEOUT_MS)
+        f = _png(tmp_path / "subtype.png")
+        page.get_by_test_id("file-input").set_input_files([str(f)])
+        note = _done_card(page, f.name).get_by_test_id("subtype-note").inner_text()
+        assert "right for 77.3% of pneumonia images in internal validation" in note
+        assert "under framing shifts of those X-rays 74.7% at worst, with up to 9.6% of the calls changed" in note
+        assert "not validated on later X-rays" in note
         context.close()

@@ -170,6 +170,9 @@ def test_binary_task_with_subtype_head(dataset, cache_dir, tmp_path):
     mf = load_model_file(run)
     assert mf.meta.task == "binary" and mf.meta.class_names == ["NORMAL", "PNEUMONIA"] and mf.meta.has_subtypes
     assert {"subtype_accuracy", "bacterial_vs_viral_accuracy"} <= set(mf.meta.validation)
+    worst = mf.meta.validation["geometry_shift"]["worst"]
+    assert 0 <= worst["bacterial_vs_viral"] <= 1 and 0 <= worst["subtype_flipped"] <= 1
+    assert any("bacterial vs viral" in ln and "worst under framing shift" in ln for ln in mf.meta.figures_summary())
     import onnxruntime as ort
 
     outputs = [o.name for o in ort.InferenceSession(mf.onnx).get_outputs()]
@@ -333,3 +336,32 @@ def test_recency_draws_later_patients_more_often_and_as_many_in_all():
     assert np.array_equal(recency_indices(paths, seed=0, recency=0.0), np.arange(len(paths)))
     with pytest.raises(ValueError, match="choose one"):
         TrainConfig(data_dir=".", out=".", recency=1.0, balance="oversample")
+
+
+def test_operating_point_measures_the_subtype_split_under_each_shift():
+    """finalize records the bacterial / viral split under every framing shift it checks, and its worst case."""
+    from pneumo.training.finalize import fit_operating_point
+
+    rng = np.random.default_rng(0)
+    targets = np.array([0] * 10 + [1] * 20 + [2] * 10)
+    z = np.where(targets > 0, 3.0, -3.0) + 0.1 * rng.standard_normal(40)
+    logits = np.stack([np.zeros(40), z], axis=1)
+    says_viral = targets == 2
+    says_viral[10:14] = True  # 4 of 20 bacterial images called viral
+    says_viral[30:32] = False  # 2 of 10 viral images called bacterial: 24 / 30 right
+    sub = np.stack([np.zeros(40), np.where(says_viral, 0.0, 1.0), np.where(says_viral, 1.0, 0.0)], axis=1)
+    zoomed = sub.copy()
+    zoomed[14:18, 1:] = zoomed[14:18, :0:-1]  # 4 more bacterial images turn viral under the shift: 20 / 30
+    shifted = {"zoom": logits, "squeeze": logits}
+    _, _, _, m = fit_operating_point(
+        logits, sub, shifted, targets, 0.9, None, shifted_sub={"zoom": zoomed, "squeeze": sub}
+    )
+    assert m["bacterial_vs_viral_accuracy"] == pytest.approx(24 / 30)
+    g = m["geometry_shift"]
+    assert g["squeeze"]["bacterial_vs_viral"] == pytest.approx(24 / 30) and g["squeeze"]["subtype_flipped"] == 0
+    assert g["zoom"]["bacterial_vs_viral"] == pytest.approx(20 / 30)
+    assert g["zoom"]["subtype_flipped"] == pytest.approx(4 / 30)
+    assert g["worst"]["bacterial_vs_viral"] == pytest.approx(20 / 30)
+    assert g["worst"]["subtype_flipped"] == pytest.approx(4 / 30)
+    _, _, _, without = fit_operating_point(logits, sub, shifted, targets, 0.9, None)
+    assert "bacterial_vs_viral" not in without["geometry_shift"]["worst"]

@@ -236,8 +236,8 @@ class ModelMeta(BaseModel):
     def figures_summary(self) -> list[str]:
         """The validation figures in words, each labelled with what it was measured on (for ``pneumo info``)."""
         v, lines = self.validation, [f"{self.name} {self.version}: threshold {self.threshold:.4f}"]
+        where = measured_on_label(v.get("measured_on", "validation"))
         if "sensitivity" in v and "specificity" in v:
-            where = measured_on_label(v.get("measured_on", "validation"))
             lines.append(f"  sensitivity {v['sensitivity']:.3f}, specificity {v['specificity']:.3f} ({where})")
         if (worst := v.get("geometry_shift", {}).get("worst")) is not None:
             shifts = ", ".join(k for k in v["geometry_shift"] if k != "worst")
@@ -245,6 +245,12 @@ class ModelMeta(BaseModel):
                 f"  worst case under framing shift: sensitivity {worst['sensitivity']:.3f}, specificity "
                 f"{worst['specificity']:.3f}, ROC AUC {worst['roc_auc']:.3f} (validation under {shifts})"
             )
+        if "bacterial_vs_viral_accuracy" in v:
+            line = f"  bacterial vs viral {v['bacterial_vs_viral_accuracy']:.3f} ({where}"
+            if worst is not None and "bacterial_vs_viral" in worst:
+                line += (f"; worst under framing shift {worst['bacterial_vs_viral']:.3f}, "
+                         f"{worst['subtype_flipped']:.1%} of calls flipped")  # fmt: skip
+            lines.append(line + "); indicative only")
         lines.append("  expect lower figures on X-rays from other sites or periods")
         return lines
 

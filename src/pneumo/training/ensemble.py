@@ -127,9 +127,11 @@ def build_ensemble(
     )
     _, val, _ = load_splits(cfg)
     val_logits, val_sub = _validation_outputs(predictor, val.images)
-    shifted = {k: _validation_outputs(predictor, val.images, s)[0] for k, s in GEOMETRY_CHECKS.items()}
+    outs = {k: _validation_outputs(predictor, val.images, s) for k, s in GEOMETRY_CHECKS.items()}
+    shifted = {k: o[0] for k, o in outs.items()}
+    shifted_sub = None if val_sub is None else {k: o[1] for k, o in outs.items()}
     temperature, bias, threshold, metrics = fit_operating_point(
-        val_logits, val_sub, shifted, val.targets, first.target_sensitivity, str(split_csv)
+        val_logits, val_sub, shifted, val.targets, first.target_sensitivity, str(split_csv), shifted_sub
     )
     metrics["cpu_ms_per_image"] = round(_onnx_ms_per_image(merged, first.preprocessing.image_size), 2)
     member_training = [{"name": m.meta.name, **{k: v for k, v in m.meta.training.items() if k != "config"}}

@@ -15,7 +15,13 @@ from pneumo.config import TrainConfig
 from pneumo.data import SplitData
 from pneumo.domain import fit_domain_guard
 from pneumo.labels import TASK_CLASSES
-from pneumo.metrics import bacterial_vs_viral_accuracy, binary_metrics, expected_calibration_error, operating_point
+from pneumo.metrics import (
+    bacterial_vs_viral_accuracy,
+    binary_metrics,
+    expected_calibration_error,
+    operating_point,
+    says_viral,
+)
 from pneumo.modelfile import ModelMeta, onnx_session, save_model_file, without_paths
 from pneumo.probability import calibrated_probability, subtype_probabilities
 from pneumo.training.augment import GEOMETRY_CHECKS
@@ -98,9 +104,12 @@ def fit_operating_point(
     targets: np.ndarray,
     target_sensitivity: float,
     split: str | None,
+    shifted_sub: dict[str, np.ndarray] | None = None,
 ) -> tuple[float, float, float, dict]:
     """Temperature, bias, threshold and the validation figures of a model (or an ensemble) from its validation
-    logits, subtype logits (or None) and the logits of the geometry-shifted copies (:data:`GEOMETRY_CHECKS`).
+    logits, subtype logits (or None) and the logits of the geometry-shifted copies (:data:`GEOMETRY_CHECKS`);
+    with ``shifted_sub``, the subtype logits of those copies, the bacterial / viral split is measured under each
+    shift too (``geometry_shift``: ``bacterial_vs_viral`` and ``subtype_flipped`` against the clean images).
 
     The operating point must survive a change of framing: calibration and threshold are fitted on validation
     pooled with its geometry-shifted copies, not on the clean images whose framing the model may read.
@@ -125,9 +134,21 @@ def fit_operating_point(
         p_sub = subtype_probabilities(val_logits, temperature, bias, val_sub)
         metrics["subtype_accuracy"] = float((p_sub.argmax(1) == targets)[known].mean())
         pneumonia = known & (targets > 0)
+        viral = targets[pneumonia] == 2
         metrics["bacterial_vs_viral_accuracy"] = bacterial_vs_viral_accuracy(
-            p_sub[pneumonia, 1], p_sub[pneumonia, 2], targets[pneumonia] == 2
+            p_sub[pneumonia, 1], p_sub[pneumonia, 2], viral
         )
+        if shifted_sub:
+            clean_calls = says_viral(p_sub[pneumonia, 1], p_sub[pneumonia, 2])
+            shift_figures = metrics["geometry_shift"]
+            for name, sub in shifted_sub.items():
+                q = subtype_probabilities(shifted[name], temperature, bias, sub)[pneumonia]
+                shift_figures[name]["bacterial_vs_viral"] = bacterial_vs_viral_accuracy(q[:, 1], q[:, 2], viral)
+                calls = says_viral(q[:, 1], q[:, 2])
+                shift_figures[name]["subtype_flipped"] = float(np.mean(calls != clean_calls)) if calls.size else 0.0
+            per = [shift_figures[n] for n in shifted_sub]
+            shift_figures["worst"]["bacterial_vs_viral"] = min(r["bacterial_vs_viral"] for r in per)
+            shift_figures["worst"]["subtype_flipped"] = max(r["subtype_flipped"] for r in per)
     return temperature, bias, threshold, metrics
 
 
@@ -138,9 +159,11 @@ def finalize_run(
     run = Path(cfg.out)
     preproc = cfg.preprocessing()
     val_logits, val_feats, val_sub = infer_batches(net, val.images, preproc)
-    shifted = {name: infer_batches(net, val.images, preproc, shift=s)[0] for name, s in GEOMETRY_CHECKS.items()}
+    outs = {name: infer_batches(net, val.images, preproc, shift=s) for name, s in GEOMETRY_CHECKS.items()}
+    shifted = {name: o[0] for name, o in outs.items()}
+    shifted_sub = None if val_sub is None else {name: o[2] for name, o in outs.items()}
     temperature, bias, threshold, metrics = fit_operating_point(
-        val_logits, val_sub, shifted, val.targets, cfg.target_sensitivity, data_summary.get("split")
+        val_logits, val_sub, shifted, val.targets, cfg.target_sensitivity, data_summary.get("split"), shifted_sub
     )
 
     rng = np.random.default_rng(cfg.seed)

@@ -138,10 +138,16 @@ function showResult(card, r) {
     $('[data-testid="p-bacterial"]', card).textContent = pct(r.p_bacterial);
     $('[data-testid="p-viral"]', card).textContent = pct(r.p_viral);
     // The split is weaker than the decision and was measured within the training period only: say so beside it.
-    const bvv = ((model || {}).validation || {}).bacterial_vs_viral_accuracy;
+    const v = (model || {}).validation || {};
+    const worst = (v.geometry_shift || {}).worst || {};
+    const shifted = typeof worst.bacterial_vs_viral === "number"
+      ? `; under framing shifts of those X-rays ${formatMetric(worst.bacterial_vs_viral)} at worst, with up to ` +
+        `${formatMetric(worst.subtype_flipped)} of the calls changed`
+      : "";
     $('[data-testid="subtype-note"]', card).textContent =
-      `Indicative only: bacterial vs viral was right for ${formatMetric(bvv)} of pneumonia images in internal ` +
-      "validation (X-rays of the training period); it was not validated on later X-rays.";
+      `Indicative only: bacterial vs viral was right for ${formatMetric(v.bacterial_vs_viral_accuracy)} of ` +
+      `pneumonia images in internal validation (X-rays of the training period)${shifted}; it was not validated ` +
+      "on later X-rays.";
     $(".subtypes", card).hidden = false;
   }
 
