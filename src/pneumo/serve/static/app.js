@@ -144,10 +144,12 @@ function showResult(card, r) {
       ? `; under framing shifts of those X-rays ${formatMetric(worst.bacterial_vs_viral)} at worst, with up to ` +
         `${formatMetric(worst.subtype_flipped)} of the calls changed`
       : "";
+    const measured = typeof v.bacterial_vs_viral_accuracy === "number"
+      ? `bacterial vs viral was right for ${formatMetric(v.bacterial_vs_viral_accuracy)} of pneumonia images in ` +
+        `internal validation (X-rays of the training period)${shifted}`
+      : "how often bacterial vs viral is right is not recorded in this model file";
     $('[data-testid="subtype-note"]', card).textContent =
-      `Indicative only: bacterial vs viral was right for ${formatMetric(v.bacterial_vs_viral_accuracy)} of ` +
-      `pneumonia images in internal validation (X-rays of the training period)${shifted}; it was not validated ` +
-      "on later X-rays.";
+      `Indicative only: ${measured}; it was not validated on later X-rays.`;
     $(".subtypes", card).hidden = false;
   }
 
