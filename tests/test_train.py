@@ -365,3 +365,18 @@ def test_operating_point_measures_the_subtype_split_under_each_shift():
     assert g["worst"]["subtype_flipped"] == pytest.approx(4 / 30)
     _, _, _, without = fit_operating_point(logits, sub, shifted, targets, 0.9, None)
     assert "bacterial_vs_viral" not in without["geometry_shift"]["worst"]
+
+
+def test_finalize_writes_into_the_run_it_is_given(binary_run, tmp_path):
+    """A copied or moved run is finalized where it is now, never into the directory it was trained in."""
+    import shutil
+
+    from pneumo.training.train import refinalize
+
+    before = (binary_run / "model.pneumo").read_bytes()
+    moved = tmp_path / "moved"
+    shutil.copytree(binary_run, moved)
+    assert refinalize(moved, target_sensitivity=0.9) == moved / "model.pneumo"
+    assert load_model_file(moved).meta.target_sensitivity == 0.9
+    assert (binary_run / "model.pneumo").read_bytes() == before
+    assert json.loads((moved / "validation.json").read_text())["threshold"] == load_model_file(moved).meta.threshold

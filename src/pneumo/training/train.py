@@ -424,11 +424,12 @@ def resolve_pretrained(cfg: TrainConfig) -> TrainConfig:
 
 def refinalize(run: Path, target_sensitivity: float | None = None) -> Path:
     """Re-run calibration, threshold choice, domain-guard fitting and export on a finished run's best checkpoint
-    (after changing those steps or the target sensitivity) without training again."""
+    (after changing those steps or the target sensitivity) without training again. The files are written into
+    ``run``, wherever the run directory was trained or has been moved or copied since."""
     from pneumo.training.finalize import finalize_run
 
     run = Path(run)
-    cfg = TrainConfig.load(run / "config.yaml")
+    cfg = TrainConfig.load(run / "config.yaml").model_copy(update={"out": run})
     if target_sensitivity is not None:
         cfg = cfg.model_copy(update={"target_sensitivity": target_sensitivity})
     ckpts = [run / "checkpoints" / n for n in ("best.ckpt", "last.ckpt")]
