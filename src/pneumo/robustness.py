@@ -177,7 +177,8 @@ def shifted_validation(
     y = np.asarray(y)
     sub = _subtype_codes(subtypes, len(y))
     base, preds = predict_perturbed(predictor, paths, None, tta)
-    base_calls = _viral_calls(preds)
+    base_split = _subtype_split(preds)
+    base_calls = None if base_split is None else says_viral(*base_split)
     per = {"clean": _summary(y, base, predictor.threshold, base, preds, sub, base_calls)}
     for name, f in (PERTURBATIONS if conditions is None else conditions).items():
         prob, preds = predict_perturbed(predictor, paths, f, tta)
@@ -199,11 +200,11 @@ def _subtype_codes(subtypes: Sequence[str] | None, n: int) -> np.ndarray | None:
     return np.array([SUBTYPE_INDEX.get(s, 0) for s in subtypes])
 
 
-def _viral_calls(preds) -> np.ndarray | None:
-    """Each prediction's bacterial / viral call (True: viral), or None for a model without a subtype output."""
+def _subtype_split(preds) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each prediction's ``(p_bacterial, p_viral)``, or None for a model without a subtype output."""
     if any(p.p_viral is None or p.p_bacterial is None for p in preds):
         return None
-    return says_viral([p.p_bacterial for p in preds], [p.p_viral for p in preds])
+    return np.array([p.p_bacterial for p in preds]), np.array([p.p_viral for p in preds])
 
 
 def worst_case(per_condition: dict[str, dict]) -> dict:
@@ -235,13 +236,13 @@ def _summary(
     if base is not None:
         out["mean_abs_change"] = float(np.mean(np.abs(prob - base)))
         out["decisions_flipped"] = float(np.mean((prob >= threshold) != (base >= threshold)))
-    calls = _viral_calls(preds)
+    split = _subtype_split(preds)
     known = None if sub is None else sub > 0
-    if calls is not None and known is not None and known.any():
-        p_b, p_v = (np.array([getattr(p, k) for p in preds])[known] for k in ("p_bacterial", "p_viral"))
+    if split is not None and known is not None and known.any():
+        p_b, p_v = split[0][known], split[1][known]
         out["bacterial_vs_viral"] = bacterial_vs_viral_accuracy(p_b, p_v, sub[known] == 2)
         if base_calls is not None:
-            out["subtype_flipped"] = float(np.mean(calls[known] != base_calls[known]))
+            out["subtype_flipped"] = float(np.mean(says_viral(p_b, p_v) != base_calls[known]))
     return out
 
 
