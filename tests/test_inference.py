@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from conftest import encode_png, xray
+from pneumo.errors import ConfigError
 from pneumo.imaging import load_image
 from pneumo.inference import Prediction, Predictor
 from pneumo.modelfile import ModelFileError, load_model_file
@@ -155,7 +156,7 @@ def test_a_nan_probability_is_an_error_row_never_a_decision(tiny_model, monkeypa
 
 @pytest.mark.parametrize("bad", [float("nan"), -0.1, 1.5])
 def test_threshold_override_must_be_a_probability(tiny_model, bad):
-    with pytest.raises(ModelFileError, match="between 0 and 1"):
+    with pytest.raises(ConfigError, match="between 0 and 1"):
         Predictor.load(tiny_model, threshold=bad)
 
 

@@ -65,6 +65,20 @@ def _run(fn, *args, **kwargs):
         _fail(exc)
 
 
+def _threshold(threshold: float | None) -> float | None:
+    """A ``--threshold`` option checked by the decision core (:func:`pneumo.decision.check_threshold`); out of
+    range or NaN it is a usage error (exit 2)."""
+    if threshold is None:
+        return None
+    from pneumo.decision import check_threshold
+    from pneumo.errors import ConfigError
+
+    try:
+        return check_threshold(threshold, "--threshold")
+    except ConfigError as exc:
+        _fail(UsageError(str(exc)))
+
+
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
@@ -220,6 +234,7 @@ def evaluate(
     """Report, metrics with bootstrap 95 % intervals, confusion matrix, ROC, PR, reliability and a gallery."""
     from pneumo.evaluation_run import evaluate_folder
 
+    threshold = _threshold(threshold)
     result = _run(
         evaluate_folder, data_dir, out_dir, model=model, split=split, split_csv=split_csv, threshold=threshold, tta=tta
     )
@@ -268,8 +283,7 @@ def predict(
     from pneumo.inference import Predictor
     from pneumo.predict_io import display_names, expand_inputs, render_table, summary_line, write_predictions
 
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        _fail(UsageError(f"--threshold must be between 0 and 1, got {threshold}"))
+    threshold = _threshold(threshold)
     files, missing = expand_inputs(inputs)
     if missing:
         _fail(UsageError(f"{missing[0]}: no such file, folder or matching glob"))
@@ -329,8 +343,7 @@ def batch(
 
     if engine not in ENGINES:
         _fail(UsageError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}"))
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        _fail(UsageError(f"--threshold must be between 0 and 1, got {threshold}"))
+    threshold = _threshold(threshold)
     bar = None
     if err.is_terminal:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -586,8 +599,7 @@ def dicom_listen(
     _run(require, "pynetdicom", "highdicom")
     from pneumo.dicom.node import listen
 
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        _fail(UsageError(f"--threshold must be between 0 and 1, got {threshold}"))
+    threshold = _threshold(threshold)
     if forward is None and out_dir is None:
         _fail(UsageError("nothing to do with the results: give --forward HOST:PORT:AET and/or --out DIR"))
     from pneumo.dicom.node import Destination
@@ -619,8 +631,7 @@ def dicomweb(
     _run(require)
     from pneumo.dicom.dicomweb import run
 
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        _fail(UsageError(f"--threshold must be between 0 and 1, got {threshold}"))
+    threshold = _threshold(threshold)
     outcomes = _run(run, url, study, model=model, threshold=threshold, heatmaps=heatmaps, store=store)
     for o in outcomes:
         if o.prediction is not None:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pneumo import atomic
+from pneumo.decision import decision_codes
 from pneumo.labels import BINARY_CLASSES, NORMAL, PNEUMONIA
 from pneumo.metrics import CI_METRICS, binary_metrics, prepare, reliability_bins, weighted_metrics
 
@@ -245,7 +246,7 @@ def compute_evaluation(
     ``probs_multiclass`` and ``y_class`` are given. ``model_meta`` (e.g. :func:`pneumo.modelfile.meta_json`) is
     stored under ``"model"`` so that evaluations can be compared."""
     y, prob = prepare(y, prob)
-    pred = (prob >= threshold).astype(np.int64)
+    pred = decision_codes(prob, threshold)
     metrics: dict[str, Any] = {"task": "binary", **binary_metrics(y, prob, threshold)}
     ci = bootstrap_ci(y, prob, threshold, n_boot=n_boot, seed=seed)
     metrics.update(ci=ci, ci_method=CI_METHOD, ci_level=0.95, n_boot=n_boot, seed=seed)

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
+from pneumo.decision import check_threshold, decide
 from pneumo.domain import domain_check
 from pneumo.imaging import ImageLoadError, load_image
-from pneumo.labels import NORMAL, PNEUMONIA, REFER
 from pneumo.modelfile import ModelFile, ModelFileError, load_model_file, load_onnx_file, onnx_session
 from pneumo.preprocess import to_input, views
 from pneumo.probability import calibrated_probability, pneumonia_log_odds, subtype_probabilities
@@ -71,9 +71,7 @@ class Predictor:
         self.session = onnx_session(model.onnx, source=f"{model.path}: model.onnx", threads=threads)
         self.model = model
         self.meta = model.meta
-        self.threshold = self.meta.threshold if threshold is None else float(threshold)
-        if not 0.0 <= self.threshold <= 1.0:  # NaN fails this too
-            raise ModelFileError(f"threshold {threshold}: must be a probability between 0 and 1")
+        self.threshold = self.meta.threshold if threshold is None else check_threshold(threshold)
         self.size = self.meta.preprocessing.image_size
         # The site's REFER band belongs to the site's operating point: an explicit threshold means two-way decisions.
         self.refer = self.meta.site.refer if self.meta.site is not None and threshold is None else None
@@ -116,9 +114,7 @@ class Predictor:
 
     def decide(self, p: float) -> str:
         """NORMAL / PNEUMONIA at the threshold; with a REFER band, NORMAL below it, PNEUMONIA above, REFER in it."""
-        if self.refer is None:
-            return PNEUMONIA if p >= self.threshold else NORMAL
-        return NORMAL if p < self.refer.low else PNEUMONIA if p > self.refer.high else REFER
+        return decide(p, self.threshold, None if self.refer is None else (self.refer.low, self.refer.high))
 
     def _predict_inputs(self, x: np.ndarray, names: Sequence[str], tta: bool) -> list[Prediction]:
         """Predict a prepared batch (N x V x H x W, normalised as the model expects)."""

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from pneumo.decision import is_positive
+
 CI_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "roc_auc", "pr_auc", "ece", "brier")
 
 
@@ -56,7 +58,7 @@ def weighted_ece(prob: np.ndarray, y: np.ndarray, counts: np.ndarray, n_bins: in
 def confusion(y: np.ndarray, prob: np.ndarray, threshold: float) -> tuple[int, int, int, int]:
     """``(tn, fp, fn, tp)`` at ``threshold``: positive when ``prob >= threshold``, ``y`` 1 for pneumonia."""
     y = np.asarray(y).astype(bool)
-    pred = np.asarray(prob, dtype=np.float64) >= threshold
+    pred = is_positive(prob, threshold)
     return int(np.sum(~pred & ~y)), int(np.sum(pred & ~y)), int(np.sum(~pred & y)), int(np.sum(pred & y))
 
 
@@ -90,7 +92,7 @@ def weighted_metrics(
     interpolation).
     """
     y = y.astype(bool)
-    pred = prob >= threshold
+    pred = is_positive(prob, threshold)
     yf = y.astype(np.float64)
     n = counts.sum(axis=1)
     n_pos = counts @ yf
