@@ -43,7 +43,7 @@ print(time.perf_counter() - t0, "torch" in sys.modules)
 def agreement(original: Path, exported: Path, images: list[Path]) -> dict:
     """ONNX map against Grad-CAM on the original file's PyTorch twin, both at the input size."""
     from pneumo.cam import HeatMapper
-    from pneumo.explain import GradCam
+    from pneumo.grad_cam import GradCam
     from pneumo.imaging import load_image
     from pneumo.inference import Predictor
     from pneumo.modelfile import load_model_file

@@ -16,18 +16,6 @@ from PIL import Image
 from pydantic import ValidationError
 from scipy.stats import beta, norm
 
-from pneumo.adapt import (
-    NORMAL,
-    PNEUMONIA,
-    REFER,
-    conformal_band,
-    cross_validate,
-    exact_lower_bound,
-    figures_with_intervals,
-    fit_site,
-    positives_needed,
-    sample_size_warning,
-)
 from pneumo.calibration import choose_threshold
 from pneumo.cli import main
 from pneumo.metrics import expected_calibration_error, operating_point
@@ -44,6 +32,18 @@ from pneumo.modelfile import (
     save_site_file,
 )
 from pneumo.probability import sigmoid
+from pneumo.site_fit import (
+    NORMAL,
+    PNEUMONIA,
+    REFER,
+    conformal_band,
+    cross_validate,
+    exact_lower_bound,
+    figures_with_intervals,
+    fit_site,
+    positives_needed,
+    sample_size_warning,
+)
 
 TARGET = 0.98
 

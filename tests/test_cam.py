@@ -17,7 +17,7 @@ from PIL import Image
 
 from pneumo import cam as cam_mod
 from pneumo.cam import ALPHA_FLOOR, ALPHA_MAX, CAM_OUTPUT, HeatMapper, heatmap_rgba, overlay_alpha, overlay_rgb
-from pneumo.explain import GradCam
+from pneumo.grad_cam import GradCam
 from pneumo.imaging import resize_map
 from pneumo.inference import Predictor
 from pneumo.modelfile import (
@@ -358,7 +358,7 @@ def test_server_falls_back_with_a_note_when_torch_is_missing(old_model_file, mon
 
     from pneumo.serve.app import create_app
 
-    monkeypatch.setitem(sys.modules, "pneumo.explain", None)  # any import of it now raises ImportError
+    monkeypatch.setitem(sys.modules, "pneumo.grad_cam", None)  # any import of it now raises ImportError
     buf = io.BytesIO()
     Image.fromarray((_images(1)[0] * 255).astype(np.uint8)).save(buf, "PNG")
     files = {"file": ("x.png", buf.getvalue(), "image/png")}

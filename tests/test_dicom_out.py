@@ -48,9 +48,9 @@ def site(predictor, dicom_dir, tmp_path_factory):
     made through it. The site sample is synthetic log-odds (seeded): 300 normal images one unit below that value,
     300 pneumonia images one unit above, unit spread. At alpha 0.05 the band spans about +-0.64 log-odds units
     (the 5 % / 95 % quantiles of the two classes, 1 - 1.645), so RG1 lies deep inside it: REFER."""
-    from pneumo.adapt import figures_with_intervals, fit_site
     from pneumo.adapt_report import base_predictor
     from pneumo.modelfile import ReferBand, SiteBase, SiteCalibration, SiteFigures, SiteSample, save_site_file
+    from pneumo.site_fit import figures_with_intervals, fit_site
 
     alpha, target = 0.05, 0.95
     z0 = predictor.predict_one((dicom_dir / CHEST[0]).read_bytes(), CHEST[0]).log_odds

@@ -1,6 +1,6 @@
 """The run behind ``pneumo adapt``: score the site sample through the base model's ONNX graph, cross-validate, fit on
 the whole sample, write the site file and the report (report.txt, metrics.json, predictions.csv, reliability
-diagrams before / after, ROC with both operating points). The statistics live in :mod:`pneumo.adapt`."""
+diagrams before / after, ROC with both operating points). The statistics live in :mod:`pneumo.site_fit`."""
 
 from __future__ import annotations
 
@@ -13,17 +13,6 @@ from typing import Any
 import numpy as np
 
 from pneumo import atomic
-from pneumo.adapt import (
-    NORMAL,
-    PNEUMONIA,
-    REFER,
-    cross_validate,
-    figures_with_intervals,
-    fit_site,
-    refer_warnings,
-    sample_size_warning,
-    sha256_hex,
-)
 from pneumo.data import parse_kermany_name, scan_dataset
 from pneumo.labels import BINARY_CLASSES, DECISIONS
 from pneumo.modelfile import (
@@ -39,6 +28,17 @@ from pneumo.modelfile import (
     save_site_file,
 )
 from pneumo.probability import sigmoid
+from pneumo.site_fit import (
+    NORMAL,
+    PNEUMONIA,
+    REFER,
+    cross_validate,
+    figures_with_intervals,
+    fit_site,
+    refer_warnings,
+    sample_size_warning,
+    sha256_hex,
+)
 
 OOD_WARN_SHARE = 0.05  # above this share of the sample outside the validated domain, say so
 

@@ -9,7 +9,7 @@ weights that made the prediction, ``.onnx`` files written by ``pneumo export`` c
 be read without torch (``safetensors`` is not an inference dependency).
 
 :class:`HeatMapper` is the one entry point for ``pneumo explain``, the web page and the DICOM Secondary Capture:
-the ONNX map when the graph has it, else PyTorch Grad-CAM on the model file's weights (:class:`pneumo.explain.GradCam`,
+the ONNX map when the graph has it, else PyTorch Grad-CAM on the model file's weights (:class:`pneumo.grad_cam.GradCam`,
 older model files and architectures without the pooling head). The colour map and the overlay's opacity live here
 too, so every picture of a heat map looks the same.
 """
@@ -20,12 +20,11 @@ import threading
 
 import numpy as np
 
+from pneumo.graph_names import CAM_OUTPUT
 from pneumo.imaging import resize_map
 from pneumo.inference import Predictor
 from pneumo.modelfile import ModelFile, ModelFileError, load_model_file
 from pneumo.preprocess import to_input
-
-CAM_OUTPUT = "cam"  # the ONNX output name: N x h x w, the map before ReLU
 
 # Opacity of the overlay: transparent below ALPHA_FLOOR, then a smoothstep (continuous, with a continuous slope)
 # up to ALPHA_MAX at the hottest point. A step in opacity draws the map's iso-line as a hard edge; bilinear maps
@@ -132,7 +131,7 @@ class HeatMapper:
 
     def _fallback(self):
         if self._grad_cam is None:
-            from pneumo.explain import GradCam
+            from pneumo.grad_cam import GradCam
 
             self._grad_cam = GradCam(self._with_weights(self.predictor.model))
         return self._grad_cam

@@ -1,10 +1,10 @@
-"""Heat maps over the X-ray: ``pneumo explain`` and the PyTorch Grad-CAM fallback.
+"""Heat maps over the X-ray: ``pneumo explain``.
 
 The probability and decision shown come from the same ONNX path as ``pneumo predict``, so an overlay never
 disagrees with a prediction. The map is the pneumonia log-odds' class activation map from the ONNX graph
 (:mod:`pneumo.cam`, no torch) when the model file has it; otherwise Grad-CAM (the ``grad-cam`` package) on the
-PyTorch twin, with the same target. Either way the map shows what pushed the model towards pneumonia, for binary
-and subtype models alike. torch is imported only by :class:`GradCam`.
+PyTorch twin, with the same target (:mod:`pneumo.grad_cam`, the only heat-map code that imports torch). Either way
+the map shows what pushed the model towards pneumonia, for binary and subtype models alike.
 """
 
 from __future__ import annotations
@@ -21,31 +21,6 @@ from pneumo.imaging import DISPLAY_MAX, ImageLoadError, load_image_and_display
 from pneumo.inference import Prediction, Predictor, open_model
 from pneumo.labels import PNEUMONIA
 from pneumo.modelfile import ModelFile, load_model_file
-from pneumo.preprocess import to_input
-from pneumo.probability import pneumonia_log_odds
-
-
-class GradCam:
-    """Grad-CAM on the PyTorch twin of a model file: the fallback of :class:`pneumo.cam.HeatMapper` for graphs
-    without a ``cam`` output (older model files, architectures without a global-average-pooling head)."""
-
-    def __init__(self, model: ModelFile):
-        from pytorch_grad_cam import GradCAM
-
-        from pneumo.training.export import torch_twin
-        from pneumo.training.models import cam_target_layer
-
-        self.preprocessing = model.meta.preprocessing
-        self.net = torch_twin(model)
-        self.cam = GradCAM(model=self.net, target_layers=[cam_target_layer(self.net, model.meta.arch)])
-
-    def heatmap(self, image: np.ndarray) -> np.ndarray:
-        """Grad-CAM map (input size, [0, 1]) for one image already at the model's input size."""
-        import torch
-
-        x = torch.from_numpy(to_input([image], self.preprocessing))
-        cam = self.cam(input_tensor=x, targets=[pneumonia_log_odds])[0]
-        return np.nan_to_num(cam.astype(np.float32))
 
 
 @dataclass

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pneumo.cam import CAM_OUTPUT
 from pneumo.errors import PneumoError
+from pneumo.graph_names import CAM_OUTPUT
 from pneumo.modelfile import (
     ModelFile,
     ModelFileError,
