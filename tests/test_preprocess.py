@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from pneumo.modelfile import Preprocessing
-from pneumo.preprocess import equalize, normalize_intensity, to_input
+from pneumo.preprocess import averaged_views, equalize, normalize_intensity, to_input, views
 from pneumo.probability import calibrated_probability, pneumonia_log_odds, softmax, subtype_probabilities
 
 
@@ -59,6 +59,25 @@ def test_to_input_shape_uint8_and_normalisation():
 def test_to_input_rejects_wrong_size(shape):
     with pytest.raises(ValueError, match="16x16"):
         to_input([np.zeros(shape, np.float32)], Preprocessing(image_size=16))
+
+
+@pytest.mark.parametrize(
+    ("tta", "n_views", "expected"),
+    [
+        ([], None, [0]),  # no test-time scales: the image as it is
+        ([1.0], None, [0]),
+        ([0.8, 1.0], None, [0, 1]),  # views are [1.0, 0.8]
+        ([0.9, 1.1], None, [1, 2]),  # the image as it is is not among the averaged views
+        ([1.1, 0.9, 1.1], None, [1, 2]),  # repeated scales are one view
+        ([0.9, 1.1], 1, [0]),  # a batch prepared without tta: only the image as it is
+        ([0.8, 1.0], 1, [0]),
+    ],
+)
+def test_averaged_views(tta, n_views, expected):
+    cfg = Preprocessing(image_size=32, tta=tta)
+    assert averaged_views(cfg, n_views) == expected
+    if n_views is None:
+        assert all(views(cfg)[i] in (tta or [1.0]) for i in expected)
 
 
 def test_calibrated_probability_two_class_is_softmax():

@@ -18,7 +18,7 @@ from pneumo.decision import check_threshold, decide
 from pneumo.domain import domain_check
 from pneumo.imaging import ImageLoadError, load_image
 from pneumo.modelfile import ModelFile, ModelFileError, load_model_file, load_onnx_file, onnx_session
-from pneumo.preprocess import to_input, views
+from pneumo.preprocess import averaged_views, to_input
 from pneumo.probability import calibrated_probability, pneumonia_log_odds, subtype_probabilities
 
 Source = str | os.PathLike | bytes
@@ -102,8 +102,7 @@ class Predictor:
             flipped = self._run(np.ascontiguousarray(x.reshape(n * v, 1, *x.shape[2:])[..., ::-1]))
             logits = np.concatenate([logits, flipped[0]])
             sub = None if sub is None else np.concatenate([sub, flipped[2]])
-        scales = views(self.meta.preprocessing)[:v]
-        averaged = [i for i, s in enumerate(scales) if s in self.meta.preprocessing.tta] or [0]
+        averaged = averaged_views(self.meta.preprocessing, v)
 
         def mean_over_views(a: np.ndarray) -> np.ndarray:
             a = a.reshape(-1, n, v, a.shape[-1])  # (mirror, image, view, class)

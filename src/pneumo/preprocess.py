@@ -61,6 +61,15 @@ def views(cfg: Preprocessing) -> list[float]:
     return [1.0, *[s for s in dict.fromkeys(cfg.tta) if s != 1.0]]
 
 
+def averaged_views(cfg: Preprocessing, n_views: int | None = None) -> list[int]:
+    """Indices into :func:`views` whose logits are averaged at prediction: the scales of ``cfg.tta``, or the
+    image as it is (index 0) when there are none. With ``n_views`` only the first ``n_views`` views are at hand
+    (a batch prepared without ``tta`` has one). Prediction and the training side's calibration both average
+    through this, so the probabilities a threshold was chosen on are the ones predict gives."""
+    scales = views(cfg)[:n_views]
+    return [i for i, s in enumerate(scales) if s in cfg.tta] or [0]
+
+
 def to_input(images: np.ndarray | list[np.ndarray], cfg: Preprocessing, *, tta: bool = False) -> np.ndarray:
     """Images already at ``cfg.image_size`` (H x W in [0, 1], or uint8) -> float32 batch N x 1 x H x W.
 
