@@ -18,6 +18,8 @@ from scipy.stats import beta, norm
 
 from pneumo.calibration import choose_threshold
 from pneumo.cli import main
+from pneumo.decision import NORMAL_CODE, PNEUMONIA_CODE, REFER_CODE, decision_codes
+from pneumo.labels import DECISIONS
 from pneumo.metrics import expected_calibration_error, operating_point
 from pneumo.modelfile import (
     BASE,
@@ -33,9 +35,7 @@ from pneumo.modelfile import (
 )
 from pneumo.probability import sigmoid
 from pneumo.site_fit import (
-    NORMAL,
-    PNEUMONIA,
-    REFER,
+    SiteFit,
     conformal_band,
     cross_validate,
     exact_lower_bound,
@@ -192,12 +192,22 @@ def test_refer_band_on_held_out_site_data():
     z_new, y_new = scores(rng, 50000, 50000, shift=1.0, scale=1.5, mu=1.0)
     d = fit.decide(z_new, three_way=True)
     # One site sample of 400: the realised error has sd about sqrt(.02 * .98 / 400) = .007 around its mean <= .02.
-    assert np.mean(d[y_new == 1] == NORMAL) <= alpha + 3 * 0.007
-    assert np.mean(d[y_new == 0] == PNEUMONIA) <= alpha + 3 * 0.007
-    assert 0.0 < np.mean(d == REFER) < 0.5
+    assert np.mean(d[y_new == 1] == NORMAL_CODE) <= alpha + 3 * 0.007
+    assert np.mean(d[y_new == 0] == PNEUMONIA_CODE) <= alpha + 3 * 0.007
+    assert 0.0 < np.mean(d == REFER_CODE) < 0.5
     lo, hi = fit.band
     p = fit.probability(z_new)
-    np.testing.assert_array_equal(d == REFER, (p >= lo) & (p <= hi))
+    np.testing.assert_array_equal(d == REFER_CODE, (p >= lo) & (p <= hi))
+
+
+def test_site_decisions_are_the_decision_cores_codes_two_way_unless_asked():
+    """At the threshold a probability is PNEUMONIA (``>=``); the band only speaks with ``three_way``."""
+    fit = SiteFit(temperature=1.0, bias=0.0, threshold=0.5, band=(0.3, 0.7))
+    z = np.log([0.2 / 0.8, 0.4 / 0.6, 1.0, 0.6 / 0.4, 0.8 / 0.2])  # p = 0.2, 0.4, 0.5 (exactly: z = 0), 0.6, 0.8
+    assert fit.probability(z)[2] == 0.5
+    assert [DECISIONS[c] for c in fit.decide(z)] == ["NORMAL", "NORMAL", "PNEUMONIA", "PNEUMONIA", "PNEUMONIA"]
+    assert [DECISIONS[c] for c in fit.decide(z, three_way=True)] == ["NORMAL", "REFER", "REFER", "REFER", "PNEUMONIA"]
+    np.testing.assert_array_equal(fit.decide(z), decision_codes(fit.probability(z), 0.5))
 
 
 def test_refer_band_without_enough_images_refers_everything_it_cannot_certify():
@@ -270,6 +280,26 @@ def test_cli_writes_site_file_and_report(adapted):
     # 24 pneumonia images cannot show sensitivity above 0.93: the loud warning, on stderr and in the file.
     assert "WARNING: SITE SAMPLE TOO SMALL" in adapted["stderr"] and "24 pneumonia image(s)" in adapted["stderr"]
     assert any(w.startswith("SITE SAMPLE TOO SMALL") for w in metrics["site"]["warnings"])
+
+
+def test_a_missing_extra_is_one_line_naming_it_before_any_image_is_read(adapted, tiny_model, tmp_path, monkeypatch):
+    import importlib.util
+
+    from pneumo.adapt import adapt_site
+    from pneumo.errors import MissingExtraError
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "scipy" else find_spec(name, *a))
+    out = tmp_path / "s.pneumo"
+    with pytest.raises(MissingExtraError, match=r"'adapt' extra \(scipy not installed\).*pneumo\[adapt\]"):
+        adapt_site(adapted["site_dir"], out, model=tiny_model)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code = main(["adapt", str(adapted["site_dir"]), "--out", str(out), "--model", str(tiny_model)])
+    text = stderr.getvalue()
+    assert code == 1 and "Traceback" not in text and text.count("\n") == 1, text
+    assert text.startswith("error: pneumo adapt needs the 'adapt' extra") and "pip install 'pneumo[adapt]'" in text
+    assert not out.exists()
 
 
 def test_provenance_round_trips(adapted, tiny_model):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pneumo.adapt_report import run_adaptation
+from pneumo.errors import MissingExtraError
 from pneumo.site_fit import DEFAULT_FOLDS
 
 
@@ -30,12 +31,17 @@ def adapt_site(
     patients_csv: str | Path | None = None,
 ):
     """``pneumo adapt``: score the site sample through the base model's ONNX graph, cross-validate, fit on the whole
-    sample, write the site file (and the report). Returns the :class:`pneumo.adapt_report.AdaptResult`."""
+    sample, write the site file (and the report). Returns the :class:`pneumo.adapt_report.AdaptResult`.
+
+    Raises :class:`~pneumo.errors.MissingExtraError` naming the ``adapt`` extra when its packages are missing,
+    before any image is read."""
     import importlib.util
 
     missing = [m for m in ("sklearn", "scipy", "matplotlib") if importlib.util.find_spec(m) is None]
     if missing:
-        raise RuntimeError(f"pneumo adapt needs {', '.join(missing)}: pip install 'pneumo[adapt]'")
+        raise MissingExtraError(
+            f"pneumo adapt needs the 'adapt' extra ({', '.join(missing)} not installed): pip install 'pneumo[adapt]'"
+        )
     return run_adaptation(
         Path(site_folder),
         Path(out),

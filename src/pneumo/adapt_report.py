@@ -14,6 +14,7 @@ import numpy as np
 
 from pneumo import atomic
 from pneumo.data import parse_kermany_name, scan_dataset
+from pneumo.decision import NORMAL_CODE, PNEUMONIA_CODE, REFER_CODE, decision_codes
 from pneumo.labels import BINARY_CLASSES, DECISIONS
 from pneumo.modelfile import (
     ModelMeta,
@@ -29,9 +30,6 @@ from pneumo.modelfile import (
 )
 from pneumo.probability import sigmoid
 from pneumo.site_fit import (
-    NORMAL,
-    PNEUMONIA,
-    REFER,
     cross_validate,
     figures_with_intervals,
     fit_site,
@@ -162,7 +160,7 @@ def run_adaptation(
         raise ValueError(f"{folder}: fewer than one readable image of each class (unreadable: {len(s.unreadable)})")
 
     before_prob = sigmoid(s.z / meta.temperature + meta.calibration_bias)
-    before_dec = (before_prob >= meta.threshold).astype(np.int64)
+    before_dec = decision_codes(before_prob, meta.threshold)
     before = figures_with_intervals(s.y, before_prob, before_dec, s.patients, n_boot=n_boot, seed=seed)
     cv = cross_validate(s.z, s.y, s.patients, target_sensitivity, refer_error, folds, seed)
     after = figures_with_intervals(s.y, cv.prob, cv.decision, s.patients, n_boot=n_boot, seed=seed)
@@ -173,7 +171,7 @@ def run_adaptation(
 
     n_pos, n_neg = int(s.y.sum()), int((1 - s.y).sum())
     warnings = []
-    tp = int(np.sum((s.y == 1) & (cv.decision == PNEUMONIA)))
+    tp = int(np.sum((s.y == 1) & (cv.decision == PNEUMONIA_CODE)))
     if w := sample_size_warning(after["sensitivity"], n_pos, tp, target_sensitivity):
         warnings.append(w)
     if refer_error is not None:
@@ -295,7 +293,9 @@ def report_text(r: AdaptResult, s: SiteScores, cv, before_prob: np.ndarray, befo
 
 def refer_text(r: AdaptResult, y: np.ndarray, decision3: np.ndarray) -> list[str]:
     band, f = r.site.refer, r.refer
-    table = [[int(np.sum((y == c) & (decision3 == d))) for d in (NORMAL, REFER, PNEUMONIA)] for c in (0, 1)]
+    table = [
+        [int(np.sum((y == c) & (decision3 == d))) for d in (NORMAL_CODE, REFER_CODE, PNEUMONIA_CODE)] for c in (0, 1)
+    ]
     called_n, called_p = table[0][0] + table[1][0], table[0][2] + table[1][2]
     lines = [
         f"REFER band ({band.method}; bound {band.max_error:g} on the share of each class given the other class's "

@@ -34,11 +34,11 @@ from typing import Any
 import numpy as np
 
 from pneumo.calibration import choose_threshold, fit_calibration
+from pneumo.decision import NORMAL_CODE, PNEUMONIA_CODE, REFER_CODE, decision_codes
 from pneumo.probability import sigmoid
 
 DEFAULT_FOLDS = 5
 SENSITIVITY_MARGIN = 0.05  # the interval on sensitivity must exclude target - this margin
-NORMAL, PNEUMONIA, REFER = 0, 1, 2  # decision codes: indices into labels.DECISIONS
 _EPS = 1e-9
 
 
@@ -55,12 +55,9 @@ class SiteFit:
         return sigmoid(np.asarray(z, dtype=np.float64) / self.temperature + self.bias)
 
     def decide(self, z: np.ndarray, three_way: bool = False) -> np.ndarray:
-        """0 NORMAL, 1 PNEUMONIA (and 2 REFER with ``three_way``), as :meth:`pneumo.inference.Predictor.decide`."""
-        p = self.probability(z)
-        if not three_way or self.band is None:
-            return (p >= self.threshold).astype(np.int64)
-        lo, hi = self.band
-        return np.where(p < lo, NORMAL, np.where(p > hi, PNEUMONIA, REFER))
+        """The decision codes (:func:`pneumo.decision.decision_codes`) of log-odds ``z``: NORMAL / PNEUMONIA at
+        the threshold, and REFER in the band with ``three_way``."""
+        return decision_codes(self.probability(z), self.threshold, self.band if three_way else None)
 
 
 def _logits(z: np.ndarray) -> np.ndarray:
@@ -195,17 +192,17 @@ def weighted_figures(
     base = weighted_metrics(y, np.asarray(prob, dtype=np.float64), 0.5, w)  # threshold-free parts only
     with np.errstate(invalid="ignore", divide="ignore"):
         out = {
-            "sensitivity": w @ (y & (decision == PNEUMONIA)) / pos,
-            "specificity": w @ (~y & (decision == NORMAL)) / neg,
+            "sensitivity": w @ (y & (decision == PNEUMONIA_CODE)) / pos,
+            "specificity": w @ (~y & (decision == NORMAL_CODE)) / neg,
             "roc_auc": base["roc_auc"],
             "pr_auc": base["pr_auc"],
             "ece": base["ece"],
             "brier": base["brier"],
         }
         if three_way:
-            out["referred"] = w @ (decision == REFER) / w.sum(axis=1)
-            out["miss_rate"] = w @ (y & (decision == NORMAL)) / pos
-            out["false_alarm_rate"] = w @ (~y & (decision == PNEUMONIA)) / neg
+            out["referred"] = w @ (decision == REFER_CODE) / w.sum(axis=1)
+            out["miss_rate"] = w @ (y & (decision == NORMAL_CODE)) / pos
+            out["false_alarm_rate"] = w @ (~y & (decision == PNEUMONIA_CODE)) / neg
     return out
 
 
