@@ -13,7 +13,7 @@ from pneumo.training.augment import AugmentConfig, augment_batch, equalize_batch
 OFF = {
     "rotation_deg": 0.0, "shear_deg": 0.0, "scale": (1.0, 1.0), "aspect": (1.0, 1.0), "translate": 0.0,
     "hflip_p": 0.0, "brightness": 0.0, "contrast": 0.0, "gamma": 0.0, "blur_sharpen_p": 0.0,
-    "resolution_loss_p": 0.0, "noise_p": 0.0,
+    "resolution_loss_p": 0.0, "noise_p": 0.0, "border_erase_p": 0.0, "marker_p": 0.0,
 }  # fmt: skip
 
 
@@ -127,3 +127,34 @@ def test_flat_margins_or_repeated_edges_when_the_content_shrinks():
     assert (margin[:, 0, 0] <= border + 1e-6).all() and (margin[:, 0, 0] >= 0).all()
     edge = augment_batch(x, AugmentConfig(**{**shrink, "flat_margin_p": 0.0}))
     torch.testing.assert_close(edge[:, 0, 0, 0], x[:, 0, 0, 0])  # the corner pixel repeated into the margin
+
+
+def test_border_erase_greys_only_bands_at_the_edges():
+    from pneumo.training.augment import random_border_erase
+
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 40, 40)
+    cfg = AugmentConfig(border_erase_p=1.0, border_erase_max=0.2)
+    out = random_border_erase(x, cfg)
+    changed = (out != x).any(dim=0)[0]
+    assert changed.any()
+    assert not changed[8:32, 8:32].any()  # nothing deeper than 20 % of the frame
+    # each erased image's changed pixels are one flat grey
+    for i in range(64):
+        diff = out[i, 0][out[i, 0] != x[i, 0]]
+        assert diff.numel() == 0 or torch.allclose(diff, diff[0])
+    assert torch.equal(random_border_erase(x, AugmentConfig(border_erase_p=0.0)), x)
+
+
+def test_markers_are_pasted_near_the_edges_on_a_share_of_the_images():
+    from pneumo.training.augment import random_markers
+
+    torch.manual_seed(0)
+    x = torch.full((200, 1, 64, 64), 0.3)
+    out = random_markers(x, AugmentConfig(marker_p=0.5, marker_size=(0.06, 0.1)))
+    touched = (out - x).abs().flatten(1).amax(1) > 0.05
+    assert 0.3 < touched.float().mean() < 0.7  # about half of the images
+    ink = (out - x).abs()[:, 0] > 0.05
+    # a text's top-left corner sits 60-90 % of the half-frame from the centre on one axis, so the middle is free
+    assert not ink[:, 24:40, 24:40].any()
+    assert torch.equal(random_markers(x, AugmentConfig(marker_p=0.0)), x)

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pneumo.calibration import choose_threshold, fit_calibration
+from pneumo.errors import ConfigError, DataError
 from pneumo.metrics import expected_calibration_error, operating_point, reliability_bins
 from pneumo.probability import calibrated_probability, softmax
 
@@ -179,3 +180,32 @@ def test_pneumonia_log_odds_is_one_formula_for_numpy_and_torch():
     (grad,) = torch.autograd.grad(z.sum(), t)
     np.testing.assert_allclose(grad[:, 0].numpy(), -1.0)  # d z / d logit_normal
     assert pneumonia_log_odds(t[0]).shape == ()  # one sample's logits, as Grad-CAM passes them
+
+
+def test_worst_case_threshold_keeps_the_largest_margin_in_the_worst_condition():
+    from pneumo.calibration import choose_threshold_worst_case, worst_case_rates
+
+    # 10 pneumonia, 10 normal. Clean: positives 0.55..1.0, negatives 0.0..0.45. Zoomed: the lowest positive
+    # falls to 0.5 and the two highest negatives rise to 0.62 and 0.72. With both targets 0.8, by hand, the
+    # worst-condition margin min(sens - 0.8, spec - 0.8) is 0 for every cut in (0.35, 0.65] and negative outside
+    # (at 0.35 zoomed specificity is 0.7; above 0.65 clean sensitivity is 0.7): the middle of that run is 0.5.
+    y = np.array([1] * 10 + [0] * 10)
+    clean = np.round(np.concatenate([np.linspace(0.55, 1.0, 10), np.linspace(0.0, 0.45, 10)]), 2)
+    zoom = clean.copy()
+    zoom[0], zoom[18], zoom[19] = 0.5, 0.62, 0.72
+    probs = {"clean": clean, "zoom": zoom}
+    t = choose_threshold_worst_case(y, probs, 0.8, 0.8)
+    assert t == pytest.approx(0.5)
+    rates = worst_case_rates(y, probs, t)
+    assert rates == {"sensitivity": 1.0, "sensitivity_of": "clean", "specificity": 0.8, "specificity_of": "zoom"}
+    # the pooled rule takes the highest cut with sensitivity 0.8 on both pooled: the 16th highest positive, 0.65
+    assert choose_threshold(np.tile(y, 2), np.concatenate([clean, zoom]), 0.8) == pytest.approx(0.65)
+
+
+def test_worst_case_threshold_refuses_one_class_and_bad_targets():
+    from pneumo.calibration import choose_threshold_worst_case
+
+    with pytest.raises(DataError):
+        choose_threshold_worst_case(np.ones(4), {"clean": np.linspace(0, 1, 4)}, 0.9, 0.9)
+    with pytest.raises(ConfigError):
+        choose_threshold_worst_case(np.array([0, 1]), {"clean": np.array([0.2, 0.8])}, 0.9, 1.5)

@@ -6,14 +6,22 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from pneumo.evaluation_run import evaluate_folder, select_records
 from pneumo.imaging import load_image
 from pneumo.inference import Predictor
 from pneumo.metrics import binary_metrics
 from pneumo.ood import photographs, synthetic
-from pneumo.robustness import GEOMETRY, PERTURBATIONS, WORST, format_table, shifted_validation, worst_case
+from pneumo.robustness import (
+    CONTROLS,
+    GEOMETRY,
+    PERTURBATIONS,
+    WORST,
+    format_table,
+    shifted_validation,
+    worst_case,
+)
 
 
 def _xray_like(seed: int, size: int = 96) -> Image.Image:
@@ -35,10 +43,12 @@ def labelled(tmp_path):
     return root
 
 
-@pytest.mark.parametrize("name", sorted(PERTURBATIONS))
+@pytest.mark.parametrize("name", sorted({**PERTURBATIONS, **CONTROLS}))
 def test_perturbations_change_the_image_but_keep_it_a_grayscale_image(name):
     im = _xray_like(0)
-    out = PERTURBATIONS[name](im)
+    if name == "markers masked":  # it has something to hide only where a mark is burnt in
+        ImageDraw.Draw(im).text((4, 3), "L", fill=255, font=ImageFont.load_default(size=9))
+    out = {**PERTURBATIONS, **CONTROLS}[name](im)
     assert out.mode == "L"
     a, b = np.asarray(im, dtype=float), np.asarray(out, dtype=float)
     if name.startswith("crop"):
@@ -120,14 +130,25 @@ def _perturbed_by_hand(predictor, paths, f):
     return list(predictor.predict_sources(sources))
 
 
+def _probs(preds) -> np.ndarray:
+    return np.array([p.probability for p in preds])
+
+
 def test_shifted_validation_measures_each_condition_through_the_predictor(labelled, tiny_model):
     recs, _ = select_records(labelled)
     paths = [r.path for r in recs]
     y = np.array([r.label == "PNEUMONIA" for r in recs], dtype=int)
     predictor = Predictor.load(tiny_model)
     conditions = {k: PERTURBATIONS[k] for k in ("zoom 1.25 (cropped)", "blur sigma 2")}
-    res = shifted_validation(predictor, paths, y, conditions=conditions)
-    assert list(res) == [WORST, "clean", *conditions]  # the worst case first
+    res = shifted_validation(predictor, paths, y, conditions={**conditions, **CONTROLS})
+    assert list(res) == [WORST, "clean", *conditions, *CONTROLS]  # the worst case first
+    # a control is reported but never the worst case: there a low AUC is right
+    assert not set(res[WORST]["worst_of"].values()) & set(CONTROLS)
+    assert res["lung box masked"]["roc_auc"] == pytest.approx(
+        binary_metrics(y, _probs(_perturbed_by_hand(predictor, paths, CONTROLS["lung box masked"])), 0.5)["roc_auc"]
+    )
+    rel = res["clean"]["reliability"]
+    assert sum(rel["count"]) == len(paths) and len(rel["confidence"]) == 10
 
     clean = predictor.predict_sources((str(p), p) for p in paths)
     clean_p = np.array([p.probability for p in clean])
@@ -147,6 +168,7 @@ def test_shifted_validation_measures_each_condition_through_the_predictor(labell
     assert res[WORST]["decisions_flipped"] == max(res[k]["decisions_flipped"] for k in conditions)
     table = format_table(res).splitlines()
     assert table[2].startswith("| **worst case** |") and table[3].startswith("| clean |")
+    assert any(line.startswith("| lung box masked (control: a low AUC is right) |") for line in table)
 
 
 def test_the_bacterial_viral_split_goes_through_the_same_suite(labelled, tiny_subtype_model):

@@ -18,6 +18,8 @@ from PIL import Image
 from pneumo.config import TrainConfig
 from pneumo.inference import Predictor
 from pneumo.modelfile import load_model_file
+from pneumo.shifts import TRAINING_CHECKS
+from pneumo.training.finalize import OperatingRule
 from pneumo.training.train import balanced_indices, class_weights, fit
 
 N_PER_CLASS = 24
@@ -93,10 +95,13 @@ def test_model_file_describes_itself(binary_run):
     assert 0 < m.threshold < 1 and m.temperature > 0
     for k in ("roc_auc", "accuracy", "sensitivity", "specificity", "ci95", "cpu_ms_per_image", "measured_on"):
         assert k in m.validation, k
-    # the operating point is chosen on validation pooled with its geometric shifts, and holds the target there
-    assert m.validation["operating_point"]["sensitivity"] >= m.target_sensitivity
+    # the threshold is the worst-case rule's, and the pooled rule's operating point is reported beside it
+    op = m.validation["operating_point"]
+    assert op["rule"] == "worst_case" and op["rules"]["worst_case"]["threshold"] == m.threshold
+    assert op["rules"]["pooled"]["pooled"]["sensitivity"] >= m.target_sensitivity  # the pooled rule's promise
+    assert set(op["rules"]["worst_case"]["worst_framing"]) >= {"sensitivity", "specificity", "specificity_of"}
     shift = m.validation["geometry_shift"]
-    assert set(shift) == {"worst", "zoom 0.8", "zoom 1.25", "squeeze across 0.85", "squeeze down 0.85"}
+    assert set(shift) == {"worst", *TRAINING_CHECKS}  # the checks that steer training come from the suite
     assert shift["worst"]["roc_auc"] == min(r["roc_auc"] for k, r in shift.items() if k != "worst")
     assert m.validation["n"] == m.data["val_images"] > 0
     assert m.domain_guard is not None and m.domain_guard.cutoff > 0
@@ -354,7 +359,7 @@ def test_operating_point_measures_the_subtype_split_under_each_shift():
     zoomed[14:18, 1:] = zoomed[14:18, :0:-1]  # 4 more bacterial images turn viral under the shift: 20 / 30
     shifted = {"zoom": logits, "squeeze": logits}
     _, _, _, m = fit_operating_point(
-        logits, sub, shifted, targets, 0.9, None, shifted_sub={"zoom": zoomed, "squeeze": sub}
+        logits, sub, shifted, targets, OperatingRule("pooled", 0.9), None, shifted_sub={"zoom": zoomed, "squeeze": sub}
     )
     assert m["bacterial_vs_viral_accuracy"] == pytest.approx(24 / 30)
     g = m["geometry_shift"]
@@ -363,7 +368,7 @@ def test_operating_point_measures_the_subtype_split_under_each_shift():
     assert g["zoom"]["subtype_flipped"] == pytest.approx(4 / 30)
     assert g["worst"]["bacterial_vs_viral"] == pytest.approx(20 / 30)
     assert g["worst"]["subtype_flipped"] == pytest.approx(4 / 30)
-    _, _, _, without = fit_operating_point(logits, sub, shifted, targets, 0.9, None)
+    _, _, _, without = fit_operating_point(logits, sub, shifted, targets, OperatingRule("pooled", 0.9), None)
     assert "bacterial_vs_viral" not in without["geometry_shift"]["worst"]
 
 

@@ -69,3 +69,57 @@ def choose_threshold(y: np.ndarray, prob: np.ndarray, target_sensitivity: float 
     sens = np.arange(1, pos.size + 1) / pos.size
     k = int(np.argmax(sens >= target_sensitivity))
     return float(pos[k])
+
+
+def worst_case_rates(y: np.ndarray, probs: dict[str, np.ndarray], threshold: float) -> dict:
+    """Sensitivity and specificity at ``threshold`` under each condition (the same cases, ``probs`` per condition),
+    their minimum over the conditions and which condition gave it."""
+    from pneumo.decision import is_positive
+
+    y = np.asarray(y).astype(bool)
+    per = {}
+    for name, p in probs.items():
+        call = is_positive(p, threshold)
+        per[name] = {"sensitivity": float(call[y].mean()), "specificity": float((~call[~y]).mean())}
+    out: dict = {}
+    for key in ("sensitivity", "specificity"):
+        name = min(per, key=lambda n: per[n][key])
+        out[key], out[f"{key}_of"] = per[name][key], name
+    return out
+
+
+def choose_threshold_worst_case(
+    y: np.ndarray, probs: dict[str, np.ndarray], target_sensitivity: float, target_specificity: float
+) -> float:
+    """The threshold that keeps the largest margin to both targets in the worst condition:
+    ``argmax_t min_c min(sens_c(t) - target_sensitivity, spec_c(t) - target_specificity)`` over the conditions
+    ``c`` (the same cases under each, e.g. clean validation and its framing-shifted copies).
+
+    A threshold fitted on pooled conditions can meet its sensitivity on average while one framing loses
+    specificity; this one looks at each condition's worse side. The objective only changes at the observed
+    probabilities, so it is evaluated there; of the best thresholds the highest run of them is taken, and its
+    middle returned, away from the cases at its ends.
+    """
+    for name, t in (("target_sensitivity", target_sensitivity), ("target_specificity", target_specificity)):
+        if not 0.0 < t <= 1.0:
+            raise ConfigError(f"{name} must be in (0, 1], got {t}")
+    y = np.asarray(y).astype(bool)
+    if y.all() or not y.any():
+        raise DataError("choose_threshold_worst_case needs both normal and pneumonia cases")
+    candidates = np.unique(np.concatenate([np.asarray(p, dtype=np.float64) for p in probs.values()]))
+    margin = np.full(candidates.size, np.inf)
+    for p in probs.values():
+        p = np.asarray(p, dtype=np.float64)
+        pos, neg = np.sort(p[y]), np.sort(p[~y])
+        # positive at p >= t: sensitivity counts positives at or above t, specificity negatives below it
+        sens = 1.0 - np.searchsorted(pos, candidates, side="left") / pos.size
+        spec = np.searchsorted(neg, candidates, side="left") / neg.size
+        margin = np.minimum(margin, np.minimum(sens - target_sensitivity, spec - target_specificity))
+    best = np.flatnonzero(margin == margin.max())
+    last = best[-1]
+    first = last
+    while first - 1 in best:  # the run of equal best candidates that ends at the highest one
+        first -= 1
+    # The objective is constant on (candidates[first - 1], candidates[last]]: take that interval's middle.
+    low = candidates[first - 1] if first > 0 else 0.0
+    return float((low + candidates[last]) / 2)

@@ -35,6 +35,10 @@ class AugmentConfig(BaseModel):
     resolution_min_scale: float = 0.4
     noise_p: float = 0.3
     noise_std_max: float = 0.04
+    border_erase_p: float = Field(default=0.3, ge=0.0, le=1.0, description="share of images with flat grey edges")
+    border_erase_max: float = Field(default=0.2, ge=0.0, le=0.5, description="deepest band, share of the frame")
+    marker_p: float = Field(default=0.5, ge=0.0, le=1.0, description="share of images given a marker-like text")
+    marker_size: tuple[float, float] = Field(default=(0.04, 0.1), description="marker height, share of the frame")
 
 
 class TrainConfig(BaseModel):
@@ -71,6 +75,12 @@ class TrainConfig(BaseModel):
     max_train_images: int | None = Field(default=None, description="subsample training images (quick runs)")
     seed: int = 0
     target_sensitivity: float = 0.98
+    target_specificity: float = Field(default=0.90, gt=0.0, le=1.0, description="the worst_case rule's second target")
+    threshold_rule: Literal["worst_case", "pooled"] = Field(
+        default="worst_case",
+        description="worst_case: the largest margin to both targets in the worst framing condition; pooled: the "
+        "highest threshold with target_sensitivity on validation pooled with its checked copies",
+    )
     patience: int = 4
     devices: int = 1
     num_nodes: int = 1
@@ -85,6 +95,11 @@ class TrainConfig(BaseModel):
         if self.recency and self.balance == "oversample":
             raise ValueError("recency and balance: oversample both resample the training images; choose one")
         return self
+
+    def operating_rule(self):
+        from pneumo.training.finalize import OperatingRule
+
+        return OperatingRule(self.threshold_rule, self.target_sensitivity, self.target_specificity)
 
     def preprocessing(self) -> Preprocessing:
         return Preprocessing(image_size=self.image_size, normalization=self.normalization, tta=self.tta)

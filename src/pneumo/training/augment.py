@@ -7,13 +7,17 @@ tensor operations with per-sample random parameters. Two groups:
   flip (one ``affine_grid`` / ``grid_sample``). How much of the frame the chest fills, and its aspect, differ by
   class in this dataset's originals and between acquisition periods: a model must not read them;
 - acquisition: brightness, contrast, gamma, blur or sharpening, resolution loss and noise -- what differs between
-  scanners and exposure settings, and what a model must not use as a shortcut for the diagnosis.
+  scanners and exposure settings, and what a model must not use as a shortcut for the diagnosis;
+- what lies outside the lungs: flat grey bands over random edges and corners, and marker-like text (laterality
+  letters, view labels) pasted on both classes at random places near the edges, so that neither the frame's edges
+  nor burnt-in marks tell the class.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -127,11 +131,81 @@ def random_acquisition(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
     return x
 
 
+def random_border_erase(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    """For a share ``border_erase_p`` of the images, flat grey bands over the edges: each side independently with
+    probability one half, up to ``border_erase_max`` of the frame deep; the grey is drawn per image."""
+    if cfg.border_erase_p <= 0:
+        return x
+    n, _, h, w = x.shape
+    pick = torch.rand(n, device=x.device) < cfg.border_erase_p
+    depth = _uniform(4 * n, 0.0, cfg.border_erase_max, x).view(n, 4) * (torch.rand(n, 4, device=x.device) < 0.5)
+    depth = depth * pick[:, None]
+    ys = (torch.arange(h, device=x.device, dtype=x.dtype) + 0.5) / h
+    xs = (torch.arange(w, device=x.device, dtype=x.dtype) + 0.5) / w
+    left, right, top, bottom = (depth[:, i].view(n, 1, 1, 1) for i in range(4))
+    band = (xs.view(1, 1, 1, w) < left) | (xs.view(1, 1, 1, w) > 1 - right)
+    band = band | (ys.view(1, 1, h, 1) < top) | (ys.view(1, 1, h, 1) > 1 - bottom)
+    grey = torch.rand(n, 1, 1, 1, device=x.device, dtype=x.dtype)
+    return torch.where(band, grey, x)
+
+
+MARKER_TEXTS = ("R", "L", "R", "L", "AP", "PA", "SUPINE", "PORTABLE", "ERECT", "1", "2", "3")
+
+
+def marker_glyphs(height: int = 32) -> torch.Tensor:
+    """Alpha masks (G x 1 x height x 4*height) of marker-like texts in Pillow's bundled font, left-aligned on a
+    transparent canvas; some inside a box, as lead markers often are."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=int(height * 0.8))
+    out = []
+    for i, text in enumerate(MARKER_TEXTS):
+        canvas = Image.new("L", (4 * height, height), 0)
+        draw = ImageDraw.Draw(canvas)
+        draw.text((3, height // 10), text, fill=255, font=font)
+        if i % 3 == 0:  # a frame around the text
+            x1 = min(4 * height - 1, int(draw.textlength(text, font=font)) + 6)
+            draw.rectangle((0, 0, x1, height - 1), outline=255, width=max(1, height // 16))
+        out.append(torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0))
+    return torch.stack(out)[:, None]
+
+
+_GLYPHS: dict[int, torch.Tensor] = {}
+
+
+def random_markers(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    """For a share ``marker_p`` of the images (either class), one marker-like text pasted near an edge: its height
+    ``marker_size`` of the frame's, white or dark, partly transparent at times."""
+    if cfg.marker_p <= 0:
+        return x
+    n, _, h, w = x.shape
+    glyphs = _GLYPHS.setdefault(32, marker_glyphs(32)).to(x.device, x.dtype)
+    g = glyphs[torch.randint(len(glyphs), (n,), device=x.device)]
+    half_h = _uniform(n, *cfg.marker_size, x) / 2 * 2  # half the height in [-1, 1] units (the frame is 2 high)
+    half_w = half_h * 4 * h / w  # the canvas is four times as wide as high
+    # the text's left-top corner near an edge: along one side anywhere, across it within 5-20 % of the frame
+    along = _uniform(n, -0.9, 0.6, x)
+    across = _uniform(n, 0.6, 0.9, x) * torch.where(torch.rand(n, device=x.device) < 0.5, -1.0, 1.0).to(x.dtype)
+    vertical_side = torch.rand(n, device=x.device) < 0.5
+    cx = torch.where(vertical_side, across, along) + half_w
+    cy = torch.where(vertical_side, along, across) + half_h
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 0, 2] = 1 / half_w, -cx / half_w
+    theta[:, 1, 1], theta[:, 1, 2] = 1 / half_h, -cy / half_h
+    grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+    alpha = F.grid_sample(g, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    pick = (torch.rand(n, device=x.device) < cfg.marker_p).to(x.dtype).view(n, 1, 1, 1)
+    alpha = alpha * pick * _uniform(n, 0.6, 1.0, x).view(n, 1, 1, 1)
+    ink = torch.where(torch.rand(n, device=x.device) < 0.8, 1.0, 0.05).to(x.dtype).view(n, 1, 1, 1)
+    return x * (1 - alpha) + ink * alpha
+
+
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
-    """Geometry then acquisition transforms on a batch in [0, 1]."""
+    """Geometry, acquisition, then the edge and marker transforms on a batch in [0, 1]."""
     if not cfg.enabled:
         return x
-    return random_acquisition(random_affine(x, cfg), cfg)
+    x = random_acquisition(random_affine(x, cfg), cfg)
+    return random_markers(random_border_erase(x, cfg), cfg)
 
 
 def equalize_batch(x: torch.Tensor, levels: int = 256) -> torch.Tensor:
@@ -153,13 +227,3 @@ def normalize_batch(x: torch.Tensor, cfg: Preprocessing) -> torch.Tensor:
     if cfg.normalization == "equalize":
         x = equalize_batch(x)
     return (x - cfg.mean) / cfg.std
-
-
-# Deterministic geometric shifts that validation measures every epoch (``sx``, ``sy``): the worst AUC over these
-# and the clean images chooses the checkpoint, and finalisation calibrates on them pooled with the clean ones.
-GEOMETRY_CHECKS: dict[str, tuple[float, float]] = {
-    "zoom 0.8": (0.8, 0.8),
-    "zoom 1.25": (1.25, 1.25),
-    "squeeze across 0.85": (0.85, 1.0),
-    "squeeze down 0.85": (1.0, 0.85),
-}

@@ -22,9 +22,8 @@ from pneumo.config import TrainConfig
 from pneumo.errors import ModelFileError
 from pneumo.inference import Predictor
 from pneumo.modelfile import ModelFile, ModelMeta, load_model_file, public_meta_json, save_model_file, without_paths
-from pneumo.preprocess import rescale_content, to_input
-from pneumo.training.augment import GEOMETRY_CHECKS
-from pneumo.training.finalize import _onnx_ms_per_image, fit_operating_point
+from pneumo.preprocess import to_input
+from pneumo.training.finalize import _onnx_ms_per_image, fit_operating_point, validation_checks
 from pneumo.training.train import load_splits
 
 AVERAGED = ("logits", "subtype_logits", "cam")  # outputs the ensemble averages; "features" come from member 0
@@ -82,15 +81,12 @@ def merge_graphs(graphs: Sequence[bytes]) -> bytes:
     return model.SerializeToString()
 
 
-def _validation_outputs(predictor: Predictor, images: np.ndarray, shift=None, batch: int = 64):
-    """The ensemble's view-averaged logits and subtype logits on uint8 validation images, optionally rescaled by
-    ``shift = (sx, sy)`` first (the same sampling as the training side's geometric checks)."""
+def _validation_outputs(predictor: Predictor, images: np.ndarray, batch: int = 64):
+    """The ensemble's view-averaged logits and subtype logits on uint8 validation images."""
     pre = predictor.meta.preprocessing
     logits, subs = [], []
     for i in range(0, len(images), batch):
         imgs = [im.astype(np.float32) / 255.0 for im in images[i : i + batch]]
-        if shift is not None:
-            imgs = [rescale_content(im, *shift) for im in imgs]
         lg, _, sub = predictor.network_outputs(to_input(imgs, pre, tta=True))
         logits.append(lg)
         subs.append(sub)
@@ -127,11 +123,11 @@ def build_ensemble(
     )
     _, val, _ = load_splits(cfg)
     val_logits, val_sub = _validation_outputs(predictor, val.images)
-    outs = {k: _validation_outputs(predictor, val.images, s) for k, s in GEOMETRY_CHECKS.items()}
+    outs = {k: _validation_outputs(predictor, imgs) for k, imgs in validation_checks(val.images).items()}
     shifted = {k: o[0] for k, o in outs.items()}
     shifted_sub = None if val_sub is None else {k: o[1] for k, o in outs.items()}
     temperature, bias, threshold, metrics = fit_operating_point(
-        val_logits, val_sub, shifted, val.targets, first.target_sensitivity, str(split_csv), shifted_sub
+        val_logits, val_sub, shifted, val.targets, cfg.operating_rule(), str(split_csv), shifted_sub
     )
     metrics["cpu_ms_per_image"] = round(_onnx_ms_per_image(merged, first.preprocessing.image_size), 2)
     member_training = [{"name": m.meta.name, **{k: v for k, v in m.meta.training.items() if k != "config"}}

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from pneumo import __version__, atomic
-from pneumo.calibration import choose_threshold, fit_calibration
+from pneumo.calibration import choose_threshold, choose_threshold_worst_case, fit_calibration, worst_case_rates
 from pneumo.config import TrainConfig
 from pneumo.data import SplitData
+from pneumo.decision import flip_rate, is_positive
 from pneumo.domain import fit_domain_guard
 from pneumo.labels import TASK_CLASSES
 from pneumo.metrics import (
@@ -24,7 +26,7 @@ from pneumo.metrics import (
 )
 from pneumo.modelfile import ModelMeta, onnx_session, save_model_file, without_paths
 from pneumo.probability import calibrated_probability, subtype_probabilities
-from pneumo.training.augment import GEOMETRY_CHECKS
+from pneumo.shifts import FRAMING_CHECKS, TRAINING_CHECKS, perturb_images
 from pneumo.training.export import build_model_file
 from pneumo.training.models import PneumoNet, count_parameters
 
@@ -33,12 +35,12 @@ DOMAIN_FIT_IMAGES = 2000
 
 @torch.no_grad()
 def infer_batches(
-    net: PneumoNet, images: np.ndarray, preproc, batch: int = 64, shift: tuple[float, float] | None = None
+    net: PneumoNet, images: np.ndarray, preproc, batch: int = 64
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Logits, domain features and subtype logits (or None) of uint8 images (N x H x W), without augmentation.
 
     Logits are averaged over the test-time views of ``preproc`` exactly as :class:`pneumo.inference.Predictor`
-    does; the features are those of the image as it is. ``shift`` first rescales the content by ``(sx, sy)``."""
+    does; the features are those of the image as it is."""
     from pneumo.preprocess import views
     from pneumo.training.augment import normalize_batch, rescale_batch
 
@@ -48,8 +50,6 @@ def infer_batches(
     outs: list[tuple] = []
     for i in range(0, len(images), batch):
         x = torch.from_numpy(np.array(images[i : i + batch])).float()[:, None] / 255.0
-        if shift is not None:
-            x = rescale_batch(x, *shift)
         per_view = {}  # view index -> (logits, subtype logits, features)
         for k in sorted({0, *averaged}):
             v = x if scales[k] == 1.0 else rescale_batch(x, scales[k], scales[k])
@@ -83,18 +83,53 @@ def validation_metrics(y_bin: np.ndarray, prob: np.ndarray, threshold: float, n_
 
 def geometry_shift_summary(y: np.ndarray, clean_prob: np.ndarray, shifted: dict, temperature: float, bias: float,
                            threshold: float) -> dict:  # fmt: skip
-    """Per geometric shift of validation: AUC, sensitivity, specificity, ECE and decision flips against the clean
-    images; and the worst case over the shifts (lowest AUC, sensitivity, specificity; highest ECE and flips)."""
+    """Per check of validation (:data:`pneumo.shifts.TRAINING_CHECKS`): AUC, sensitivity, specificity, ECE and
+    decision flips against the clean images; and the worst case over the checks (lowest AUC, sensitivity,
+    specificity; highest ECE and flips)."""
 
     out = {}
     for name, logits in shifted.items():
         p = calibrated_probability(logits, temperature, bias)
         m = binary_metrics(y, p, threshold)
         out[name] = {k: float(m[k]) for k in ("roc_auc", "sensitivity", "specificity", "ece")}
-        out[name]["decisions_flipped"] = float(np.mean((p >= threshold) != (clean_prob >= threshold)))
+        out[name]["decisions_flipped"] = flip_rate(is_positive(p, threshold), is_positive(clean_prob, threshold))
     worst = {k: min(r[k] for r in out.values()) for k in ("roc_auc", "sensitivity", "specificity")}
     worst.update({k: max(r[k] for r in out.values()) for k in ("ece", "decisions_flipped")})
     return {"worst": worst, **out}
+
+
+class OperatingRule(NamedTuple):
+    """How the threshold is chosen (:class:`pneumo.config.TrainConfig` ``operating_rule``)."""
+
+    name: str = "worst_case"  # or "pooled"
+    target_sensitivity: float = 0.98
+    target_specificity: float = 0.90
+
+
+def choose_operating_threshold(y: np.ndarray, probs: dict[str, np.ndarray], rule: OperatingRule) -> tuple[float, dict]:
+    """The threshold under ``rule`` from calibrated probabilities of clean validation (``"clean"``) and its checks,
+    and both rules' operating points, so that the one not used is reported beside the one in force:
+
+    - ``pooled``: the highest threshold with ``target_sensitivity`` on all conditions pooled;
+    - ``worst_case``: the largest margin to both targets in the worst framing condition
+      (:func:`pneumo.calibration.choose_threshold_worst_case` over clean and :data:`pneumo.shifts.FRAMING_CHECKS`).
+    """
+    y = np.asarray(y)
+    framing = {k: p for k, p in probs.items() if k == "clean" or k in FRAMING_CHECKS}
+    pooled_y, pooled_p = np.tile(y, len(probs)), np.concatenate(list(probs.values()))
+    thresholds = {
+        "pooled": choose_threshold(pooled_y, pooled_p, rule.target_sensitivity),
+        "worst_case": choose_threshold_worst_case(y, framing, rule.target_sensitivity, rule.target_specificity),
+    }
+    report = {}
+    for name, t in thresholds.items():
+        at = operating_point(pooled_y, pooled_p, t)
+        report[name] = {
+            "threshold": t,
+            "pooled": {"sensitivity": at["sensitivity"], "specificity": at["specificity"]},
+            "worst_framing": worst_case_rates(y, framing, t),
+        }
+    return thresholds[rule.name], {"rule": rule.name, **rule._asdict(), "rules": report}
 
 
 def fit_operating_point(
@@ -102,32 +137,32 @@ def fit_operating_point(
     val_sub: np.ndarray | None,
     shifted: dict[str, np.ndarray],
     targets: np.ndarray,
-    target_sensitivity: float,
+    rule: OperatingRule,
     split: str | None,
     shifted_sub: dict[str, np.ndarray] | None = None,
 ) -> tuple[float, float, float, dict]:
     """Temperature, bias, threshold and the validation figures of a model (or an ensemble) from its validation
-    logits, subtype logits (or None) and the logits of the geometry-shifted copies (:data:`GEOMETRY_CHECKS`);
-    with ``shifted_sub``, the subtype logits of those copies, the bacterial / viral split is measured under each
-    shift too (``geometry_shift``: ``bacterial_vs_viral`` and ``subtype_flipped`` against the clean images).
+    logits, subtype logits (or None) and the logits of the checked copies (:data:`pneumo.shifts.TRAINING_CHECKS`:
+    framing shifts and the border hidden); with ``shifted_sub``, the subtype logits of those copies, the bacterial /
+    viral split is measured under each check too (``geometry_shift``: ``bacterial_vs_viral`` and
+    ``subtype_flipped`` against the clean images).
 
-    The operating point must survive a change of framing: calibration and threshold are fitted on validation
-    pooled with its geometry-shifted copies, not on the clean images whose framing the model may read.
-    ``targets`` are the training targets (0 normal, >0 pneumonia; 1/2 bacterial/viral with subtypes)."""
+    The operating point must survive a change of framing: calibration is fitted on validation pooled with its
+    checked copies, not on the clean images whose framing the model may read, and the threshold by ``rule``
+    (:func:`choose_operating_threshold`). ``targets`` are the training targets (0 normal, >0 pneumonia; 1/2
+    bacterial/viral with subtypes)."""
     y_bin = (targets > 0).astype(int)
     pooled = np.concatenate([val_logits, *shifted.values()])
-    y_pooled = np.tile(y_bin, 1 + len(shifted))
-    temperature, bias = fit_calibration(pooled, y_pooled)
+    temperature, bias = fit_calibration(pooled, np.tile(y_bin, 1 + len(shifted)))
     prob = calibrated_probability(val_logits, temperature, bias)
-    pooled_prob = calibrated_probability(pooled, temperature, bias)
-    threshold = choose_threshold(y_pooled, pooled_prob, target_sensitivity)
+    probs = {"clean": prob, **{k: calibrated_probability(v, temperature, bias) for k, v in shifted.items()}}
+    threshold, op = choose_operating_threshold(y_bin, probs, rule)
 
     metrics = validation_metrics(y_bin, prob, threshold)
     metrics["ece_before_calibration"] = expected_calibration_error(calibrated_probability(val_logits), y_bin)
     metrics["measured_on"] = f"internal validation: {Path(split).name if split else 'a split of the training data'}"
     metrics["operating_point_fitted_on"] = "validation pooled with " + ", ".join(shifted)
-    at_op = operating_point(y_pooled, pooled_prob, threshold)
-    metrics["operating_point"] = {"sensitivity": at_op["sensitivity"], "specificity": at_op["specificity"]}
+    metrics["operating_point"] = {**op["rules"][rule.name]["pooled"], **op}
     metrics["geometry_shift"] = geometry_shift_summary(y_bin, prob, shifted, temperature, bias, threshold)
     if val_sub is not None or targets.max() > 1:
         known = targets <= 2
@@ -144,12 +179,16 @@ def fit_operating_point(
             for name, sub in shifted_sub.items():
                 q = subtype_probabilities(shifted[name], temperature, bias, sub)[pneumonia]
                 shift_figures[name]["bacterial_vs_viral"] = bacterial_vs_viral_accuracy(q[:, 1], q[:, 2], viral)
-                calls = says_viral(q[:, 1], q[:, 2])
-                shift_figures[name]["subtype_flipped"] = float(np.mean(calls != clean_calls)) if calls.size else 0.0
+                shift_figures[name]["subtype_flipped"] = flip_rate(says_viral(q[:, 1], q[:, 2]), clean_calls)
             per = [shift_figures[n] for n in shifted_sub]
             shift_figures["worst"]["bacterial_vs_viral"] = min(r["bacterial_vs_viral"] for r in per)
             shift_figures["worst"]["subtype_flipped"] = max(r["subtype_flipped"] for r in per)
     return temperature, bias, threshold, metrics
+
+
+def validation_checks(images: np.ndarray) -> dict[str, np.ndarray]:
+    """The validation images under each check of the suite that steers training and the operating point."""
+    return {name: perturb_images(images, name) for name in TRAINING_CHECKS}
 
 
 def finalize_run(
@@ -159,11 +198,11 @@ def finalize_run(
     run = Path(cfg.out)
     preproc = cfg.preprocessing()
     val_logits, val_feats, val_sub = infer_batches(net, val.images, preproc)
-    outs = {name: infer_batches(net, val.images, preproc, shift=s) for name, s in GEOMETRY_CHECKS.items()}
+    outs = {name: infer_batches(net, imgs, preproc) for name, imgs in validation_checks(val.images).items()}
     shifted = {name: o[0] for name, o in outs.items()}
     shifted_sub = None if val_sub is None else {name: o[2] for name, o in outs.items()}
     temperature, bias, threshold, metrics = fit_operating_point(
-        val_logits, val_sub, shifted, val.targets, cfg.target_sensitivity, data_summary.get("split"), shifted_sub
+        val_logits, val_sub, shifted, val.targets, cfg.operating_rule(), data_summary.get("split"), shifted_sub
     )
 
     rng = np.random.default_rng(cfg.seed)

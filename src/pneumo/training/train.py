@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -26,27 +27,33 @@ from pneumo.data import SplitData, patient_number, read_split_csv, scan_dataset,
 from pneumo.errors import DataError
 from pneumo.labels import PNEUMONIA, SUBTYPE_INDEX, TASK_CLASSES
 from pneumo.probability import pneumonia_log_odds
-from pneumo.training.augment import GEOMETRY_CHECKS, augment_batch, normalize_batch, rescale_batch
+from pneumo.shifts import TRAINING_CHECKS, perturb_images
+from pneumo.training.augment import augment_batch, normalize_batch
 from pneumo.training.cache import build_cache
 from pneumo.training.models import create_model, set_transfer_mode
 
 UNKNOWN_SUBTYPE = 3  # pneumonia whose subtype the file name does not tell: trains the binary head only
-MONITOR = "val_auc_worst"  # clean validation rewards the framing shortcut; the worst geometric shift does not
+MONITOR = "val_auc_worst"  # clean validation rewards the framing shortcut; the worst of the checks does not
 
 
 class CachedImages(torch.utils.data.Dataset):
-    """Index -> (uint8 image tensor 1 x H x W, target); augmentation happens later, on whole batches."""
+    """Index -> (uint8 image tensor C x H x W, target); augmentation happens later, on whole batches.
 
-    def __init__(self, split: SplitData, indices: np.ndarray | None = None):
+    With ``checks`` (names of :data:`pneumo.shifts.TRAINING_CHECKS`), channel 0 is the image and channel k its
+    copy under the k-th check, made once here by the suite's own functions."""
+
+    def __init__(self, split: SplitData, indices: np.ndarray | None = None, checks: tuple[str, ...] = ()):
         self.split = split
         self.indices = np.arange(len(split.targets)) if indices is None else indices
+        self.copies = [perturb_images(np.asarray(split.images), name) for name in checks]
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         j = int(self.indices[i])
-        return torch.from_numpy(np.array(self.split.images[j]))[None], int(self.split.targets[j])
+        stack = np.stack([np.asarray(self.split.images[j]), *(c[j] for c in self.copies)])
+        return torch.from_numpy(stack), int(self.split.targets[j])
 
 
 def _targets(labels: list[str], subtypes: list[str], task: str, subtype_head: bool = False) -> np.ndarray:
@@ -175,8 +182,8 @@ class PneumoModule(L.LightningModule):
         self.net = self.net.to(memory_format=torch.channels_last)
         self.register_buffer("class_weights", torch.tensor(class_weights) if class_weights else torch.ones(0))
         self.val_auc = BinaryAUROC()
-        # the same validation images under each geometric shift: the worst AUC chooses the checkpoint
-        self.shift_aucs = torch.nn.ModuleList(BinaryAUROC() for _ in GEOMETRY_CHECKS)
+        # the same validation images under each check of the shift suite: the worst AUC chooses the checkpoint
+        self.shift_aucs = torch.nn.ModuleList(BinaryAUROC() for _ in TRAINING_CHECKS)
         self.preproc = cfg.preprocessing()
 
     def _inputs(self, x: torch.Tensor, train: bool) -> torch.Tensor:
@@ -199,15 +206,15 @@ class PneumoModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        x, y = batch
+        stack, y = batch  # channel 0 the image, channel k its copy under the k-th check
+        x = stack[:, :1]
         logits = self.net(self._inputs(x, train=False))
         loss = F.cross_entropy(logits, y if self.cfg.task == "subtype" else (y > 0).long())
         p_pneumonia = torch.sigmoid(pneumonia_log_odds(logits))
         self.val_auc.update(p_pneumonia, (y > 0).long())
-        for auc, shift in zip(self.shift_aucs, GEOMETRY_CHECKS.values(), strict=True):
-            shifted = rescale_batch(x.float() / 255.0, *shift)
-            x_shift = normalize_batch(shifted, self.preproc).contiguous(memory_format=torch.channels_last)
-            auc.update(torch.sigmoid(pneumonia_log_odds(self.net(x_shift))), (y > 0).long())
+        for k, auc in enumerate(self.shift_aucs, start=1):
+            x_check = self._inputs(stack[:, k : k + 1], train=False)
+            auc.update(torch.sigmoid(pneumonia_log_odds(self.net(x_check))), (y > 0).long())
         acc = ((p_pneumonia >= 0.5).long() == (y > 0).long()).float().mean()
         self.log("val_loss", loss, prog_bar=True, batch_size=len(y), sync_dist=True)
         self.log("val_acc", acc, prog_bar=True, batch_size=len(y), sync_dist=True)
@@ -215,9 +222,9 @@ class PneumoModule(L.LightningModule):
     def on_validation_epoch_end(self):
         aucs = [self.val_auc.compute()]
         self.log("val_auc", aucs[0], prog_bar=True, sync_dist=False)
-        for auc, name in zip(self.shift_aucs, GEOMETRY_CHECKS, strict=True):
+        for auc, name in zip(self.shift_aucs, TRAINING_CHECKS, strict=True):
             aucs.append(auc.compute())
-            self.log(f"val_auc_{name.replace(' ', '_')}", aucs[-1], sync_dist=False)
+            self.log("val_auc_" + re.sub(r"[^a-z0-9.]+", "_", name.lower()).strip("_"), aucs[-1], sync_dist=False)
             auc.reset()
         self.log(MONITOR, torch.stack(aucs).min(), prog_bar=True, sync_dist=False)
         self.val_auc.reset()
@@ -306,7 +313,7 @@ def _loaders(cfg: TrainConfig, train: SplitData, val: SplitData):
     idx = balanced_indices(task_targets(train.targets, cfg.task), cfg.seed) if cfg.balance == "oversample" else None
     if cfg.recency:  # TrainConfig refuses it together with oversampling
         idx = recency_indices(train.paths, cfg.seed, cfg.recency)
-    train_ds, val_ds = CachedImages(train, idx), CachedImages(val)
+    train_ds, val_ds = CachedImages(train, idx), CachedImages(val, checks=TRAINING_CHECKS)
     gen = torch.Generator().manual_seed(cfg.seed)
     # No worker processes: a batch is a memmap slice; workers would only compete for the two cores.
     tl = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=gen)

@@ -1,0 +1,91 @@
+"""The shift suite's declaration: occlusion conditions, the controls, and the checks derived for training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from pneumo.shifts import (
+    BORDER,
+    CONTROLS,
+    FRAMING_CHECKS,
+    MARKER_BAND,
+    PERTURBATIONS,
+    SUITE,
+    TRAINING_CHECKS,
+    box_mask,
+    marker_mask,
+    perturb_images,
+)
+
+
+def _chest(
+    size: int = 224, seed: int = 0, letter_at: tuple[int, int] | None = (10, 8)
+) -> tuple[Image.Image, np.ndarray]:
+    """A smooth, noisy chest-like image (dark lungs, brighter middle) with a grey letter "R" burnt in at
+    ``letter_at``; returns the image and the letter's pixels."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    a = 70 + 60 * np.exp(-((xx - 0.5) ** 2) / 0.01) + 40 * yy + 6 * rng.standard_normal((size, size))
+    im = Image.fromarray(np.clip(a, 0, 200).astype(np.uint8))
+    letter = np.zeros((size, size), bool)
+    if letter_at is not None:
+        ink = Image.new("L", im.size, 0)
+        ImageDraw.Draw(ink).text(letter_at, "R", fill=255, font=ImageFont.load_default(size=size // 14))
+        letter = np.asarray(ink) > 128
+        b = np.asarray(im).copy()
+        b[letter] = 235
+        im = Image.fromarray(b)
+    return im, letter
+
+
+def test_the_training_checks_are_derived_from_the_suite():
+    assert TRAINING_CHECKS and all(SUITE[k].steers for k in TRAINING_CHECKS)
+    assert set(FRAMING_CHECKS) < set(TRAINING_CHECKS)
+    assert all(SUITE[k].family == "geometry" for k in FRAMING_CHECKS)
+    assert "border masked 15%" in TRAINING_CHECKS  # the checkpoint must not reward reading the frame's edges
+    # a control (low AUC is right there) never steers training nor enters the worst case
+    assert set(CONTROLS).isdisjoint(PERTURBATIONS) and set(CONTROLS).isdisjoint(TRAINING_CHECKS)
+    assert set(SUITE) == set(PERTURBATIONS) | set(CONTROLS)
+
+
+def test_border_and_lung_box_masks_are_complements():
+    im, _ = _chest(letter_at=None)
+    a = np.asarray(im)
+    inside = box_mask(a.shape)
+    d = round(224 * BORDER)
+    assert inside[d, d] and not inside[d - 1, d] and inside[223 - d, 223 - d] and not inside[224 - d, 223 - d]
+    border = np.asarray(SUITE["border masked 15%"].perturb(im))
+    lungs = np.asarray(SUITE["lung box masked"].perturb(im))
+    grey = round(float(a.mean()))
+    assert (border[inside] == a[inside]).all() and (border[~inside] == grey).all()
+    assert (lungs[~inside] == a[~inside]).all() and (lungs[inside] == grey).all()
+
+
+def test_marker_mask_finds_a_burnt_in_letter_near_the_edge_and_nothing_in_the_middle():
+    im, letter = _chest(letter_at=(10, 8))
+    found = marker_mask(im)
+    assert found[letter].mean() >= 0.9  # the letter is hidden
+    assert found.mean() < 0.02  # and little else
+    masked = np.asarray(SUITE["markers masked"].perturb(im))
+    assert masked[letter].max() < 200  # no bright stroke of it is left
+    # the same letter on the lungs is anatomy-sized detail the condition must not touch
+    middle, letter_mid = _chest(letter_at=(100, 100))
+    assert not marker_mask(middle)[letter_mid].any()
+    assert not box_mask((224, 224), MARKER_BAND)[10, 8]  # (the edge letter lies in the band searched)
+
+
+def test_perturb_images_applies_the_suite_function_to_each_cached_image():
+    imgs = np.stack([np.asarray(_chest(64, seed=s, letter_at=None)[0]) for s in range(3)])
+    for name in (*TRAINING_CHECKS, "crop 15%"):
+        out = perturb_images(imgs, name)
+        assert out.shape == imgs.shape and out.dtype == np.uint8
+        if name != "crop 15%":  # a crop is resized back to the cache's size
+            assert (out[1] == np.asarray(SUITE[name].perturb(Image.fromarray(imgs[1])))).all()
+
+
+@pytest.mark.parametrize("name", TRAINING_CHECKS)
+def test_every_check_changes_the_image(name):
+    imgs = np.asarray(_chest(64, letter_at=None)[0])[None]
+    assert np.abs(perturb_images(imgs, name).astype(int) - imgs).mean() > 0.5
