@@ -192,3 +192,38 @@ def test_write_evaluation_with_one_class_does_not_crash(tmp_path):
     assert m["roc_auc"] is None and m["sensitivity"] == pytest.approx(np.mean(prob >= 0.5))
     _check_png(tmp_path / "roc.png")
     _check_png(tmp_path / "pr.png")
+
+
+def test_shift_suite_behind_the_robustness_command(tiny_model, tmp_path, capsys):
+    """``shift_suite`` runs the shift suite on the split's val rows (not its train rows) and on each extra folder
+    (named parent/name), writes what it returns as JSON, and ``pneumo robustness`` prints exactly its table."""
+    from conftest import xray
+    from pneumo.cli import main
+    from pneumo.data import make_split
+    from pneumo.evaluation_run import shift_suite
+    from pneumo.inference import Predictor
+    from pneumo.robustness import format_table, shifted_validation
+
+    root, extra = tmp_path / "data", tmp_path / "more" / "fullres"
+    for i, label in enumerate(["NORMAL", "PNEUMONIA"] * 4):
+        for folder in (root, extra):
+            (folder / label).mkdir(parents=True, exist_ok=True)
+        xray(i, 48).save(root / label / f"person{i}_{label.lower()}_{i}.png")
+    xray(20, 48).save(extra / "NORMAL" / "n.png")
+    xray(21, 48).save(extra / "PNEUMONIA" / "p.png")
+    rows = make_split(root, tmp_path / "split.csv", val_fraction=0.5, seed=0)
+    val = sorted(root / r.path for r in rows if r.split == "val")
+    assert 0 < len(val) < len(rows)
+
+    results = shift_suite(root, tmp_path / "split.csv", model=tiny_model, extra=[extra], out_json=tmp_path / "r.json")
+    y = np.array([p.parent.name == "PNEUMONIA" for p in val], dtype=int)
+    expected = shifted_validation(Predictor.load(tiny_model), val, y, extra={"more/fullres": (
+        sorted(extra.rglob("*.png")), np.array([0, 1]), ["none", "unknown"])},
+        subtypes=["none" if p.parent.name == "NORMAL" else "unknown" for p in val])  # fmt: skip
+    assert json.dumps(results, sort_keys=True) == json.dumps(expected, sort_keys=True)
+    assert "more/fullres" in results
+    assert (tmp_path / "r.json").read_text() == json.dumps(results, indent=2)
+
+    args = ["robustness", str(root), "--split-csv", str(tmp_path / "split.csv"), "-m", str(tiny_model)]
+    assert main([*args, "--extra", str(extra)]) == 0
+    assert capsys.readouterr().out == format_table(results) + "\n"

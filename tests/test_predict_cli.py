@@ -221,3 +221,26 @@ def test_real_dicoms(dicom_dir, tiny_model, tmp_path):
         if name != "Issue56-NoPixelData.dcm":
             assert not r["error"], r["error"]
             assert 0 <= float(r["probability"]) <= 1
+
+
+def test_predict_files_behind_the_predict_command(mixed, tiny_model, tmp_path):
+    """``predict_files`` gives one result per file in input order at the threshold asked for, passes every result
+    through the progress wrapper with the file count, and writes the file the command writes."""
+    from pneumo.predict_io import expand_inputs, predict_files
+
+    files, _ = expand_inputs([str(mixed)])
+    seen = {"n": 0}
+
+    def progress(stream, total):
+        seen["total"] = total
+        for r in stream:
+            seen["n"] += 1
+            yield r
+
+    run = predict_files(files, model=tiny_model, threshold=0.25, output=tmp_path / "lib.csv", progress=progress)
+    assert [r.path for r in run.results] == [str(f) for f in files]
+    assert seen == {"n": len(files), "total": len(files)}
+    assert all(r.threshold == 0.25 for r in run.results) and not run.subtypes and run.notes == []
+    assert sorted(Path(r.path).name for r in run.results if r.error) == sorted(BAD)
+    assert _predict(mixed, "-m", tiny_model, "--threshold", 0.25, "-o", tmp_path / "cli.csv") == 3
+    assert (tmp_path / "lib.csv").read_text() == (tmp_path / "cli.csv").read_text()

@@ -280,8 +280,7 @@ def predict(
     Exit code 0 when every file was predicted, 3 when some could not be read (the rest are still written),
     2 on usage errors.
     """
-    from pneumo.inference import Predictor
-    from pneumo.predict_io import display_names, expand_inputs, render_table, summary_line, write_predictions
+    from pneumo.predict_io import display_names, expand_inputs, predict_files, render_table, summary_line
 
     threshold = _threshold(threshold)
     files, missing = expand_inputs(inputs)
@@ -289,30 +288,23 @@ def predict(
         _fail(UsageError(f"{missing[0]}: no such file, folder or matching glob"))
     if not files:
         _fail(UsageError("no image files found in the given inputs"))
-    predictor = _run(Predictor.load, model, threshold=threshold)
-    sources = ((str(f), f) for f in files)
-    results = []
-    stream = predictor.predict_sources(sources, batch_size=batch_size, tta=tta)
-    if len(files) >= 64 and err.is_terminal:
+
+    def progress(stream, total: int):
+        if total < 64 or not err.is_terminal:
+            return stream
         from rich.progress import track
 
-        stream = track(stream, total=len(files), description="predicting", console=err, transient=True)
-    results = list(stream)
-    if dicom_out is not None:
-        from pneumo.dicom import require
+        return track(stream, total=total, description="predicting", console=err, transient=True)
 
-        _run(require)
-        from pneumo.dicom.outputs import write_dicom_outputs
-
-        results, notes = _run(write_dicom_outputs, files, results, predictor, dicom_out)
-        for note in notes:
-            err.print(note, highlight=False, soft_wrap=True)
-    subtypes = predictor.meta.has_subtypes
+    run = _run(predict_files, files, model=model, threshold=threshold, tta=tta, batch_size=batch_size,
+               dicom_out=dicom_out, output=output, progress=progress)  # fmt: skip
+    results = run.results
+    for note in run.notes:
+        err.print(note, highlight=False, soft_wrap=True)
     if output:
-        write_predictions(results, output, subtypes)
         err.print(f"wrote {output}", highlight=False)
     else:
-        out.print(render_table(results, subtypes, display_names(files, inputs)))
+        out.print(render_table(results, run.subtypes, display_names(files, inputs)))
     out.print(summary_line(results), highlight=False)
     if any(r.in_domain is False for r in results):
         err.print("[bold yellow]warning:[/] some images are unlike the pediatric chest X-rays this model was "
@@ -467,28 +459,11 @@ def robustness(
 ) -> None:
     """The shift suite: metrics under zoom, squeeze, translation, exposure, contrast, blur, sharpening, JPEG,
     resolution loss and noise, the worst case over them first; the bacterial / viral split too, for a subtype model."""
-    import json
+    from pneumo.evaluation_run import shift_suite
+    from pneumo.robustness import format_table
 
-    from pneumo.evaluation_run import binary_targets, select_records
-    from pneumo.inference import Predictor
-    from pneumo.robustness import format_table, shifted_validation
-
-    recs, _ = _run(select_records, data_dir, "val", split_csv)
-    extras = {}
-    for folder in extra or []:
-        xr, _ = _run(select_records, folder)
-        extras[f"{folder.parent.name}/{folder.name}"] = (
-            [r.path for r in xr], _run(binary_targets, xr, folder), [r.subtype for r in xr]
-        )  # fmt: skip
-    predictor = _run(Predictor.load, model)
-    y = _run(binary_targets, recs, data_dir)
-    paths, subtypes = [r.path for r in recs], [r.subtype for r in recs]
-    results = _run(shifted_validation, predictor, paths, y, tta=tta, extra=extras, subtypes=subtypes)
+    results = _run(shift_suite, data_dir, split_csv, model=model, extra=extra or (), tta=tta, out_json=out_json)
     print(format_table(results))
-    if out_json:
-        from pneumo.atomic import write_text
-
-        write_text(out_json, json.dumps(results, indent=2))
 
 
 @app.command()

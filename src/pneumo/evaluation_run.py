@@ -1,11 +1,15 @@
-"""``pneumo evaluate``: predict a labelled folder through the inference path and write the evaluation files."""
+"""``pneumo evaluate`` and ``pneumo robustness``: predict labelled images through the inference path and write
+the evaluation files, or run the shift suite on them."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from pneumo import atomic
 from pneumo.data import ImageRecord, read_split_csv, scan_dataset
 from pneumo.errors import DataError
 from pneumo.evaluate import write_evaluation
@@ -97,3 +101,32 @@ def evaluate_folder(
     if unreadable:
         metrics["report"] += f"\n{len(unreadable)} unreadable file(s) skipped, e.g. {unreadable[0].error}\n"
     return metrics
+
+
+def shift_suite(
+    data_dir: Path,
+    split_csv: Path,
+    *,
+    model: str | Path | None = None,
+    extra: Sequence[Path] = (),
+    tta: bool = False,
+    out_json: Path | None = None,
+) -> dict[str, dict]:
+    """``pneumo robustness``: :func:`pneumo.robustness.shifted_validation` on the ``val`` rows of ``split_csv``
+    (with their subtypes) and on each ``extra`` labelled folder, reported as ``parent/name``; the results are
+    also written to ``out_json`` when given."""
+    from pneumo.robustness import shifted_validation
+
+    recs, _ = select_records(Path(data_dir), "val", Path(split_csv))
+    extras = {}
+    for folder in map(Path, extra):
+        xr, _ = select_records(folder)
+        extras[f"{folder.parent.name}/{folder.name}"] = ([r.path for r in xr], binary_targets(xr, folder),
+                                                         [r.subtype for r in xr])  # fmt: skip
+    predictor = Predictor.load(model)
+    y = binary_targets(recs, Path(data_dir))
+    paths, subtypes = [r.path for r in recs], [r.subtype for r in recs]
+    results = shifted_validation(predictor, paths, y, tta=tta, extra=extras, subtypes=subtypes)
+    if out_json is not None:
+        atomic.write_text(out_json, json.dumps(results, indent=2))
+    return results

@@ -1,4 +1,5 @@
-"""Inputs and outputs of ``pneumo predict``: expanding files, folders and globs; CSV / JSON / table output."""
+"""``pneumo predict``: expanding files, folders and globs; predicting them (:func:`predict_files`); CSV / JSON /
+table output."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import glob
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pneumo import atomic
 from pneumo.errors import visible
 from pneumo.imaging import IMAGE_SUFFIXES
-from pneumo.inference import Prediction
+from pneumo.inference import Prediction, Predictor
 from pneumo.labels import NORMAL, PNEUMONIA, REFER
 
 SUBTYPE_COLUMNS = ["p_normal", "p_bacterial", "p_viral"]
@@ -98,6 +100,47 @@ def write_predictions(preds: Sequence[Prediction], path: Path, subtypes: bool) -
         w.writerow(cols)
         w.writerows([_cell(_field(p, c)) for c in cols] for p in preds)
     return path
+
+
+@dataclass
+class PredictRun:
+    """What :func:`predict_files` found: one result per file, in input order; notes of the DICOM outputs; whether
+    the model has subtype outputs (the subtype columns)."""
+
+    results: list[Prediction]
+    notes: list[str]
+    subtypes: bool
+
+
+def predict_files(
+    files: Sequence[Path],
+    *,
+    model: str | Path | None = None,
+    threshold: float | None = None,
+    tta: bool = False,
+    batch_size: int = 64,
+    dicom_out: Path | None = None,
+    output: Path | None = None,
+    progress: Callable[[Iterable[Prediction], int], Iterable[Prediction]] | None = None,
+) -> PredictRun:
+    """``pneumo predict``: predict ``files`` (from :func:`expand_inputs`); with ``dicom_out`` a DICOM SR and SC
+    per analysed DICOM input go there; with ``output`` the results are written (:func:`write_predictions`).
+    ``progress(results, total)`` may wrap the stream of results, e.g. in a progress bar."""
+    predictor = Predictor.load(model, threshold=threshold)
+    stream = predictor.predict_sources(((str(f), f) for f in files), batch_size=batch_size, tta=tta)
+    results = list(stream if progress is None else progress(stream, len(files)))
+    notes: list[str] = []
+    if dicom_out is not None:
+        from pneumo.dicom import require
+
+        require()
+        from pneumo.dicom.outputs import write_dicom_outputs
+
+        results, notes = write_dicom_outputs(files, results, predictor, dicom_out)
+    subtypes = predictor.meta.has_subtypes
+    if output is not None:
+        write_predictions(results, output, subtypes)
+    return PredictRun(results=results, notes=notes, subtypes=subtypes)
 
 
 def summary_line(preds: Sequence[Prediction]) -> str:
