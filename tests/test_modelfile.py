@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -11,11 +12,13 @@ import pytest
 
 from pneumo.modelfile import (
     ARRAYS,
+    DEFAULT_IMAGE_SIZE,
     META,
     ONNX,
     ModelFile,
     ModelFileError,
     ModelMeta,
+    Preprocessing,
     load_model_file,
     read_meta,
     resolve_model_path,
@@ -53,6 +56,20 @@ def test_round_trip(tmp_path):
         assert got.arrays[k].dtype == v.dtype
     assert got.path == path
     assert got.meta.has_subtypes
+
+
+def test_image_size_has_one_default_and_files_keep_their_own(tmp_path):
+    """The default input size is the training default; a model file names its size, and that size is what loads."""
+    from pneumo.config import TrainConfig
+
+    assert Preprocessing().image_size == DEFAULT_IMAGE_SIZE == TrainConfig.model_fields["image_size"].default
+    for size in (224, 96):
+        path = save_model_file(tmp_path / f"m{size}.pneumo", _model(preprocessing=Preprocessing(image_size=size)))
+        with zipfile.ZipFile(path) as zf:
+            assert json.loads(zf.read(META))["preprocessing"]["image_size"] == size
+        assert load_model_file(path).meta.preprocessing.image_size == size
+    with zipfile.ZipFile(resolve_model_path(None)) as zf:  # the bundled model names its own size
+        assert json.loads(zf.read(META))["preprocessing"]["image_size"] == read_meta().preprocessing.image_size == 128
 
 
 def test_parts_limit_what_is_read(tmp_path):

@@ -51,12 +51,15 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Positive = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 ContentScale = Annotated[float, Field(ge=0.5, le=2.0, allow_inf_nan=False)]
 MIN_INPUT, MAX_INPUT = 16, 1024  # pixels: below, no architecture here has a spatial map left; above, no CPU budget
+# The input size a model is trained at unless told otherwise (``TrainConfig.image_size``), and what a model file's
+# preprocessing says when it names none; files written by save_model_file always name theirs.
+DEFAULT_IMAGE_SIZE = 128
 
 
 class Preprocessing(BaseModel):
     """How a decoded grayscale image in [0, 1] becomes the network's input (see :mod:`pneumo.preprocess`)."""
 
-    image_size: int = Field(default=224, ge=MIN_INPUT, le=MAX_INPUT)
+    image_size: int = Field(default=DEFAULT_IMAGE_SIZE, ge=MIN_INPUT, le=MAX_INPUT)
     normalization: Literal["none", "equalize"] = "equalize"
     mean: Finite = 0.5
     std: Annotated[float, Field(ge=1e-3, allow_inf_nan=False)] = 0.25
