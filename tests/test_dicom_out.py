@@ -409,6 +409,47 @@ def test_predict_dicom_out(dicom_dir, tmp_path, capsys):
         assert _numbers(sr)[("Pneumonia", "Probability")] == pytest.approx(float(rows[name]["probability"]), abs=2e-6)
 
 
+def test_predict_dicom_out_reads_and_decodes_each_input_once(dicom_dir, tmp_path, monkeypatch):
+    """Each input is opened once and decoded once: a DICOM's bytes give its row, its SR and its SC (header, network
+    input, SC image and heat map), a PNG's its row. Counts the opens of the input files and the openings of
+    pneumo.imaging's loaders (every one goes through ``_guarded``)."""
+    import builtins
+    import io
+    from collections import Counter
+
+    from PIL import Image
+
+    from pneumo import imaging
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in CHEST:
+        shutil.copy(dicom_dir / name, src / name)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(src / "photo.png")
+    opened, decoded = Counter(), Counter()
+    real_open, guarded = builtins.open, imaging._guarded
+
+    def counted_open(file, *args, **kwargs):
+        if isinstance(file, str | Path) and Path(file).parent == src:
+            opened[Path(file).name] += 1
+        return real_open(file, *args, **kwargs)
+
+    def counted_guarded(source, name, read):
+        decoded[Path(name).name] += 1
+        return guarded(source, name, read)
+
+    monkeypatch.setattr(builtins, "open", counted_open)
+    monkeypatch.setattr(io, "open", counted_open)  # pathlib's way in
+    monkeypatch.setattr(imaging, "_guarded", counted_guarded)
+    out = tmp_path / "dicom-out"
+    assert main(["predict", str(src), "--dicom-out", str(out), "-o", str(tmp_path / "rows.csv")]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(f"{Path(n).stem}.{k}.dcm" for n in CHEST for k in ("sr", "sc"))
+    inputs = {*CHEST, "photo.png"}
+    assert opened == dict.fromkeys(inputs, 1)
+    assert decoded == dict.fromkeys(inputs, 1)
+
+
 # --- validated by tools no one here wrote ---
 
 

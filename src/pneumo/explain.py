@@ -11,33 +11,27 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pneumo.cam import HeatMapper, heatmap_rgba
-from pneumo.imaging import DISPLAY_MAX, ImageLoadError, load_image_and_display
-from pneumo.inference import Prediction, Predictor, open_model
+from pneumo.analysis import ImageAnalyser, ImageAnalysis
+from pneumo.cam import heatmap_rgba
+from pneumo.imaging import ImageLoadError
+from pneumo.inference import Predictor, open_model
 from pneumo.labels import PNEUMONIA
 from pneumo.modelfile import ModelFile, load_model_file
 
 
-@dataclass
-class Explanation:
-    prediction: Prediction
-    heatmap: np.ndarray  # H x W in [0, 1] at the display size
-    image: np.ndarray  # the X-ray at the display size (aspect ratio kept), [0, 1]
-
-
 class Explainer:
-    """Loads a model file once; explains images from paths or bytes."""
+    """Loads a model file once; explains images from paths or bytes (:class:`pneumo.analysis.ImageAnalyser`, not
+    fail-soft: ``pneumo explain`` exists for the heat map)."""
 
     def __init__(self, model: ModelFile):
         self.model = model
         self.predictor = Predictor(model)
-        self.mapper = HeatMapper(self.predictor)
-        self.mapper.prepare()  # without the ONNX map, fail here (no torch, no weights), not on the first image
+        self.images = ImageAnalyser(self.predictor, fail_soft=False)
+        self.images.prepare()  # without the ONNX map, fail here (no torch, no weights), not on the first image
 
     @classmethod
     def load(cls, model: str | Path | None = None) -> Explainer:
@@ -47,16 +41,14 @@ class Explainer:
 
     def heatmap(self, image: np.ndarray) -> np.ndarray:
         """The heat map (input size, [0, 1]) for one image already at the model's input size."""
-        return self.mapper.heatmap(image)
+        return self.images.heatmap(image)[0]
 
-    def explain(self, source: str | Path | bytes, name: str) -> Explanation:
-        size = self.model.meta.preprocessing.image_size
-        net_input, display = load_image_and_display(source, size, DISPLAY_MAX, name=name)
-        pred = self.predictor.predict_arrays([net_input], [name])[0]
-        return Explanation(pred, self.mapper.heatmap(net_input, display.shape), display)
+    def explain(self, source: str | Path | bytes, name: str) -> ImageAnalysis:
+        """The prediction, the display image and the heat map at its shape, from one decoding of ``source``."""
+        return self.images.analyse(source, name)
 
 
-def overlay_png(exp: Explanation, *, show_heatmap: bool = True, title: str | None = None) -> bytes:
+def overlay_png(exp: ImageAnalysis, *, show_heatmap: bool = True, title: str | None = None) -> bytes:
     """The X-ray with the heat map over it and the probability and decision above it, as PNG bytes."""
     from matplotlib.figure import Figure
 

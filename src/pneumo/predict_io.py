@@ -127,16 +127,17 @@ def predict_files(
     per analysed DICOM input go there; with ``output`` the results are written (:func:`write_predictions`).
     ``progress(results, total)`` may wrap the stream of results, e.g. in a progress bar."""
     predictor = Predictor.load(model, threshold=threshold)
-    stream = predictor.predict_sources(((str(f), f) for f in files), batch_size=batch_size, tta=tta)
-    results = list(stream if progress is None else progress(stream, len(files)))
     notes: list[str] = []
-    if dicom_out is not None:
+    if dicom_out is None:
+        stream = predictor.predict_sources(((str(f), f) for f in files), batch_size=batch_size, tta=tta)
+    else:  # each DICOM input read and decoded once, for its row, its SR and its SC
         from pneumo.dicom import require
 
         require()
-        from pneumo.dicom.outputs import write_dicom_outputs
+        from pneumo.dicom.outputs import predict_with_dicom_outputs
 
-        results, notes = write_dicom_outputs(files, results, predictor, dicom_out)
+        stream = predict_with_dicom_outputs(files, predictor, dicom_out, batch_size=batch_size, tta=tta, notes=notes)
+    results = list(stream if progress is None else progress(stream, len(files)))
     subtypes = predictor.meta.has_subtypes
     if output is not None:
         write_predictions(results, output, subtypes)

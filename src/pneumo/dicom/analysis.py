@@ -1,14 +1,14 @@
 """From one DICOM instance (bytes) to its two result instances: checks, prediction, heat map, SR and SC.
 
-The pixels are decoded by :mod:`pneumo.imaging` from the instance's own bytes, exactly as ``pneumo predict`` decodes
-a file, so the probability in the SR is the one ``pneumo predict`` prints for the same file.
+The pixels are decoded once (:class:`pneumo.analysis.ImageAnalyser`, :mod:`pneumo.imaging`) from the instance's own
+bytes, exactly as ``pneumo predict`` decodes a file, so the probability in the SR is the one ``pneumo predict``
+prints for the same file.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +18,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from pneumo.analysis import ImageAnalyser, ImageAnalysis
 from pneumo.errors import PneumoError
-from pneumo.imaging import ImageLoadError, load_image_and_display
+from pneumo.imaging import ImageLoadError
 from pneumo.inference import Prediction, Predictor
 
 log = logging.getLogger("pneumo.dicom")
@@ -127,75 +128,61 @@ def _evidence(ds: Dataset) -> Dataset:
 
 
 class DicomAnalyser:
-    """Turns chest CR / DX instances into SR + SC results with one loaded Predictor (thread-safe)."""
+    """Turns chest CR / DX instances into SR + SC results with one loaded Predictor (thread-safe). Decoding,
+    prediction and the fail-soft heat map are :class:`pneumo.analysis.ImageAnalyser`'s; an SC without the heat map
+    says so."""
 
     def __init__(self, predictor: Predictor, *, heatmaps: bool = True):
         self.predictor = predictor
         self.heatmaps = heatmaps
-        self._lock = threading.Lock()
-        self._mapper = None
-        self._mapper_error: str | None = None
+        self.images = ImageAnalyser(predictor, max_side=SC_MAX_SIDE, heatmaps=heatmaps, log=log)
 
-    def analyse(self, data: bytes, name: str, prediction: Prediction | None = None) -> DicomResults:
+    def analyse(self, data: bytes, name: str) -> DicomResults:
         """Both result instances for one instance's bytes (a Part 10 file); DicomError when it cannot be used.
+        The header is checked before the pixels are decoded: a CT or a study without pixels costs no decoding."""
+        header = self.check(data, name)
+        net_input, display = self.decode(data, name)
+        return self.results(header, self.images.analyse_decoded(net_input, display, name))
 
-        ``prediction`` is the one already made for these bytes (``pneumo predict``); without it one is made."""
+    @staticmethod
+    def check(data: bytes, name: str) -> Dataset:
+        """The instance's header (:func:`read_header`), checked to be a chest radiograph; DicomError if not."""
+        header = read_header(data, name)
+        check_chest_radiograph(header, name)
+        return header
+
+    def decode(self, data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(network input, SC-sized display image) from one decoding of the instance's pixels."""
+        try:
+            return self.images.decode(data, name)
+        except ImageLoadError as exc:
+            raise DicomError(str(exc), UNREADABLE) from exc
+
+    def results(self, header: Dataset, analysis: ImageAnalysis) -> DicomResults:
+        """The SR and the SC of an analysed instance; DicomError when the prediction failed."""
         from pneumo.dicom.sc import build_sc
         from pneumo.dicom.sr import build_sr
 
-        header = read_header(data, name)
-        check_chest_radiograph(header, name)
-        try:
-            net_input, display = load_image_and_display(data, self.predictor.size, SC_MAX_SIDE, name=name)
-        except ImageLoadError as exc:
-            raise DicomError(str(exc), UNREADABLE) from exc
-        if prediction is None:
-            prediction = self.predictor.predict_arrays([net_input], [name])[0]
+        prediction = analysis.prediction
         if prediction.error:
             raise DicomError(prediction.error, UNREADABLE)
-        cam = self.heatmap(net_input, display.shape)
         source = _evidence(header)
         meta = self.predictor.meta
         return DicomResults(
             prediction=prediction,
             sr=build_sr(source, prediction, meta),
-            sc=build_sc(source, display, cam, prediction, meta),
+            sc=build_sc(source, analysis.image, analysis.heatmap, prediction, meta),
             source_sop_instance_uid=str(source.SOPInstanceUID),
             study_instance_uid=str(source.StudyInstanceUID),
         )
 
     def heatmap(self, net_input: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray | None:
-        """The heat map (``pneumo.cam``: the ONNX class-activation map, or Grad-CAM for a graph without one) at
-        ``shape`` in [0, 1], or None when this node cannot make one (the SC then says so)."""
-        mapper = self._heat_mapper()
-        if mapper is None:
-            return None
-        try:
-            return mapper.heatmap(net_input, shape)
-        except Exception as exc:  # a heat map is an extra: its failure must not cost the result
-            log.error("heat map failed (%s); the SC is written without it", type(exc).__name__)
-            return None
+        """The heat map at ``shape`` in [0, 1], or None when this node cannot make one (the SC then says so)."""
+        return self.images.heatmap(net_input, shape)[0]
 
     def warm_up(self) -> None:
         """Load what the heat maps need now (seconds when it is PyTorch's Grad-CAM) rather than on the first image."""
-        self._heat_mapper()
-
-    def _heat_mapper(self):
-        if not self.heatmaps:
-            return None
-        with self._lock:
-            if self._mapper is None and self._mapper_error is None:
-                try:
-                    from pneumo.cam import HeatMapper
-
-                    mapper = HeatMapper(self.predictor)
-                    mapper.prepare()  # no-op for the ONNX map; loads torch and the weights for the fallback
-                    self._mapper = mapper
-                except Exception as exc:  # no torch, no weights in the model file...: SCs without the overlay
-                    self._mapper_error = type(exc).__name__
-                    log.warning("no heat maps on this node (%s: %s); SCs carry the result text only",
-                                type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")  # fmt: skip
-        return self._mapper
+        self.images.prepare()
 
 
 def write_results(results: DicomResults, out_dir: Path, stem: str) -> list[Path]:

@@ -27,11 +27,12 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pneumo import __version__
+from pneumo.analysis import log_exception
 from pneumo.errors import ConfigError
 from pneumo.inference import Prediction, Predictor
 from pneumo.labels import Decision
 from pneumo.modelfile import ModelMeta, public_meta_json
-from pneumo.serve.analysis import Analyser, Analysis, UnreadableImage, UnsupportedImage, log_exception
+from pneumo.serve.analysis import Analyser, Analysis, UnreadableImage, UnsupportedImage
 from pneumo.serve.upload import (
     KEEP_ALIVE_TIMEOUT,
     SameOriginWrites,
@@ -166,7 +167,7 @@ class _CatchAll:
             await self.app(scope, receive, tracking_send)
         except Exception as exc:
             # Not re-raised: uvicorn would log the message, and messages can name a client's file.
-            log_exception(f"unhandled error on {scope['method']} {scope['path']}", exc)
+            log_exception(log, f"unhandled error on {scope['method']} {scope['path']}", exc)
             if not started:
                 body = {"detail": "internal server error; the result could not be computed (see the server log)"}
                 await JSONResponse(body, status_code=500)(scope, receive, send)
