@@ -137,3 +137,41 @@ def test_int8_metadata_is_validated(int8_model, tmp_path):
         quantize_model(path, tmp_path / "again.pneumo", tmp_path)
     args = ["export", "--int8", "--calibration-data", str(tmp_path), "-m", str(path), "-o", str(tmp_path / "x.pneumo")]
     assert main(args) == 1  # the CLI prints the refusal as one line
+
+
+def test_without_a_split_a_folder_of_validation_images_still_calibrates(tiny_model, dataset, tmp_path):
+    """Issue 21: ``--calibration-data DIR`` alone, DIR a plain NORMAL/ PNEUMONIA/ folder, made every image a
+    validation image and then refused for want of calibration images. Without a split it calibrates on them and
+    says so; with a split CSV whose val rows are all the images it is still refused."""
+    train = dataset / "train"  # no val level: every image is a validation image
+    path, parity = quantize_model(tiny_model, tmp_path / "a.pneumo", train, bounds=LOOSE)
+    q = load_model_file(path).meta.quantization
+    assert q.calibration_images == 24 and q.validation_images == 24
+    assert parity.calibrated_on_validation == 24 and "24 validation images" in parity.calibration_note()
+    assert calibration_paths(train, set(), count=1000) == calibration_paths(train, set(), count=1000, fall_back=True)
+
+    _, separate = quantize_model(tiny_model, tmp_path / "b.pneumo", train, validation_data=dataset, bounds=LOOSE)
+    assert separate.calibrated_on_validation == 0 and separate.calibration_note() is None
+
+    split = tmp_path / "split.csv"
+    rows = [f"{p.relative_to(train)},val,{p.parent.name},{p.stem},none" for p in sorted(train.rglob("*.png"))]
+    split.write_text("path,split,label,patient_id,subtype\n" + "\n".join(rows) + "\n")
+    with pytest.raises(QuantizationError, match="no calibration images outside the validation images"):
+        quantize_model(tiny_model, tmp_path / "d.pneumo", train, split_csv=split, bounds=LOOSE)
+    assert not (tmp_path / "d.pneumo").exists()
+
+
+def test_the_calibration_note_is_one_printed_line(tiny_model, dataset, tmp_path, monkeypatch, capsys):
+    import pneumo.quantize as quantize
+
+    monkeypatch.setattr(quantize, "ParityBounds", lambda: LOOSE)  # the command's default bounds, loosened
+    out = tmp_path / "m.pneumo"
+    export = ["export", "--int8", "-m", str(tiny_model), "-o", str(out), "--calibration-data"]
+    assert main([*export, str(dataset / "train")]) == 0
+    captured = capsys.readouterr()
+    notes = [line for line in captured.err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "24 validation images were calibrated on" in notes[0]
+    assert f"wrote {out}" in captured.out
+    capsys.readouterr()
+    assert main([*export, str(dataset)]) == 0
+    assert "note:" not in capsys.readouterr().err  # a val level tells them apart: nothing to say

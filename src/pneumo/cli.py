@@ -398,7 +398,7 @@ def export(
     model: ModelOpt = None,
     int8: Annotated[bool, typer.Option("--int8", help="A quantised INT8 graph (needs --calibration-data)")] = False,
     calibration_data: Annotated[
-        Path | None, typer.Option(help="--int8: images to calibrate on (validation images are left out)")
+        Path | None, typer.Option(help="--int8: images to calibrate on (validation images left out if told apart)")
     ] = None,
     validation_data: Annotated[
         Path | None, typer.Option(help="--int8: labelled validation images for parity [default: --calibration-data]")
@@ -416,6 +416,8 @@ def export(
             _fail(UsageError("--int8 needs --calibration-data DIR"))
         path, parity = _run(quantize_model, model, output, calibration_data, validation_data=validation_data,
                             split_csv=split_csv, calibration_images=calibration_images)  # fmt: skip
+        if note := parity.calibration_note():
+            err.print(f"note: {note}", highlight=False, soft_wrap=True)
         out.print(f"wrote {path} (INT8: {parity.summary()})", highlight=False, soft_wrap=True)
         return
     from pneumo.training.export import export_model

@@ -3,9 +3,11 @@ model's accuracy on its validation images, or it is not written.
 
 Calibration runs the images of a folder through the model's own preprocessing, every test-time view included
 (the views are what the graph sees at prediction), and never uses a validation image, so that parity is
-measured on images the calibration has not seen. Weights are quantised per channel to 7 bits
-(``reduce_range``): on x86 CPUs without VNNI, ONNX Runtime's u8 x s8 kernels add pairs of products in 16 bits,
-which saturates with full 8-bit weights and cost this model 0.6 points of AUC and the domain guard entirely.
+measured on images the calibration has not seen; but without a split CSV, a folder whose images are all validation
+images (a plain NORMAL/ PNEUMONIA/ folder) calibrates on them all the same, and :class:`Parity` says so. Weights
+are quantised per channel to 7 bits (``reduce_range``): on x86 CPUs without VNNI, ONNX Runtime's u8 x s8 kernels
+add pairs of products in 16 bits, which saturates with full 8-bit weights and cost this model 0.6 points of AUC
+and the domain guard entirely.
 
 Parity (:class:`ParityBounds`): on the validation images the ROC AUC may drop by at most 0.002, decisions at the
 model's threshold must agree on at least 99 % of the images, and the domain guard's flag rate may move by at most
@@ -65,6 +67,9 @@ class Parity:
     flag_rate_fp32: float
     flag_rate_int8: float
     max_probability_change: float
+    # Calibration images that are validation images too: 0 unless no split CSV told them apart (then the parity
+    # figures are measured on images the calibration has seen).
+    calibrated_on_validation: int = 0
 
     @property
     def auc_drop(self) -> float:
@@ -89,6 +94,15 @@ class Parity:
                 f"{100 * self.flag_rate_fp32:.2f} % (at most {100 * bounds.max_flag_rate_change:g} points)"
             )
         return out
+
+    def calibration_note(self) -> str | None:
+        """One line when the calibration used validation images (no split CSV told them apart), else None."""
+        if not self.calibrated_on_validation:
+            return None
+        return (
+            f"no split CSV tells the calibration images from the validation images: {self.calibrated_on_validation} "
+            "validation images were calibrated on, so the parity figures are measured on images calibration has seen"
+        )
 
     def summary(self) -> str:
         return (
@@ -118,12 +132,18 @@ def validation_records(data_dir: Path, split_csv: Path | None):
     return recs
 
 
-def calibration_paths(folder: Path, exclude: set[Path], count: int, seed: int = 0) -> list[Path]:
-    """Up to ``count`` images of ``folder`` (recursive), none of them in ``exclude``, drawn reproducibly."""
+def calibration_paths(
+    folder: Path, exclude: set[Path], count: int, seed: int = 0, *, fall_back: bool = False
+) -> list[Path]:
+    """Up to ``count`` images of ``folder`` (recursive), none of them in ``exclude``, drawn reproducibly. With
+    ``fall_back``, when every image is in ``exclude`` they are drawn from all of them instead of refused."""
     files, _ = expand_inputs([str(folder)])
+    if not files:
+        raise QuantizationError(f"{folder}: no calibration images in it")
     pool = [f for f in files if f.resolve() not in exclude]
-    if not pool:
+    if not pool and not fall_back:
         raise QuantizationError(f"{folder}: no calibration images outside the validation images")
+    pool = pool or files
     if len(pool) > count:
         keep = np.sort(np.random.default_rng(seed).choice(len(pool), count, replace=False))
         pool = [pool[i] for i in keep]
@@ -302,10 +322,13 @@ def quantize_model(
     val_paths = [r.path for r in recs]
     labels = np.array([BINARY_CLASSES.index(r.label) for r in recs])
     fp32 = Predictor(mf)
-    cal = calibration_paths(calibration_data, {p.resolve() for p in val_paths}, calibration_images, seed)
+    val_set = {p.resolve() for p in val_paths}
+    # Without a split CSV a folder of training images is often all the user has: it calibrates, and says so.
+    cal = calibration_paths(calibration_data, val_set, calibration_images, seed, fall_back=split_csv is None)
     int8_bytes = quantize_graph(mf.onnx, fp32, cal, method)
     int8 = Predictor(mf.model_copy(update={"onnx": int8_bytes}))
     parity = measure_parity(fp32, int8, val_paths, labels)
+    parity.calibrated_on_validation = sum(p.resolve() in val_set for p in cal)
     failures = parity.failures(bounds)
     if failures:
         raise QuantizationError("the INT8 graph was not written: " + "; ".join(failures) + f" ({parity.summary()})")
