@@ -15,6 +15,7 @@ Conventions shared by every function:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,6 +23,14 @@ from pneumo.errors import ConfigError, DataError
 from pneumo.probability import pneumonia_log_odds
 
 T_BOUNDS = (0.05, 20.0)
+
+
+class OperatingRule(NamedTuple):
+    """How the threshold is chosen (:class:`pneumo.config.TrainConfig` ``operating_rule``)."""
+
+    name: str = "worst_case"  # or "pooled"
+    target_sensitivity: float = 0.98
+    target_specificity: float = 0.90
 
 
 def fit_calibration(logits: np.ndarray, y_pneumonia: np.ndarray) -> tuple[float, float]:

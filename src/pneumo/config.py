@@ -11,7 +11,8 @@ import yaml
 from pydantic import BaseModel, Field, model_validator
 
 from pneumo.atomic import write_text
-from pneumo.modelfile import Preprocessing
+from pneumo.calibration import OperatingRule
+from pneumo.modelfile import DEFAULT_IMAGE_SIZE, Preprocessing
 
 
 class AugmentConfig(BaseModel):
@@ -52,7 +53,7 @@ class TrainConfig(BaseModel):
     subtype_weight: float = Field(default=1.0, gt=0.0, le=100.0, description="the subtype head's loss weight")
     pretrained: bool | None = Field(default=None, description="ImageNet weights; None: when the arch ships them")
     transfer: Literal["full", "top", "linear"] = "full"
-    image_size: int = 128
+    image_size: int = DEFAULT_IMAGE_SIZE
     normalization: Literal["none", "equalize"] = "equalize"
     tta: list[float] = Field(default_factory=list, description="test-time content scales recorded in the model file")
     epochs: int = 6
@@ -96,9 +97,7 @@ class TrainConfig(BaseModel):
             raise ValueError("recency and balance: oversample both resample the training images; choose one")
         return self
 
-    def operating_rule(self):
-        from pneumo.training.finalize import OperatingRule
-
+    def operating_rule(self) -> OperatingRule:
         return OperatingRule(self.threshold_rule, self.target_sensitivity, self.target_specificity)
 
     def preprocessing(self) -> Preprocessing:

@@ -173,6 +173,9 @@ class Quantization(BaseModel):
     method: Literal["onnxruntime-static-qdq"] = "onnxruntime-static-qdq"
     calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
     calibration_images: int = Field(ge=1)
+    calibrated_on_validation: int = Field(
+        default=0, ge=0, description="calibration images that are validation images too (no split CSV was given)"
+    )
     validation_images: int = Field(ge=1)
     auc_fp32: Probability
     auc_int8: Probability

@@ -334,6 +334,7 @@ def quantize_model(
         raise QuantizationError("the INT8 graph was not written: " + "; ".join(failures) + f" ({parity.summary()})")
     quant = Quantization(
         calibration_images=len(cal),
+        calibrated_on_validation=parity.calibrated_on_validation,
         calibration_method=method,
         validation_images=parity.n,
         auc_fp32=parity.auc_fp32,

@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from pneumo import __version__, atomic
-from pneumo.calibration import choose_threshold, choose_threshold_worst_case, fit_calibration, worst_case_rates
+from pneumo.calibration import (
+    OperatingRule,
+    choose_threshold,
+    choose_threshold_worst_case,
+    fit_calibration,
+    worst_case_rates,
+)
 from pneumo.config import TrainConfig
 from pneumo.data import SplitData
 from pneumo.decision import flip_rate, is_positive
@@ -41,12 +46,12 @@ def infer_batches(
 
     Logits are averaged over the test-time views of ``preproc`` exactly as :class:`pneumo.inference.Predictor`
     does; the features are those of the image as it is."""
-    from pneumo.preprocess import views
+    from pneumo.preprocess import averaged_views, views
     from pneumo.training.augment import normalize_batch, rescale_batch
 
     net = net.eval().to(memory_format=torch.channels_last)
     scales = views(preproc)
-    averaged = [i for i, s in enumerate(scales) if s in preproc.tta] or [0]
+    averaged = averaged_views(preproc)
     outs: list[tuple] = []
     for i in range(0, len(images), batch):
         x = torch.from_numpy(np.array(images[i : i + batch])).float()[:, None] / 255.0
@@ -96,14 +101,6 @@ def geometry_shift_summary(y: np.ndarray, clean_prob: np.ndarray, shifted: dict,
     worst = {k: min(r[k] for r in out.values()) for k in ("roc_auc", "sensitivity", "specificity")}
     worst.update({k: max(r[k] for r in out.values()) for k in ("ece", "decisions_flipped")})
     return {"worst": worst, **out}
-
-
-class OperatingRule(NamedTuple):
-    """How the threshold is chosen (:class:`pneumo.config.TrainConfig` ``operating_rule``)."""
-
-    name: str = "worst_case"  # or "pooled"
-    target_sensitivity: float = 0.98
-    target_specificity: float = 0.90
 
 
 def choose_operating_threshold(y: np.ndarray, probs: dict[str, np.ndarray], rule: OperatingRule) -> tuple[float, dict]:
