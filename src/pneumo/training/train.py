@@ -380,14 +380,19 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path | None:
     module = PneumoModule(cfg, class_weights(cfg, train.targets))
     tl, vl = _loaders(cfg, train, val)
     state = ResumeState(tl.generator)
-    ckpt = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor=MONITOR, mode="max", save_last=True)
+    ckpt = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor=MONITOR, mode="max")
+    # Lightning's save_last writes last.ckpt only in epochs that also improved the best one, so a run killed after
+    # an epoch that did not would resume from an older epoch: a checkpoint of its own, every epoch.
+    last_ckpt = ModelCheckpoint(
+        dirpath=run / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False
+    )
     trainer = L.Trainer(
         accelerator="cpu",
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
         max_epochs=cfg.epochs,
-        callbacks=[ckpt, EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.patience), state],
+        callbacks=[ckpt, last_ckpt, EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.patience), state],
         logger=CSVLogger(run, name="", version="logs"),
         deterministic=False,
         log_every_n_steps=10,
