@@ -149,8 +149,29 @@ def test_the_file_picker_is_keyboard_reachable(page):
 # What finalize records for a subtype model: the internal figure and the worst over the framing shifts.
 _SHIFT_WORST = {"roc_auc": 0.99, "sensitivity": 0.95, "specificity": 0.93, "ece": 0.03, "decisions_flipped": 0.02,
                 "bacterial_vs_viral": 0.747, "subtype_flipped": 0.096}  # fmt: skip
+# A model file made before both threshold rules and the border-hidden check were recorded: one operating point, the
+# geometry checks under their old names.
 _SUBTYPE_FIGURES = {"sensitivity": 0.97, "specificity": 0.98, "bacterial_vs_viral_accuracy": 0.773,
-                    "geometry_shift": {"worst": _SHIFT_WORST}}  # fmt: skip
+                    "operating_point": {"sensitivity": 0.98, "specificity": 0.96},
+                    "geometry_shift": {"worst": _SHIFT_WORST, "zoom 0.8": _SHIFT_WORST}}  # fmt: skip
+# One made since: both rules' operating points (fit_operating_point's keys) and the AUC with the border hidden.
+_RULES = {
+    "worst_case": {"threshold": 0.62, "pooled": {"sensitivity": 0.981, "specificity": 0.95},
+                   "worst_framing": {"sensitivity": 0.972, "sensitivity_of": "zoom 1.25 (cropped)",
+                                     "specificity": 0.931, "specificity_of": "clean"}},
+    "pooled": {"threshold": 0.41, "pooled": {"sensitivity": 0.99, "specificity": 0.91},
+               "worst_framing": {"sensitivity": 0.985, "sensitivity_of": "clean",
+                                 "specificity": 0.85, "specificity_of": "zoom 0.8 (margin)"}},
+}  # fmt: skip
+_NEW_FIGURES = {
+    **_SUBTYPE_FIGURES,
+    "roc_auc": 0.993,
+    "operating_point": {**_RULES["worst_case"]["pooled"], "rule": "worst_case", "name": "worst_case",
+                        "target_sensitivity": 0.98, "target_specificity": 0.9, "rules": _RULES},
+    "geometry_shift": {"worst": _SHIFT_WORST, "zoom 0.8 (margin)": _SHIFT_WORST, "zoom 1.25 (cropped)": _SHIFT_WORST,
+                       "squeeze across 15%": _SHIFT_WORST, "squeeze down 15%": _SHIFT_WORST,
+                       "border masked 15%": {**_SHIFT_WORST, "roc_auc": 0.987}},
+}  # fmt: skip
 
 
 _SAID_WITH_FIGURES = [
@@ -160,10 +181,31 @@ _SAID_WITH_FIGURES = [
 _SAID_WITHOUT = ["how often bacterial vs viral is right is not recorded in this model file"]
 
 
-@pytest.mark.parametrize(("validation", "said"), [(None, _SAID_WITHOUT), (_SUBTYPE_FIGURES, _SAID_WITH_FIGURES)])
-def test_subtype_probabilities_carry_their_caveat(browser, tmp_path, validation, said):
+# The header's new figures, each under a label saying what it was measured on: element -> text.
+_HEADER_NEW = {
+    "#model-operating-label": "Threshold rule (internal validation, worst framing): sens. / spec.",
+    "#model-operating": "Worst-case rule, threshold 62.0%: sens. 97.2% (zoom 1.25 (cropped)) / spec. 93.1% "
+    "(clean validation)",
+    "#model-operating-other": "Not in force: Pooled rule, threshold 41.0%: sens. 98.5% (clean validation) / spec. "
+    "85.0% (zoom 0.8 (margin))",
+    '[data-testid="border-hidden-auc"] dt': "ROC AUC, image border hidden (outer 15% flat grey; internal validation)",
+    "#model-border-auc": "0.987 (clean 0.993)",
+    "#model-shift-label": "Worst of 5 checks (framing shifts, border hidden; internal validation): sens. / spec.",
+}
+_HEADER_OLD = {"#model-shift-label": "Worst of 4 framing shifts (internal validation): sens. / spec."}
+
+
+@pytest.mark.parametrize(
+    ("validation", "said", "header"),
+    [(None, _SAID_WITHOUT, {}), (_SUBTYPE_FIGURES, _SAID_WITH_FIGURES, _HEADER_OLD),
+     (_NEW_FIGURES, _SAID_WITH_FIGURES, _HEADER_NEW)],
+    ids=["no figures", "old model file", "both rules and the border hidden"],
+)  # fmt: skip
+def test_subtype_probabilities_carry_their_caveat(browser, tmp_path, validation, said, header):
     """A subtype model's card shows the three probabilities as the API gives them, with the model file's
-    bacterial-vs-viral figures beside them, each said for what it was measured on."""
+    bacterial-vs-viral figures beside them, each said for what it was measured on; the header shows the threshold
+    rule's operating point and the AUC with the image border hidden when the model file has them, and an older
+    model file shows neither (nor an undefined or NaN in their place)."""
     from pneumo.serve.app import create_app
     from pneumo.serve.background import LoopbackServer
 
@@ -173,6 +215,15 @@ def test_subtype_probabilities_carry_their_caveat(browser, tmp_path, validation,
         page = context.new_page()
         page.goto(srv.url)
         page.locator("#model-name").filter(has_text="tiny").wait_for(timeout=TIMEOUT_MS)
+        new = validation is _NEW_FIGURES
+        assert page.get_by_test_id("operating-point").is_visible() == new
+        assert page.get_by_test_id("border-hidden-auc").is_visible() == new
+        for where, text in header.items():
+            assert page.locator(where).text_content() == text  # the text, not its upper-cased rendering
+        # The model card was read to its end: nothing above threw on a model file without the new figures.
+        assert page.locator("#footer-version").text_content().endswith("model tiny-subtype v0.0.0")
+        info = page.get_by_test_id("model-info").text_content()
+        assert not any(bad in info for bad in ("undefined", "NaN", "null")), info
         f = _png(tmp_path / "subtype.png")
         page.get_by_test_id("file-input").set_input_files([str(f)])
         card = _done_card(page, f.name)

@@ -12,6 +12,7 @@ import pytest
 
 from pneumo.modelfile import (
     ARRAYS,
+    BORDER_HIDDEN_CHECK,
     DEFAULT_IMAGE_SIZE,
     META,
     ONNX,
@@ -24,6 +25,7 @@ from pneumo.modelfile import (
     resolve_model_path,
     save_model_file,
 )
+from pneumo.shifts import TRAINING_CHECKS
 
 
 def _model(**meta) -> ModelFile:
@@ -177,3 +179,81 @@ def test_corrupt_member_data(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ModelFileError):
         load_model_file(path)
+
+
+# What finalize records for a model trained with both threshold rules and the border-hidden check (the figures are
+# made up; the keys are fit_operating_point's).
+_RULES = {
+    "worst_case": {
+        "threshold": 0.62,
+        "pooled": {"sensitivity": 0.981, "specificity": 0.95},
+        "worst_framing": {"sensitivity": 0.972, "sensitivity_of": "zoom 1.25 (cropped)",
+                          "specificity": 0.931, "specificity_of": "zoom 1.25 (cropped)"},
+    },
+    "pooled": {
+        "threshold": 0.41,
+        "pooled": {"sensitivity": 0.99, "specificity": 0.91},
+        "worst_framing": {"sensitivity": 0.985, "sensitivity_of": "clean",
+                          "specificity": 0.85, "specificity_of": "zoom 0.8 (margin)"},
+    },
+}  # fmt: skip
+_CHECK = {"roc_auc": 0.961, "sensitivity": 0.95, "specificity": 0.9, "ece": 0.03, "decisions_flipped": 0.02}
+_WHERE = "internal validation: split.csv"
+# Per rule: how it chose its threshold, and its figures.
+_SAID = {
+    "worst_case": (
+        "threshold 0.620 by the worst-case rule (the largest margin to sensitivity 0.98 / specificity 0.90 in the "
+        "worst framing condition)",
+        "sensitivity 0.972 / specificity 0.931 at worst (zoom 1.25 (cropped)); sensitivity 0.981 / specificity 0.950 "
+        f"on validation pooled with its checked copies, {_WHERE}",
+    ),
+    "pooled": (
+        "threshold 0.410 by the pooled rule (the highest threshold with sensitivity 0.98 on validation pooled with its "
+        "checked copies)",
+        "sensitivity 0.985 at worst (clean validation) / specificity 0.850 at worst (zoom 0.8 (margin)); sensitivity "
+        f"0.990 / specificity 0.910 on validation pooled with its checked copies, {_WHERE}",
+    ),
+}
+_BORDER_LINE = f"  ROC AUC with the image border hidden (outer 15 % flat grey): 0.987 against 0.993 clean ({_WHERE})"
+
+
+def _new_meta(rule: str) -> ModelMeta:
+    op = {**_RULES[rule]["pooled"], "rule": rule, "name": rule, "target_sensitivity": 0.98,
+          "target_specificity": 0.9, "rules": _RULES}  # fmt: skip
+    shift = {"worst": _CHECK, **{name: _CHECK for name in TRAINING_CHECKS}}
+    shift[BORDER_HIDDEN_CHECK] = {**_CHECK, "roc_auc": 0.987}
+    validation = {"roc_auc": 0.993, "sensitivity": 0.97, "specificity": 0.94, "operating_point": op,
+                  "measured_on": "internal validation: /data/runs/split.csv", "geometry_shift": shift}  # fmt: skip
+    return ModelMeta(arch="cnn-small", threshold=_RULES[rule]["threshold"], validation=validation)
+
+
+@pytest.mark.parametrize(("in_force", "other"), [("worst_case", "pooled"), ("pooled", "worst_case")])
+def test_figures_summary_says_both_threshold_rules_and_the_border_hidden_auc(in_force, other):
+    lines = _new_meta(in_force).figures_summary()
+    rule, figures = _SAID[in_force]
+    other_rule, other_figures = _SAID[other]
+    # After the older figures, the rule in force first, then the other one, the border-hidden AUC, the caveat.
+    assert lines[-4:] == [
+        f"  threshold rule in force: {rule}: {figures}",
+        f"  the other rule, not in force: {other_rule} would give {other_figures}",
+        _BORDER_LINE,
+        "  expect lower figures on X-rays from other sites or periods",
+    ]
+
+
+def test_figures_summary_of_an_old_model_file_says_nothing_new():
+    """The bundled model predates both rules and the border-hidden check: its figures are said as before."""
+    meta = read_meta(None)
+    assert "rules" not in meta.validation["operating_point"]
+    assert BORDER_HIDDEN_CHECK not in meta.validation["geometry_shift"]
+    lines = meta.figures_summary()
+    assert lines[0] == f"{meta.name} {meta.version}: threshold {meta.threshold:.4f}"
+    assert lines[1].startswith("  sensitivity ") and lines[2].startswith("  worst case under framing shift: ")
+    assert lines[-1] == "  expect lower figures on X-rays from other sites or periods"
+    said = "\n".join(lines)
+    for new in ("threshold rule", "not in force", "border hidden", "None", "nan"):
+        assert new not in said, said
+
+
+def test_the_border_hidden_check_is_still_one_of_the_training_checks():
+    assert BORDER_HIDDEN_CHECK in TRAINING_CHECKS

@@ -257,8 +257,83 @@ class ModelMeta(BaseModel):
                 line += (f"; worst under framing shift {worst['bacterial_vs_viral']:.3f}, "
                          f"{worst['subtype_flipped']:.1%} of calls flipped")  # fmt: skip
             lines.append(line + "); indicative only")
+        lines += _operating_point_lines(v.get("operating_point"), where, self.site is not None)
+        if (line := _border_hidden_line(v, where)) is not None:
+            lines.append(line)
         lines.append("  expect lower figures on X-rays from other sites or periods")
         return lines
+
+
+# The check of pneumo.shifts.TRAINING_CHECKS that hides the image border (a name, not an import: the inference
+# path does not load the perturbation suite); tests/test_modelfile.py checks that the suite still has it.
+BORDER_HIDDEN_CHECK = "border masked 15%"
+_CONDITION_WORDS = {"clean": "clean validation"}
+_WORST_KEYS = ("sensitivity", "sensitivity_of", "specificity", "specificity_of")
+
+
+def _rule_words(name: str, op: dict) -> str:
+    """How a threshold rule chose its threshold, in words."""
+    sens, spec = op.get("target_sensitivity"), op.get("target_specificity")
+    if name == "worst_case" and isinstance(sens, float | int) and isinstance(spec, float | int):
+        return (f"the worst-case rule (the largest margin to sensitivity {sens:.2f} / specificity {spec:.2f} in the "
+                f"worst framing condition)")  # fmt: skip
+    if name == "pooled" and isinstance(sens, float | int):
+        return (f"the pooled rule (the highest threshold with sensitivity {sens:.2f} on validation pooled with its "
+                f"checked copies)")  # fmt: skip
+    return f"the {name.replace('_', '-')} rule"
+
+
+def _rule_figures(rule: dict, where: str) -> str | None:
+    """A rule's sensitivity / specificity in the worst framing condition (naming it) and on validation pooled with
+    its checked copies; None unless all of them are recorded."""
+    worst, pooled = rule.get("worst_framing"), rule.get("pooled")
+    if not (isinstance(worst, dict) and set(_WORST_KEYS) <= worst.keys()):
+        return None
+    if not (isinstance(pooled, dict) and {"sensitivity", "specificity"} <= pooled.keys()):
+        return None
+    of_sens, of_spec = (_CONDITION_WORDS.get(worst[k], worst[k]) for k in ("sensitivity_of", "specificity_of"))
+    at_worst = (
+        f"sensitivity {worst['sensitivity']:.3f} / specificity {worst['specificity']:.3f} at worst ({of_sens})"
+        if of_sens == of_spec
+        else f"sensitivity {worst['sensitivity']:.3f} at worst ({of_sens}) / specificity "
+        f"{worst['specificity']:.3f} at worst ({of_spec})"
+    )
+    return (
+        f"{at_worst}; sensitivity {pooled['sensitivity']:.3f} / specificity {pooled['specificity']:.3f} on "
+        f"validation pooled with its checked copies, {where}"
+    )
+
+
+def _operating_point_lines(op: Any, where: str, site_in_force: bool) -> list[str]:
+    """The threshold rule in force and the other one, each with its operating point; none for model files made
+    before both rules were recorded."""
+    if not isinstance(op, dict) or not isinstance(op.get("rules"), dict) or op.get("rule") not in op["rules"]:
+        return []
+    in_force = "threshold rule in force"
+    if site_in_force:
+        in_force = "threshold rule as shipped (a site calibration now sets the threshold)"
+    lines = []
+    for name in sorted(op["rules"], key=lambda n: n != op["rule"]):  # the rule in force first
+        rule = op["rules"][name]
+        figures = _rule_figures(rule, where) if isinstance(rule, dict) else None
+        if figures is None or not isinstance(rule.get("threshold"), float | int):
+            continue
+        said = f"threshold {rule['threshold']:.3f} by {_rule_words(name, op)}"
+        lines.append(
+            f"  {in_force}: {said}: {figures}"
+            if name == op["rule"]
+            else f"  the other rule, not in force: {said} would give {figures}"
+        )
+    return lines
+
+
+def _border_hidden_line(v: dict, where: str) -> str | None:
+    """The AUC with the image border hidden against the clean one: a model that reads the lungs keeps it."""
+    hidden = v.get("geometry_shift", {}).get(BORDER_HIDDEN_CHECK)
+    if not isinstance(hidden, dict) or "roc_auc" not in hidden:
+        return None
+    clean = f" against {v['roc_auc']:.3f} clean" if isinstance(v.get("roc_auc"), float | int) else ""
+    return f"  ROC AUC with the image border hidden (outer 15 % flat grey): {hidden['roc_auc']:.3f}{clean} ({where})"
 
 
 class ModelFile(BaseModel):

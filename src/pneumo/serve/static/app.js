@@ -8,6 +8,7 @@ const PARALLEL_UPLOADS = 2; // the server shares its CPUs with everyone else: no
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const pct = (p) => `${(p * 100).toFixed(1)}%`;
+const isNumber = (x) => typeof x === "number" && Number.isFinite(x);
 
 let model = null;
 const queue = [];
@@ -36,8 +37,78 @@ async function loadModelInfo() {
   $("#model-shift").textContent = worst
     ? `${formatMetric(worst.sensitivity)} / ${formatMetric(worst.specificity)}`
     : "not measured";
+  showShiftChecks(v.geometry_shift || {});
+  showOperatingPoint(v.operating_point, Boolean(model.site));
+  showBorderHidden(v);
   $("#footer-version").textContent = `Pneumo ${model.pneumo_version} · model ${model.name} v${model.version}`;
   if (model.max_upload_mb) $("#upload-limit").textContent = `, up to ${model.max_upload_mb} MB each`;
+}
+
+// The check that hides the outer 15 % of the image under flat grey (pneumo.shifts): a model that reads the lungs
+// keeps its AUC there. Model files made before it was checked do not have it, and show nothing about it.
+const BORDER_HIDDEN = "border masked 15%";
+const RULES = {
+  worst_case: {
+    name: "Worst-case rule",
+    how: (op) => `the largest margin to sensitivity ${pct(op.target_sensitivity)} and specificity ` +
+      `${pct(op.target_specificity)} in the worst framing condition`,
+  },
+  pooled: {
+    name: "Pooled rule",
+    how: (op) => `the highest threshold with sensitivity ${pct(op.target_sensitivity)} on validation pooled with ` +
+      "its zoomed, squeezed and border-hidden copies",
+  },
+};
+
+// The worst over the checks includes the border-hidden one in newer model files: say how many checks, and which.
+function showShiftChecks(shift) {
+  const checks = Object.keys(shift).filter((k) => k !== "worst");
+  if (!checks.includes(BORDER_HIDDEN)) return;
+  const label = $("#model-shift-label");
+  label.textContent =
+    `Worst of ${checks.length} checks (framing shifts, border hidden; internal validation): sens. / spec.`;
+  label.parentElement.title = `Worst case over the same validation images under ${checks.join(", ")}`;
+}
+
+// "sens. 97.0% (zoom 1.25 (cropped)) / spec. 93.0% (clean validation)": the worst framing condition of each figure.
+function worstFraming(rule) {
+  const r = rule || {};
+  const w = r.worst_framing || {};
+  if (!isNumber(r.threshold) || !isNumber(w.sensitivity) || !isNumber(w.specificity)) return null;
+  const of = (name) => (typeof name === "string" ? ` (${name === "clean" ? "clean validation" : name})` : "");
+  return `sens. ${pct(w.sensitivity)}${of(w.sensitivity_of)} / spec. ${pct(w.specificity)}${of(w.specificity_of)}`;
+}
+
+// The threshold rule in force with its worst-framing operating point, and the other rule beside it. Model files made
+// before both rules were recorded have no `rules`: nothing is shown.
+function showOperatingPoint(op, siteInForce) {
+  if (!op || !op.rules || !RULES[op.rule]) return;
+  const rule = op.rules[op.rule] || {};
+  const figures = worstFraming(rule);
+  if (!figures) return;
+  $("#model-operating").textContent = `${RULES[op.rule].name}, threshold ${pct(rule.threshold)}: ${figures}`;
+  if (isNumber(op.target_sensitivity) && isNumber(op.target_specificity)) {
+    $("#operating-info").title = `${RULES[op.rule].name}: ${RULES[op.rule].how(op)}.`;
+  }
+  if (siteInForce) {
+    $("#model-operating-label").textContent = "Threshold rule as shipped (internal validation, worst framing)";
+  }
+  for (const [name, other] of Object.entries(op.rules)) {
+    const said = name !== op.rule && RULES[name] ? worstFraming(other) : null;
+    if (said) {
+      $("#model-operating-other").textContent =
+        `Not in force: ${RULES[name].name}, threshold ${pct(other.threshold)}: ${said}`;
+    }
+  }
+  $("#operating-info").hidden = false;
+}
+
+function showBorderHidden(v) {
+  const hidden = (v.geometry_shift || {})[BORDER_HIDDEN] || {};
+  if (!isNumber(hidden.roc_auc)) return;
+  const clean = isNumber(v.roc_auc) ? ` (clean ${v.roc_auc.toFixed(3)})` : "";
+  $("#model-border-auc").textContent = `${hidden.roc_auc.toFixed(3)}${clean}`;
+  $("#border-info").hidden = false;
 }
 
 // A site calibration (pneumo adapt) replaces the shipped operating point: say which one is in force, and show the
