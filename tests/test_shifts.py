@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+from pneumo.inference import Predictor
+from pneumo.robustness import predict_perturbed
 from pneumo.shifts import (
     BORDER,
     CONTROLS,
@@ -15,8 +17,9 @@ from pneumo.shifts import (
     SUITE,
     TRAINING_CHECKS,
     box_mask,
+    checked_copies,
+    checked_copy,
     marker_mask,
-    perturb_images,
 )
 
 
@@ -76,16 +79,29 @@ def test_marker_mask_finds_a_burnt_in_letter_near_the_edge_and_nothing_in_the_mi
     assert not box_mask((224, 224), MARKER_BAND)[10, 8]  # (the edge letter lies in the band searched)
 
 
-def test_perturb_images_applies_the_suite_function_to_each_cached_image():
-    imgs = np.stack([np.asarray(_chest(64, seed=s, letter_at=None)[0]) for s in range(3)])
-    for name in (*TRAINING_CHECKS, "crop 15%"):
-        out = perturb_images(imgs, name)
-        assert out.shape == imgs.shape and out.dtype == np.uint8
-        if name != "crop 15%":  # a crop is resized back to the cache's size
-            assert (out[1] == np.asarray(SUITE[name].perturb(Image.fromarray(imgs[1])))).all()
+def test_checked_copies_are_what_the_suite_feeds_the_model(tmp_path, tiny_model):
+    """The copies that steer training and the operating point give the same probabilities as the suite's own path
+    (file decoded, perturbed, re-encoded, loaded by the predictor)."""
+    paths = []
+    for s in range(3):
+        paths.append(tmp_path / f"x{s}.png")
+        _chest(96, seed=s)[0].save(paths[-1])
+    predictor = Predictor.load(tiny_model)
+    size = predictor.meta.preprocessing.image_size
+    copies = checked_copies(paths, size)
+    assert list(copies) == list(TRAINING_CHECKS)
+    for name, imgs in copies.items():
+        assert imgs.shape == (3, size, size) and imgs.dtype == np.uint8
+        suite, _ = predict_perturbed(predictor, paths, SUITE[name].perturb)
+        ours = predictor.predict_arrays([im.astype(np.float32) / 255 for im in imgs], [str(p) for p in paths])
+        np.testing.assert_allclose([p.probability for p in ours], suite, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("name", TRAINING_CHECKS)
-def test_every_check_changes_the_image(name):
-    imgs = np.asarray(_chest(64, letter_at=None)[0])[None]
-    assert np.abs(perturb_images(imgs, name).astype(int) - imgs).mean() > 0.5
+def test_every_check_changes_the_image(tmp_path, name):
+    path = tmp_path / "x.png"
+    _chest(64, letter_at=None)[0].save(path)
+    clean = checked_copies([path], 64, ())
+    assert clean == {}
+    moved = checked_copy(path, name, 64).astype(int)
+    assert np.abs(moved - np.asarray(Image.open(path))).mean() > 0.5

@@ -19,7 +19,7 @@ from pneumo.calibration import OperatingRule
 from pneumo.config import TrainConfig
 from pneumo.inference import Predictor
 from pneumo.modelfile import load_model_file
-from pneumo.shifts import TRAINING_CHECKS
+from pneumo.shifts import TRAINING_CHECKS, checked_copies
 from pneumo.training.train import balanced_indices, class_weights, fit
 
 N_PER_CLASS = 24
@@ -141,8 +141,9 @@ def test_training_sees_what_inference_feeds(binary_run, monkeypatch):
     forward_all, forward = module.net.forward_all, module.net.forward
     monkeypatch.setattr(module.net, "forward_all", lambda x: seen.append(x.detach().clone()) or forward_all(x))
     monkeypatch.setattr(module.net, "forward", lambda x: seen.append(x.detach().clone()) or forward(x))
-    for split, step, checks in ((train, module.training_step, ()), (val, module.validation_step, TRAINING_CHECKS)):
-        items = [CachedImages(split, checks=checks)[i] for i in range(4)]
+    checks = list(checked_copies(val.paths, cfg.image_size).values())
+    for split, step, copies in ((train, module.training_step, ()), (val, module.validation_step, checks)):
+        items = [CachedImages(split, copies=copies)[i] for i in range(4)]
         batch = (torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items]))
         seen.clear()
         step(batch, 0)  # the first call is on the images as they are (validation then checks shifted copies)

@@ -15,19 +15,17 @@ A model is judged on the **worst case** over the conditions, never on their mean
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from pneumo.decision import flip_rate, is_positive
 from pneumo.imaging import load_image
 from pneumo.inference import Predictor
 from pneumo.labels import SUBTYPE_INDEX
 from pneumo.metrics import bacterial_vs_viral_accuracy, binary_metrics, reliability_bins, says_viral
-from pneumo.shifts import ACQUISITION, CONTROLS, GEOMETRY, OCCLUSION, PERTURBATIONS, Perturb, gray8
+from pneumo.shifts import ACQUISITION, CONTROLS, GEOMETRY, OCCLUSION, PERTURBATIONS, Perturb, encode_png, gray8
 
 __all__ = ["ACQUISITION", "CONTROLS", "GEOMETRY", "OCCLUSION", "PERTURBATIONS", "shifted_validation", "worst_case"]
 ZOOMS = [k for k in GEOMETRY if k.startswith("zoom")]
@@ -38,19 +36,13 @@ LOWER_IS_BETTER = ("ece", "decisions_flipped", "mean_abs_change", "flagged_out_o
 WORST = "worst case"
 
 
-def _encode(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def predict_perturbed(predictor: Predictor, paths: Sequence[Path], perturb: Perturb | None, tta: bool = False):
     """Probabilities for every path after ``perturb`` (``None``: the file as it is)."""
 
     def source(p: Path):
         if perturb is None:
             return str(p), p
-        return str(p), _encode(perturb(gray8(load_image(p))))
+        return str(p), encode_png(perturb(gray8(load_image(p))))
 
     preds = list(predictor.predict_sources((source(p) for p in paths), batch_size=32, tta=tta))
     return np.array([p.probability for p in preds]), preds

@@ -1,10 +1,11 @@
 """The shift suite, declared once: every condition a model is checked under, its family, and which of them steer
 training (the checkpoint choice) and the operating point (calibration and threshold).
 
-Each condition is a function of an 8-bit grayscale PIL image. The same functions serve ``pneumo robustness``
-(applied to the decoded file, then re-encoded and sent through the loader a user's file goes through) and training
-(applied once to the cached validation images, then run through the network every epoch), so the suite that steers
-training and the one that is reported cannot drift apart. Families:
+Each condition is a function of an 8-bit grayscale PIL image. The same functions, on the same path (the file
+decoded at its own size, perturbed, re-encoded losslessly and read back through the loader a user's file goes
+through), serve ``pneumo robustness`` and training (the validation copies made once, then run through the network
+every epoch and at finalisation), so the suite that steers training and the one that is reported cannot drift
+apart. Families:
 
 - geometry: what differs between acquisition periods and what a model can read instead of the lungs: how much of
   the frame the chest fills (zoom out with a margin, zoom in with a crop), its aspect, and where it sits. Margins
@@ -20,7 +21,8 @@ training and the one that is reported cannot drift apart. Families:
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -205,14 +207,22 @@ TRAINING_CHECKS: tuple[str, ...] = tuple(k for k, s in SUITE.items() if s.steers
 FRAMING_CHECKS: tuple[str, ...] = tuple(k for k in TRAINING_CHECKS if SUITE[k].family == "geometry")
 
 
-def perturb_images(images: np.ndarray, name: str) -> np.ndarray:
-    """A stack of 8-bit images (N x H x W, as the training cache holds them) under condition ``name``; each output
-    keeps its input's size (a condition that crops, such as ``crop 15%``, is resized back)."""
-    f = SUITE[name].perturb
-    out = np.empty_like(images)
-    for i, a in enumerate(images):
-        im = f(Image.fromarray(np.asarray(a, dtype=np.uint8)))
-        if im.size != (a.shape[1], a.shape[0]):
-            im = im.resize((a.shape[1], a.shape[0]), Image.Resampling.BILINEAR)
-        out[i] = np.asarray(im)
-    return out
+def encode_png(im: Image.Image) -> bytes:
+    """A perturbed image as a lossless file, to be read back through the loader a user's file goes through."""
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def checked_copy(path: str | Path, name: str, size: int) -> np.ndarray:
+    """The file at ``path`` under condition ``name`` as the suite makes it (decoded at its own size, perturbed,
+    re-encoded losslessly) and then loaded at the model's input ``size`` as any file is: uint8, size x size."""
+    src = encode_png(SUITE[name].perturb(gray8(load_image(path))))
+    return np.clip(np.rint(load_image(src, size, name=f"{Path(path).name} ({name})") * 255), 0, 255).astype(np.uint8)
+
+
+def checked_copies(paths: Sequence[str | Path], size: int, names: Sequence[str] = TRAINING_CHECKS) -> dict:
+    """``{name: N x size x size uint8}``: every file under each condition (default the training checks), made
+    exactly as ``pneumo robustness`` makes it, so the checks that steer training and the operating point see what
+    the reported suite sees."""
+    return {name: np.stack([checked_copy(p, name, size) for p in paths]) for name in names}

@@ -123,7 +123,10 @@ def build_ensemble(
     )
     _, val, _ = load_splits(cfg)
     val_logits, val_sub = _validation_outputs(predictor, val.images)
-    outs = {k: _validation_outputs(predictor, imgs) for k, imgs in validation_checks(val.images).items()}
+    outs = {
+        k: _validation_outputs(predictor, imgs)
+        for k, imgs in validation_checks(val, first.preprocessing.image_size).items()
+    }
     shifted = {k: o[0] for k, o in outs.items()}
     shifted_sub = None if val_sub is None else {k: o[1] for k, o in outs.items()}
     temperature, bias, threshold, metrics = fit_operating_point(

@@ -31,7 +31,7 @@ from pneumo.metrics import (
 )
 from pneumo.modelfile import ModelMeta, onnx_session, save_model_file, without_paths
 from pneumo.probability import calibrated_probability, subtype_probabilities
-from pneumo.shifts import FRAMING_CHECKS, TRAINING_CHECKS, perturb_images
+from pneumo.shifts import FRAMING_CHECKS, TRAINING_CHECKS, checked_copies
 from pneumo.training.export import build_model_file
 from pneumo.training.models import PneumoNet, count_parameters
 
@@ -183,9 +183,10 @@ def fit_operating_point(
     return temperature, bias, threshold, metrics
 
 
-def validation_checks(images: np.ndarray) -> dict[str, np.ndarray]:
-    """The validation images under each check of the suite that steers training and the operating point."""
-    return {name: perturb_images(images, name) for name in TRAINING_CHECKS}
+def validation_checks(val: SplitData, size: int) -> dict[str, np.ndarray]:
+    """The validation images under each check of the suite that steers training and the operating point, made
+    from their files as ``pneumo robustness`` makes them."""
+    return checked_copies(val.paths, size, TRAINING_CHECKS)
 
 
 def finalize_run(
@@ -195,7 +196,9 @@ def finalize_run(
     run = Path(cfg.out)
     preproc = cfg.preprocessing()
     val_logits, val_feats, val_sub = infer_batches(net, val.images, preproc)
-    outs = {name: infer_batches(net, imgs, preproc) for name, imgs in validation_checks(val.images).items()}
+    outs = {
+        name: infer_batches(net, imgs, preproc) for name, imgs in validation_checks(val, preproc.image_size).items()
+    }
     shifted = {name: o[0] for name, o in outs.items()}
     shifted_sub = None if val_sub is None else {name: o[2] for name, o in outs.items()}
     temperature, bias, threshold, metrics = fit_operating_point(

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -27,7 +28,7 @@ from pneumo.data import SplitData, patient_number, read_split_csv, scan_dataset,
 from pneumo.errors import DataError
 from pneumo.labels import PNEUMONIA, SUBTYPE_INDEX, TASK_CLASSES
 from pneumo.probability import pneumonia_log_odds
-from pneumo.shifts import TRAINING_CHECKS, perturb_images
+from pneumo.shifts import TRAINING_CHECKS, checked_copies
 from pneumo.training.augment import augment_batch, normalize_batch
 from pneumo.training.cache import build_cache
 from pneumo.training.models import create_model, set_transfer_mode
@@ -39,13 +40,13 @@ MONITOR = "val_auc_worst"  # clean validation rewards the framing shortcut; the 
 class CachedImages(torch.utils.data.Dataset):
     """Index -> (uint8 image tensor C x H x W, target); augmentation happens later, on whole batches.
 
-    With ``checks`` (names of :data:`pneumo.shifts.TRAINING_CHECKS`), channel 0 is the image and channel k its
-    copy under the k-th check, made once here by the suite's own functions."""
+    With ``copies`` (each N x H x W, :func:`pneumo.shifts.checked_copies`), channel 0 is the image and channel k
+    its copy under the k-th check."""
 
-    def __init__(self, split: SplitData, indices: np.ndarray | None = None, checks: tuple[str, ...] = ()):
+    def __init__(self, split: SplitData, indices: np.ndarray | None = None, copies: Sequence[np.ndarray] = ()):
         self.split = split
         self.indices = np.arange(len(split.targets)) if indices is None else indices
-        self.copies = [perturb_images(np.asarray(split.images), name) for name in checks]
+        self.copies = list(copies)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -313,7 +314,8 @@ def _loaders(cfg: TrainConfig, train: SplitData, val: SplitData):
     idx = balanced_indices(task_targets(train.targets, cfg.task), cfg.seed) if cfg.balance == "oversample" else None
     if cfg.recency:  # TrainConfig refuses it together with oversampling
         idx = recency_indices(train.paths, cfg.seed, cfg.recency)
-    train_ds, val_ds = CachedImages(train, idx), CachedImages(val, checks=TRAINING_CHECKS)
+    checks = checked_copies(val.paths, cfg.image_size, TRAINING_CHECKS)  # the order of the module's shift_aucs
+    train_ds, val_ds = CachedImages(train, idx), CachedImages(val, copies=list(checks.values()))
     gen = torch.Generator().manual_seed(cfg.seed)
     # No worker processes: a batch is a memmap slice; workers would only compete for the two cores.
     tl = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=gen)
