@@ -386,3 +386,22 @@ def test_finalize_writes_into_the_run_it_is_given(binary_run, tmp_path):
     assert load_model_file(moved).meta.target_sensitivity == 0.9
     assert (binary_run / "model.pneumo").read_bytes() == before
     assert json.loads((moved / "validation.json").read_text())["threshold"] == load_model_file(moved).meta.threshold
+
+
+def test_finalize_can_switch_the_threshold_rule(binary_run, tmp_path):
+    """`pneumo finalize --threshold-rule pooled` puts the pooled rule's threshold in force; the recorded figures of
+    both rules are the same as before (the rule only picks which one is used)."""
+    import shutil
+
+    from pneumo.cli import main
+
+    run = tmp_path / "pooled"
+    shutil.copytree(binary_run, run)
+    before = load_model_file(binary_run).meta.validation["operating_point"]
+    assert main(["finalize", str(run), "--threshold-rule", "pooled"]) in (0, None)
+    meta = load_model_file(run).meta
+    op = meta.validation["operating_point"]
+    assert op["rule"] == "pooled" and meta.threshold == op["rules"]["pooled"]["threshold"]
+    assert op["rules"]["worst_case"]["threshold"] == pytest.approx(before["rules"]["worst_case"]["threshold"])
+    assert op["rules"]["pooled"]["threshold"] == pytest.approx(before["rules"]["pooled"]["threshold"])
+    assert main(["finalize", str(run), "--threshold-rule", "median"]) == 1  # refused in one line, as a bad config

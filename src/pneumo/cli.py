@@ -145,6 +145,13 @@ def data_split(
     out.print(f"wrote {out_csv}", highlight=False)
 
 
+_RULE_HELP = (
+    "worst_case: the largest margin to both targets in the worst framing condition; pooled: the target sensitivity "
+    "on validation pooled with its checked copies [default: worst_case]"
+)
+_TARGET_SPEC_HELP = "The worst_case rule's specificity target [default: 0.90]"
+
+
 @app.command()
 def train(
     data_dir: Annotated[Path, typer.Argument(help="Dataset root (the train split is used; val is carved by patient)")],
@@ -169,6 +176,8 @@ def train(
     val_fraction: Annotated[float | None, typer.Option(help="Validation share when no --split")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed")] = None,
     target_sensitivity: Annotated[float | None, typer.Option(help="Operating-point sensitivity")] = None,
+    target_specificity: Annotated[float | None, typer.Option(help=_TARGET_SPEC_HELP)] = None,
+    threshold_rule: Annotated[str | None, typer.Option(help=_RULE_HELP)] = None,
     patience: Annotated[int | None, typer.Option(help="Early-stopping patience in epochs")] = None,
     max_train_images: Annotated[int | None, typer.Option(help="Subsample the training images")] = None,
     devices: Annotated[int | None, typer.Option(help="Processes per node (data parallel) [default: 1]")] = None,
@@ -204,11 +213,15 @@ def train(
 def finalize(
     run_dir: Annotated[Path, typer.Argument(help="A run directory with checkpoints/")],
     target_sensitivity: Annotated[float | None, typer.Option(help="Operating-point sensitivity")] = None,
+    target_specificity: Annotated[float | None, typer.Option(help=_TARGET_SPEC_HELP)] = None,
+    threshold_rule: Annotated[str | None, typer.Option(help=_RULE_HELP)] = None,
 ) -> None:
     """Recalibrate, choose the threshold, refit the domain guard and re-export a run without retraining."""
     from pneumo.training.train import refinalize
 
-    out.print(f"wrote {_run(refinalize, run_dir, target_sensitivity)}", highlight=False)
+    path = _run(refinalize, run_dir, target_sensitivity, target_specificity=target_specificity,
+                threshold_rule=threshold_rule)  # fmt: skip
+    out.print(f"wrote {path}", highlight=False)
 
 
 @app.command()

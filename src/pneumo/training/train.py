@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -436,16 +437,16 @@ def resolve_pretrained(cfg: TrainConfig) -> TrainConfig:
     return cfg.model_copy(update={"pretrained": bool(spec and spec.pretrained_available)})
 
 
-def refinalize(run: Path, target_sensitivity: float | None = None) -> Path:
+def refinalize(run: Path, target_sensitivity: float | None = None, **operating: Any) -> Path:
     """Re-run calibration, threshold choice, domain-guard fitting and export on a finished run's best checkpoint
-    (after changing those steps or the target sensitivity) without training again. The files are written into
-    ``run``, wherever the run directory was trained or has been moved or copied since."""
+    (after changing those steps, the target sensitivity or the other ``operating`` fields: ``target_specificity``,
+    ``threshold_rule``) without training again. The files are written into ``run``, wherever the run directory was
+    trained or has been moved or copied since; ``config.yaml`` keeps what it was trained with."""
     from pneumo.training.finalize import finalize_run
 
     run = Path(run)
-    cfg = TrainConfig.load(run / "config.yaml").model_copy(update={"out": run})
-    if target_sensitivity is not None:
-        cfg = cfg.model_copy(update={"target_sensitivity": target_sensitivity})
+    given = {"target_sensitivity": target_sensitivity, **operating}
+    cfg = TrainConfig.resolve(run / "config.yaml", {**given, "out": run})
     ckpts = [run / "checkpoints" / n for n in ("best.ckpt", "last.ckpt")]
     ckpt = next((c for c in ckpts if c.is_file()), None)
     if ckpt is None:
