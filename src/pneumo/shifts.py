@@ -127,14 +127,20 @@ def _flat(a: np.ndarray, where: np.ndarray) -> Image.Image:
     return Image.fromarray(out)
 
 
-def mask_border(im: Image.Image) -> Image.Image:
-    a = np.asarray(im)
-    return _flat(a, ~box_mask(a.shape))
+def hide_box(margin: float = BORDER, inside: bool = True) -> Perturb:
+    """Flat grey over the central box that leaves ``margin`` on each side (``inside``) or over everything outside
+    it (the border)."""
+
+    def f(im: Image.Image) -> Image.Image:
+        a = np.asarray(im)
+        box = box_mask(a.shape, margin)
+        return _flat(a, box if inside else ~box)
+
+    return f
 
 
-def mask_lung_box(im: Image.Image) -> Image.Image:
-    a = np.asarray(im)
-    return _flat(a, box_mask(a.shape))
+mask_border = hide_box(BORDER, inside=False)
+mask_lung_box = hide_box(BORDER, inside=True)
 
 
 def marker_mask(im: Image.Image) -> np.ndarray:
