@@ -10,6 +10,7 @@ import pytest
 from pneumo.inference import Predictor
 from pneumo.modelfile import bundled_model_path, load_model_file, read_meta
 from pneumo.ood import adult_chest_radiographs, photographs, synthetic
+from pneumo.shifts import FRAMING_CHECKS, TRAINING_CHECKS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,9 +28,15 @@ def test_bundled_model_is_small_and_self_describing():
     assert mf.onnx and mf.weights, "predict needs the ONNX graph, explain the weights"
     assert meta.class_names[0] == "NORMAL" and meta.preprocessing.image_size >= 64
     assert 0.0 < meta.threshold < 1.0 and meta.temperature > 0
-    # the threshold holds the target on validation pooled with its geometric shifts, where it was chosen
-    assert meta.target_sensitivity >= 0.98 and meta.validation["operating_point"]["sensitivity"] >= 0.98
-    assert meta.validation["geometry_shift"]["worst"]["roc_auc"] >= 0.99
+    # the threshold is the worst-case rule's: both targets held within a few points in the worst framing condition
+    op = meta.validation["operating_point"]
+    assert op["rule"] == "worst_case" and meta.threshold == op["rules"]["worst_case"]["threshold"]
+    worst_framing = op["rules"]["worst_case"]["worst_framing"]
+    assert worst_framing["sensitivity"] >= 0.95 and worst_framing["specificity"] >= 0.85
+    checks = meta.validation["geometry_shift"]
+    assert set(checks) == {"worst", *TRAINING_CHECKS}
+    assert all(checks[k]["roc_auc"] >= 0.99 for k in FRAMING_CHECKS)  # it ranks under every framing shift
+    assert checks["border masked 15%"]["roc_auc"] >= 0.98  # and does not read the frame's edges
     assert meta.preprocessing.tta, "the shipped model averages test-time content scales"
     assert meta.domain_guard is not None and meta.domain_guard.validation_flag_rate <= 0.05
     assert meta.has_subtypes, "the default model carries the bacterial / viral head"
@@ -82,4 +89,6 @@ def test_info_labels_what_each_figure_was_measured_on(capsys):
     lines = err.splitlines()
     assert any("specificity" in ln and "(internal validation: split.csv)" in ln for ln in lines), err
     assert any(ln.strip().startswith("worst case under framing shift") for ln in lines), err
+    assert any("by the worst-case rule" in ln for ln in lines), err
+    assert any("image border hidden" in ln for ln in lines), err
     assert "other sites or periods" in err
