@@ -25,7 +25,7 @@ from pneumo.modelfile import (
     resolve_model_path,
     save_model_file,
 )
-from pneumo.shifts import TRAINING_CHECKS
+from pneumo.shifts import FRAMING_CHECKS, TRAINING_CHECKS
 
 
 def _model(**meta) -> ModelFile:
@@ -242,10 +242,17 @@ def test_figures_summary_says_both_threshold_rules_and_the_border_hidden_auc(in_
 
 
 def test_figures_summary_of_an_old_model_file_says_nothing_new():
-    """The bundled model predates both rules and the border-hidden check: its figures are said as before."""
+    """A model file from before both rules and the border-hidden check (as g2s1 recorded them: the pooled
+    operating point only, four framing checks under their old names): its figures are said as before."""
     meta = read_meta(None)
-    assert "rules" not in meta.validation["operating_point"]
-    assert BORDER_HIDDEN_CHECK not in meta.validation["geometry_shift"]
+    v = dict(meta.validation)
+    op = v["operating_point"]
+    v["operating_point"] = {"sensitivity": op["sensitivity"], "specificity": op["specificity"]}
+    old_names = dict(
+        zip(FRAMING_CHECKS, ("zoom 0.8", "zoom 1.25", "squeeze across 0.85", "squeeze down 0.85"), strict=True)
+    )
+    v["geometry_shift"] = {old_names.get(k, k): r for k, r in v["geometry_shift"].items() if k != BORDER_HIDDEN_CHECK}
+    meta = meta.model_copy(update={"validation": v})
     lines = meta.figures_summary()
     assert lines[0] == f"{meta.name} {meta.version}: threshold {meta.threshold:.4f}"
     assert lines[1].startswith("  sensitivity ") and lines[2].startswith("  worst case under framing shift: ")
