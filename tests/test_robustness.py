@@ -246,3 +246,11 @@ def test_robustness_refuses_a_folder_with_other_classes_in_one_line(labelled, ti
     result = CliRunner().invoke(app, [*args, "--extra", str(other)])
     assert result.exit_code == 1 and "expected NORMAL/ and PNEUMONIA/ images, found ['COVID']" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)  # a message, not a traceback
+
+
+def test_the_selection_is_described_without_paths(labelled, tmp_path):
+    """Evaluation reports get shared: they name the folder and the split CSV, never where they lie."""
+    recs, described = select_records(labelled)
+    assert described == "split 'test' of data" and str(tmp_path) not in described
+    _, everything = select_records(labelled / "test")
+    assert everything == "all images of test"

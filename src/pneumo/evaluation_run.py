@@ -27,6 +27,7 @@ def select_records(
     """Which labelled images to evaluate, and a description of the choice.
 
     A split CSV selects its ``val`` rows; a root with a split level defaults to ``test``; otherwise every image.
+    The description names the folder and the CSV, not their paths: it travels into reports that get shared.
     """
     ds = scan_dataset(data_dir)
     if split_csv is not None:
@@ -37,16 +38,16 @@ def select_records(
                 f"{split_csv}: none of its {split or 'val'} rows is under {data_dir} "
                 "(use the folder the split was made on)"
             )
-        return recs, f"{split or 'val'} rows of {split_csv}"
+        return recs, f"{split or 'val'} rows of {Path(split_csv).name}"
     levels = [s for s in ds.splits if s is not None]
     if levels:
         chosen = split or ("test" if "test" in levels else levels[0])
         if chosen not in levels:
             raise DataError(f"{data_dir}: no '{chosen}' split (found {', '.join(levels)})")
-        return ds.select(chosen), f"split '{chosen}' of {data_dir}"
+        return ds.select(chosen), f"split '{chosen}' of {Path(data_dir).name}"
     if split:
         raise DataError(f"{data_dir}: has no train/val/test level, so --split {split} cannot apply")
-    return list(ds.records), f"all images of {data_dir}"
+    return list(ds.records), f"all images of {Path(data_dir).name}"
 
 
 def binary_targets(recs: list[ImageRecord], data_dir: Path) -> np.ndarray:
