@@ -250,7 +250,7 @@ def test_robustness_refuses_a_folder_with_other_classes_in_one_line(labelled, ti
 
 def test_the_selection_is_described_without_paths(labelled, tmp_path):
     """Evaluation reports get shared: they name the folder and the split CSV, never where they lie."""
-    recs, described = select_records(labelled)
+    _, described = select_records(labelled)
     assert described == "split 'test' of data" and str(tmp_path) not in described
     _, everything = select_records(labelled / "test")
     assert everything == "all images of test"
