@@ -21,14 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.decision import flip_rate, is_positive
-from pneumo.imaging import load_image
 from pneumo.inference import Predictor
 from pneumo.labels import SUBTYPE_INDEX
 from pneumo.metrics import bacterial_vs_viral_accuracy, binary_metrics, reliability_bins, says_viral
-from pneumo.shifts import ACQUISITION, CONTROLS, GEOMETRY, OCCLUSION, PERTURBATIONS, Perturb, encode_png, gray8
+from pneumo.shifts import ACQUISITION, CONTROLS, GEOMETRY, OCCLUSION, PERTURBATIONS, Perturb, perturbed_png
 
 __all__ = ["ACQUISITION", "CONTROLS", "GEOMETRY", "OCCLUSION", "PERTURBATIONS", "shifted_validation", "worst_case"]
-ZOOMS = [k for k in GEOMETRY if k.startswith("zoom")]
 
 # Lower is worse for these, higher for the others: the worst case takes each figure from its own worst condition.
 HIGHER_IS_BETTER = ("accuracy", "sensitivity", "specificity", "roc_auc", "bacterial_vs_viral")
@@ -42,7 +40,7 @@ def predict_perturbed(predictor: Predictor, paths: Sequence[Path], perturb: Pert
     def source(p: Path):
         if perturb is None:
             return str(p), p
-        return str(p), encode_png(perturb(gray8(load_image(p))))
+        return str(p), perturbed_png(p, perturb)
 
     preds = list(predictor.predict_sources((source(p) for p in paths), batch_size=32, tta=tta))
     return np.array([p.probability for p in preds]), preds

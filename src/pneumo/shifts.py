@@ -220,10 +220,16 @@ def encode_png(im: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def perturbed_png(path: str | Path, perturb: Perturb) -> bytes:
+    """The file at ``path`` under ``perturb`` as the suite makes it: decoded at its own size, perturbed, re-encoded
+    losslessly, ready for the loader a user's file goes through."""
+    return encode_png(perturb(gray8(load_image(path))))
+
+
 def checked_copy(path: str | Path, name: str, size: int) -> np.ndarray:
-    """The file at ``path`` under condition ``name`` as the suite makes it (decoded at its own size, perturbed,
-    re-encoded losslessly) and then loaded at the model's input ``size`` as any file is: uint8, size x size."""
-    src = encode_png(SUITE[name].perturb(gray8(load_image(path))))
+    """The file at ``path`` under condition ``name`` (:func:`perturbed_png`) loaded at the model's input ``size``
+    as any file is: uint8, size x size."""
+    src = perturbed_png(path, SUITE[name].perturb)
     return np.clip(np.rint(load_image(src, size, name=f"{Path(path).name} ({name})") * 255), 0, 255).astype(np.uint8)
 
 
