@@ -126,7 +126,8 @@ def choose_operating_threshold(y: np.ndarray, probs: dict[str, np.ndarray], rule
             "pooled": {"sensitivity": at["sensitivity"], "specificity": at["specificity"]},
             "worst_framing": worst_case_rates(y, framing, t),
         }
-    return thresholds[rule.name], {"rule": rule.name, **rule._asdict(), "rules": report}
+    targets = {"target_sensitivity": rule.target_sensitivity, "target_specificity": rule.target_specificity}
+    return thresholds[rule.name], {"rule": rule.name, **targets, "rules": report}
 
 
 def fit_operating_point(
