@@ -175,3 +175,13 @@ def test_the_calibration_note_is_one_printed_line(tiny_model, dataset, tmp_path,
     capsys.readouterr()
     assert main([*export, str(dataset)]) == 0
     assert "note:" not in capsys.readouterr().err  # a val level tells them apart: nothing to say
+
+
+def test_a_refusal_says_the_calibration_saw_the_validation_images(tiny_model, dataset, tmp_path):
+    """Without a split, a graph refused at the parity bounds still says that calibration used validation images."""
+    tight = ParityBounds(max_auc_drop=-1.0, min_agreement=0.0, max_flag_rate_change=1.0)  # always refused
+    with pytest.raises(QuantizationError, match=r"not written: .*24 validation images were calibrated on"):
+        quantize_model(tiny_model, tmp_path / "r.pneumo", dataset / "train", bounds=tight)
+    with pytest.raises(QuantizationError) as refused:  # a separate validation folder: nothing to say
+        quantize_model(tiny_model, tmp_path / "s.pneumo", dataset / "train", validation_data=dataset, bounds=tight)
+    assert "calibrated on" not in str(refused.value)

@@ -331,7 +331,13 @@ def quantize_model(
     parity.calibrated_on_validation = sum(p.resolve() in val_set for p in cal)
     failures = parity.failures(bounds)
     if failures:
-        raise QuantizationError("the INT8 graph was not written: " + "; ".join(failures) + f" ({parity.summary()})")
+        note = parity.calibration_note()
+        raise QuantizationError(
+            "the INT8 graph was not written: "
+            + "; ".join(failures)
+            + f" ({parity.summary()})"
+            + (f"; {note}" if note else "")
+        )
     quant = Quantization(
         calibration_images=len(cal),
         calibrated_on_validation=parity.calibrated_on_validation,
