@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from pneumo.decision import is_positive
 from pneumo.errors import ConfigError, DataError
 from pneumo.probability import pneumonia_log_odds
 
@@ -83,8 +84,6 @@ def choose_threshold(y: np.ndarray, prob: np.ndarray, target_sensitivity: float 
 def worst_case_rates(y: np.ndarray, probs: dict[str, np.ndarray], threshold: float) -> dict:
     """Sensitivity and specificity at ``threshold`` under each condition (the same cases, ``probs`` per condition),
     their minimum over the conditions and which condition gave it."""
-    from pneumo.decision import is_positive
-
     y = np.asarray(y).astype(bool)
     per = {}
     for name, p in probs.items():

@@ -191,15 +191,23 @@ def validation_checks(val: SplitData, size: int) -> dict[str, np.ndarray]:
 
 
 def finalize_run(
-    cfg: TrainConfig, net: PneumoNet, train: SplitData, val: SplitData, data_summary: dict, timing: dict
+    cfg: TrainConfig,
+    net: PneumoNet,
+    train: SplitData,
+    val: SplitData,
+    data_summary: dict,
+    timing: dict,
+    checks: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """Write ``model.pneumo`` (and ``validation.json``) into the run directory; return the model path."""
+    """Write ``model.pneumo`` (and ``validation.json``) into the run directory; return the model path.
+
+    ``checks`` are the validation copies of :func:`validation_checks` when training already made them."""
     run = Path(cfg.out)
     preproc = cfg.preprocessing()
     val_logits, val_feats, val_sub = infer_batches(net, val.images, preproc)
-    outs = {
-        name: infer_batches(net, imgs, preproc) for name, imgs in validation_checks(val, preproc.image_size).items()
-    }
+    if checks is None:
+        checks = validation_checks(val, preproc.image_size)
+    outs = {name: infer_batches(net, imgs, preproc) for name, imgs in checks.items()}
     shifted = {name: o[0] for name, o in outs.items()}
     shifted_sub = None if val_sub is None else {name: o[2] for name, o in outs.items()}
     temperature, bias, threshold, metrics = fit_operating_point(

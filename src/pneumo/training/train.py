@@ -29,7 +29,7 @@ from pneumo.data import SplitData, patient_number, read_split_csv, scan_dataset,
 from pneumo.errors import DataError
 from pneumo.labels import PNEUMONIA, SUBTYPE_INDEX, TASK_CLASSES
 from pneumo.probability import pneumonia_log_odds
-from pneumo.shifts import TRAINING_CHECKS, checked_copies
+from pneumo.shifts import TRAINING_CHECKS
 from pneumo.training.augment import augment_batch, normalize_batch
 from pneumo.training.cache import build_cache
 from pneumo.training.models import create_model, set_transfer_mode
@@ -311,12 +311,12 @@ def recency_indices(paths: list[str], seed: int, recency: float) -> np.ndarray:
     return np.sort(np.concatenate([rest, drawn]))
 
 
-def _loaders(cfg: TrainConfig, train: SplitData, val: SplitData):
+def _loaders(cfg: TrainConfig, train: SplitData, val: SplitData, checks: dict[str, np.ndarray]):
     idx = balanced_indices(task_targets(train.targets, cfg.task), cfg.seed) if cfg.balance == "oversample" else None
     if cfg.recency:  # TrainConfig refuses it together with oversampling
         idx = recency_indices(train.paths, cfg.seed, cfg.recency)
-    checks = checked_copies(val.paths, cfg.image_size, TRAINING_CHECKS)  # the order of the module's shift_aucs
-    train_ds, val_ds = CachedImages(train, idx), CachedImages(val, copies=list(checks.values()))
+    copies = [checks[name] for name in TRAINING_CHECKS]  # the order of the module's shift_aucs
+    train_ds, val_ds = CachedImages(train, idx), CachedImages(val, copies=copies)
     gen = torch.Generator().manual_seed(cfg.seed)
     # No worker processes: a batch is a memmap slice; workers would only compete for the two cores.
     tl = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=gen)
@@ -367,7 +367,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path | None:
     """Train, then (on the main process) calibrate, fit the domain guard, export and write ``model.pneumo``.
 
     Returns the model file's path on the main process and ``None`` on the other ranks of a distributed run."""
-    from pneumo.training.finalize import finalize_run
+    from pneumo.training.finalize import finalize_run, validation_checks
 
     cfg = resolve_pretrained(cfg)
     run = Path(cfg.out)
@@ -381,7 +381,9 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path | None:
     data_seconds = time.time() - t0
 
     module = PneumoModule(cfg, class_weights(cfg, train.targets))
-    tl, vl = _loaders(cfg, train, val)
+    # made once, from the files as the shift suite makes them: every epoch's checks and the operating point's fit
+    checks = validation_checks(val, cfg.image_size)
+    tl, vl = _loaders(cfg, train, val, checks)
     state = ResumeState(tl.generator)
     ckpt = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor=MONITOR, mode="max")
     # Lightning's save_last writes last.ckpt only in epochs that also improved the best one, so a run killed after
@@ -423,7 +425,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path | None:
     best = ckpt.best_model_path or str(last)
     module.net.load_state_dict(_net_state(best))
     atomic.write_text(run / "timing.json", json.dumps(timing, indent=2))
-    return finalize_run(cfg, module.net, train, val, summary, timing)
+    return finalize_run(cfg, module.net, train, val, summary, timing, checks)
 
 
 def resolve_pretrained(cfg: TrainConfig) -> TrainConfig:
