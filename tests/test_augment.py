@@ -162,3 +162,33 @@ def test_markers_are_pasted_near_the_edges_on_a_share_of_the_images():
         rows, cols = np.flatnonzero(ink[i].any(1).numpy()), np.flatnonzero(ink[i].any(0).numpy())
         assert min(rows[0], cols[0]) <= 16 or max(rows[-1], cols[-1]) >= 47, i
     assert torch.equal(random_markers(x, AugmentConfig(marker_p=0.0)), x)
+
+
+def test_context_swap_replaces_only_outside_the_lung_field() -> None:
+    from pneumo.training.augment import random_context_swap
+
+    torch.manual_seed(0)
+    x = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 1, 8, 8).clone() / 4
+    lungs = torch.zeros(1, 1, 8, 8)
+    lungs[..., 2:6, 2:6] = 1.0
+    out = random_context_swap(x, lungs, p=1.0)
+    inside = lungs.bool().expand_as(x)
+    assert torch.equal(out[inside], x[inside])  # the lungs are each image's own
+    for i in range(4):  # outside: another image's, never its own
+        outside = out[i, 0][~lungs[0, 0].bool()]
+        assert torch.all(outside == outside[0]) and outside[0] != x[i, 0, 0, 0]
+    assert torch.equal(random_context_swap(x, lungs, p=0.0), x)
+
+
+def test_lung_field_reads_the_atlas_at_the_input_size(tmp_path) -> None:
+    from PIL import Image
+
+    from pneumo.training.augment import lung_field
+
+    atlas = np.zeros((224, 224), np.uint8)
+    atlas[40:180, 30:100] = 200  # one lung field, share 0.78 of the images
+    Image.fromarray(atlas).save(tmp_path / "atlas.png")
+    field = lung_field(tmp_path / "atlas.png", 64, level=0.5)
+    assert field.shape == (1, 1, 64, 64)
+    assert float(field[0, 0, 32, 18]) == pytest.approx(1.0) and float(field[0, 0, 5, 5]) == 0.0
+    assert float(lung_field(tmp_path / "atlas.png", 64, level=0.9).max()) == 0.0  # above the field's share

@@ -15,8 +15,11 @@ from PIL import Image
 
 from pneumo.data import (
     ImageRecord,
+    block_split,
     make_split,
     parse_kermany_name,
+    patient_number,
+    patient_sequence,
     read_split_csv,
     scan_dataset,
     split_dataset,
@@ -81,16 +84,16 @@ def nested(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("person1234_bacteria_5678.jpeg", ("person1234", "bacteria")),
-        ("person56_virus_112.jpeg", ("person56", "virus")),
-        ("person1_bacteria_1.jpeg", ("person1", "bacteria")),
-        ("person447_virus_921_1.jpeg", ("person447", "virus")),
+        ("person1234_bacteria_5678.jpeg", ("person1234_bacteria", "bacteria")),
+        ("person56_virus_112.jpeg", ("person56_virus", "virus")),
+        ("person1_bacteria_1.jpeg", ("person1_bacteria", "bacteria")),
+        ("person447_virus_921_1.jpeg", ("person447_virus", "virus")),
         ("IM-0115-0001.jpeg", ("IM-0115", "none")),
         ("IM-0429-0001-0002.jpeg", ("IM-0429", "none")),
         ("NORMAL2-IM-0427-0001.jpeg", ("NORMAL2-IM-0427", "none")),
         ("NORMAL2-IM-1345-0001-0002.jpeg", ("NORMAL2-IM-1345", "none")),
-        ("some/dir/person7_virus_9.png", ("person7", "virus")),
-        ("person7_virus_9", ("person7", "virus")),
+        ("some/dir/person7_virus_9.png", ("person7_virus", "virus")),
+        ("person7_virus_9", ("person7_virus", "virus")),
         ("scan_0042.png", ("scan_0042", "unknown")),
         ("person7_fungus_9.jpeg", ("person7_fungus_9", "unknown")),
         ("IM-0115.jpeg", ("IM-0115", "unknown")),
@@ -107,7 +110,7 @@ def test_parse_kermany_name_golden(name: str, expected: tuple[str, str]) -> None
     suffix=st.sampled_from([".jpeg", ".jpg", ".png", ".JPEG", ""]),
 )
 def test_person_id_round_trips(number: int, subtype: str, image: int, suffix: str) -> None:
-    assert parse_kermany_name(f"person{number}_{subtype}_{image}{suffix}") == (f"person{number}", subtype)
+    assert parse_kermany_name(f"person{number}_{subtype}_{image}{suffix}") == (f"person{number}_{subtype}", subtype)
 
 
 @given(
@@ -236,13 +239,79 @@ def test_split_groups_patients_and_stratifies() -> None:
         assert frac == pytest.approx(0.2, abs=0.03), stratum
 
 
-def test_split_keeps_mixed_subtype_patient_together() -> None:
+def test_bacterial_and_viral_numbers_are_different_children() -> None:
+    # Kermany numbers bacterial and viral patients separately: person100_bacteria and person100_virus are two
+    # children, and merging them would put one child's images on both sides of nothing and two children together.
+    a, b = (parse_kermany_name(n)[0] for n in ("person9999_bacteria_1.jpeg", "person9999_virus_2.jpeg"))
+    assert a != b
+    assert patient_sequence(a) == ("person_bacteria", 9999) and patient_sequence(b) == ("person_virus", 9999)
+    assert patient_number("person9999_virus_2.jpeg") == 9999
+
+
+def test_split_keeps_a_patients_images_together() -> None:
     records = _synthetic_records(50)
-    names = ("person9999_bacteria_1.jpeg", "person9999_virus_2.jpeg")
-    mixed = [ImageRecord(Path(n), n, None, "PNEUMONIA", 1, *parse_kermany_name(n)) for n in names]
+    names = ("person9999_bacteria_1.jpeg", "person9999_bacteria_2.jpeg")
+    same = [ImageRecord(Path(n), n, None, "PNEUMONIA", 1, *parse_kermany_name(n)) for n in names]
     for seed in range(20):
-        splits = split_dataset(records + mixed, val_fraction=0.3, seed=seed)
+        splits = split_dataset(records + same, val_fraction=0.3, seed=seed)
         assert splits[-1] == splits[-2]
+
+
+def _sequence_records(n: int = 200) -> list[ImageRecord]:
+    """``n`` patients in each of the four Kermany sequences, 1-3 images each, numbered from 1."""
+    rng = random.Random(5)
+    names = []
+    for k in range(1, n + 1):
+        for v in range(rng.choice([1, 2, 3])):
+            names += [("NORMAL", f"IM-{k:04d}-{v + 1:04d}.jpeg"), ("NORMAL", f"NORMAL2-IM-{k:04d}-{v + 1:04d}.jpeg")]
+            names += [("PNEUMONIA", f"person{k}_bacteria_{v}.jpeg"), ("PNEUMONIA", f"person{k}_virus_{v}.jpeg")]
+    return [
+        ImageRecord(Path(f"{c}/{n}"), f"{c}/{n}", None, c, int(c != "NORMAL"), *parse_kermany_name(n)) for c, n in names
+    ]
+
+
+def test_block_split_holds_out_contiguous_blocks_at_both_ends_and_inside() -> None:
+    records = _sequence_records(200)
+    result = block_split(records, val_fraction=0.1, n_blocks=3)
+    assert _leaks(records, result.splits) == set() and result.unsequenced == 0
+    held: dict[str, set[int]] = defaultdict(set)
+    for r, side, block in zip(records, result.splits, result.blocks, strict=True):
+        assert (side == "val") == bool(block)
+        if block:
+            seq, number = patient_sequence(r.patient_id)
+            assert block.startswith(f"{r.label} {seq} ")
+            held[seq].add(number)
+    assert set(held) == {"IM", "NORMAL2-IM", "person_bacteria", "person_virus"}
+    for numbers in held.values():
+        assert len(numbers) == 20  # 10 % of each sequence's 200 patients
+        runs = np.split(sorted(numbers), np.flatnonzero(np.diff(sorted(numbers)) > 1) + 1)
+        assert [len(r) for r in runs] == [7, 7, 6]  # three contiguous blocks...
+        assert runs[0][0] == 1 and runs[-1][-1] == 200  # ...one at each end...
+        assert runs[1][0] >= 80 and runs[1][-1] <= 120  # ...and one in the middle
+    # the rule reads names only: another seed gives the same split
+    assert block_split(records, val_fraction=0.1, n_blocks=3, seed=7).splits == result.splits
+
+
+def test_block_split_falls_back_to_random_for_other_names() -> None:
+    records = _sequence_records(40) + [
+        ImageRecord(Path(f"NORMAL/scan{i}.png"), f"NORMAL/scan{i}.png", None, "NORMAL", 0, f"scan{i}", "none")
+        for i in range(30)
+    ]
+    result = block_split(records, val_fraction=0.2)
+    assert result.unsequenced == 30
+    loose = [
+        (s, b) for r, s, b in zip(records, result.splits, result.blocks, strict=True) if r.rel.startswith("NORMAL/scan")
+    ]
+    assert {b for s, b in loose if s == "val"} == {"random"} and sum(s == "val" for s, _ in loose) == 6
+
+
+def test_block_split_csv_round_trips_the_block(tmp_path: Path) -> None:
+    records = _sequence_records(30)
+    result = block_split(records)
+    write_split_csv(tmp_path / "s.csv", records, result.splits, result.blocks)
+    rows = read_split_csv(tmp_path / "s.csv")
+    assert [r.block for r in rows] == result.blocks
+    assert (tmp_path / "s.csv").read_text().splitlines()[0] == "path,split,label,patient_id,subtype,block"
 
 
 def test_split_csv_reproducible(tmp_path: Path) -> None:
@@ -272,10 +341,12 @@ def test_read_split_csv_names_missing_columns(tmp_path: Path) -> None:
         read_split_csv(bad)
 
 
-def test_make_split_uses_train_only(nested: Path, tmp_path: Path) -> None:
-    rows = make_split(nested, tmp_path / "split.csv", val_fraction=0.5, seed=0)
+@pytest.mark.parametrize("by", ["patient", "blocks"])
+def test_make_split_uses_train_only(nested: Path, tmp_path: Path, by: str) -> None:
+    rows, unsequenced = make_split(nested, tmp_path / "split.csv", val_fraction=0.5, seed=0, by=by)
     assert len(rows) == 10 and all(r.path.startswith("train/") for r in rows)
     assert read_split_csv(tmp_path / "split.csv") == rows
+    assert unsequenced == (2 if by == "blocks" else 0)  # zero.jpeg and notes.jpeg number no sequence
 
 
 # Real data: the scan and header probe only, no decode.
@@ -287,7 +358,8 @@ def test_real_inspect_counts(kermany_train: Path) -> None:
     assert report.subtypes["PNEUMONIA"] == {"bacteria": 2530, "virus": 1345}
     assert report.subtypes["NORMAL"] == {"none": 1341}
     assert report.unreadable == []
-    assert 1500 < report.patients_per_class["PNEUMONIA"] < 1700
+    # bacterial and viral children are numbered separately: 1,353 + 1,090 children, not ~1,600 merged numbers
+    assert report.patients_per_class["PNEUMONIA"] == 2443
 
 
 def test_real_split_no_leak_and_fractions(kermany_train: Path) -> None:

@@ -405,3 +405,26 @@ def test_finalize_can_switch_the_threshold_rule(binary_run, tmp_path):
     assert op["rules"]["worst_case"]["threshold"] == pytest.approx(before["rules"]["worst_case"]["threshold"])
     assert op["rules"]["pooled"]["threshold"] == pytest.approx(before["rules"]["pooled"]["threshold"])
     assert main(["finalize", str(run), "--threshold-rule", "median"]) == 1  # refused in one line, as a bad config
+
+
+def test_block_split_validation_reports_each_block(binary_run, dataset, tmp_path):
+    """Finalised on a block split, the model file gives each held-out block's rate and the worst block, and says
+    that its figures were measured on acquisition blocks."""
+    import shutil
+
+    from pneumo.data import make_split, read_split_csv
+    from pneumo.training.train import refinalize
+
+    split = tmp_path / "blocks.csv"
+    make_split(dataset, split, val_fraction=0.25, by="blocks")
+    run = tmp_path / "blocks_run"
+    shutil.copytree(binary_run, run)
+    refinalize(run, split_csv=split)
+    validation = load_model_file(run).meta.validation
+    assert validation["measured_on"].startswith("internal validation (acquisition blocks)")
+    blocks = validation["blocks"]
+    held = {r.block for r in read_split_csv(split) if r.split == "val"}
+    assert set(blocks["per_block"]) == held and len(held) == 9  # 3 blocks in each of IM-, bacteria, virus
+    assert sum(b["n"] for b in blocks["per_block"].values()) == sum(r.split == "val" for r in read_split_csv(split))
+    worst = blocks["worst_specificity"]
+    assert worst["value"] == min(b["specificity"] for b in blocks["per_block"].values() if b["n_pneumonia"] == 0)

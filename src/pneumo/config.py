@@ -40,6 +40,23 @@ class AugmentConfig(BaseModel):
     border_erase_max: float = Field(default=0.2, ge=0.0, le=0.5, description="deepest band, share of the frame")
     marker_p: float = Field(default=0.5, ge=0.0, le=1.0, description="share of images given a marker-like text")
     marker_size: tuple[float, float] = Field(default=(0.04, 0.1), description="marker height, share of the frame")
+    context_swap_p: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of images whose region outside the lung atlas is replaced by another image's (of either "
+        "class), before the geometry: what lies outside the lungs stops telling the class; needs lung_atlas",
+    )
+    lung_atlas: Path | None = Field(
+        default=None, description="the lung atlas PNG (share of images with lung per pixel, framed as the images)"
+    )
+    lung_atlas_level: float = Field(default=0.1, gt=0.0, lt=1.0, description="atlas share that counts as lung field")
+
+    @model_validator(mode="after")
+    def _swap_needs_atlas(self) -> AugmentConfig:
+        if self.context_swap_p > 0 and self.lung_atlas is None:
+            raise ValueError("augment.context_swap_p needs augment.lung_atlas (a lung atlas PNG)")
+        return self
 
 
 class TrainConfig(BaseModel):

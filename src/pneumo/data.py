@@ -24,6 +24,8 @@ from pneumo.imaging import IMAGE_SUFFIXES
 from pneumo.labels import NORMAL
 
 SPLIT_COLUMNS = ("path", "split", "label", "patient_id", "subtype")
+# Written by a block split (the held-out acquisition block of each validation image); optional when reading.
+BLOCK_COLUMN = "block"
 
 # Folder names recognised as a split level above the class folders; "valid"/"validation" are common spellings.
 _SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -37,15 +39,17 @@ _IM_RE = re.compile(r"^((?:NORMAL\d*-)?IM-\d+)-\d+(?:-\d+)*$", re.IGNORECASE)
 def parse_kermany_name(filename: str | os.PathLike[str]) -> tuple[str, str]:
     """Return ``(patient_id, subtype)`` read from a Kermany-style file name.
 
-    ``person1234_bacteria_5678.jpeg`` -> ``("person1234", "bacteria")``; ``IM-0115-0001.jpeg`` ->
+    ``person1234_bacteria_5678.jpeg`` -> ``("person1234_bacteria", "bacteria")``; ``IM-0115-0001.jpeg`` ->
     ``("IM-0115", "none")``; ``NORMAL2-IM-0427-0001.jpeg`` -> ``("NORMAL2-IM-0427", "none")``. Any other name is
-    its own patient: ``(stem, "unknown")``. ``IM-`` and ``NORMAL2-IM-`` numbers are different patient series, so
-    the prefix stays part of the id.
+    its own patient: ``(stem, "unknown")``. Each prefix numbers its own series of children: ``IM-`` and
+    ``NORMAL2-IM-`` are different series, and so are bacterial and viral patients (``person100_bacteria`` and
+    ``person100_virus`` are two children), so the prefix and the subtype stay part of the id.
     """
     name = Path(filename).name
     stem = Path(name).stem if Path(name).suffix.lower() in IMAGE_SUFFIXES else name
     if m := _PERSON_RE.match(stem):
-        return m.group(1), m.group(2).lower()
+        subtype = m.group(2).lower()
+        return f"{m.group(1)}_{subtype}", subtype
     if m := _IM_RE.match(stem):
         return m.group(1), "none"
     return stem, "unknown"
@@ -54,8 +58,26 @@ def parse_kermany_name(filename: str | os.PathLike[str]) -> tuple[str, str]:
 def patient_number(filename: str | os.PathLike[str]) -> int | None:
     """1234 for ``person1234_bacteria_5678.jpeg``: Kermany numbers its pneumonia patients in the order they were
     collected. None for a name that numbers no pneumonia patient."""
-    m = re.fullmatch(r"person(\d+)", parse_kermany_name(filename)[0], re.IGNORECASE)
+    m = re.fullmatch(r"person(\d+)_(?:bacteria|virus)", parse_kermany_name(filename)[0], re.IGNORECASE)
     return int(m.group(1)) if m else None
+
+
+_SEQUENCE_RE = re.compile(r"^(person)(\d+)_(bacteria|virus)$|^((?:NORMAL\d*-)?IM)-(\d+)$", re.IGNORECASE)
+
+
+def patient_sequence(patient_id: str) -> tuple[str, int] | None:
+    """The numbering sequence a patient id belongs to and its number in it, or None for an id outside them.
+
+    ``person100_bacteria`` -> ``("person_bacteria", 100)``, ``person100_virus`` -> ``("person_virus", 100)``,
+    ``IM-0115`` -> ``("IM", 115)``, ``NORMAL2-IM-0427`` -> ``("NORMAL2-IM", 427)``. Each sequence numbers its
+    children in the order they were collected, so neighbouring numbers are neighbouring acquisition periods.
+    """
+    m = _SEQUENCE_RE.match(patient_id)
+    if not m:
+        return None
+    if m.group(1):
+        return f"person_{m.group(3).lower()}", int(m.group(2))
+    return m.group(4).upper(), int(m.group(5))
 
 
 def record_subtype(label: str, parsed_subtype: str) -> str:
@@ -220,14 +242,84 @@ def split_dataset(records: Sequence[ImageRecord], val_fraction: float = 0.1, see
 
 
 @dataclass(frozen=True)
+class BlockSplit:
+    """A split by acquisition blocks: per record its side and, for validation records, the block it belongs to."""
+
+    splits: list[str]
+    blocks: list[str]  # "" on the training side; "random" for validation images of names outside every sequence
+    unsequenced: int  # images whose names number no sequence, split at random by patient instead
+
+
+def _block_layout(n: int, held: int, n_blocks: int) -> list[tuple[int, int]]:
+    """``n_blocks`` runs of consecutive positions in ``range(n)`` holding ``held`` positions in all: one at each
+    end and the rest evenly inside, with equal training gaps between them. Half-open ``(start, stop)`` pairs."""
+    b = max(1, min(n_blocks, held))
+    sizes = [held // b + (i < held % b) for i in range(b)]
+    if b == 1:  # one block: the latest period
+        return [(n - held, n)]
+    free = n - held
+    gaps = [free // (b - 1) + (i < free % (b - 1)) for i in range(b - 1)]
+    runs, pos = [], 0
+    for i, size in enumerate(sizes):
+        runs.append((pos, pos + size))
+        pos += size + (gaps[i] if i < b - 1 else 0)
+    return runs
+
+
+def block_split(
+    records: Sequence[ImageRecord], val_fraction: float = 0.1, n_blocks: int = 3, seed: int = 0
+) -> BlockSplit:
+    """Hold out whole acquisition periods: contiguous blocks of patients of each numbering sequence, per class.
+
+    Kermany numbers the children of each sequence (``IM-``, ``NORMAL2-IM-``, ``person…_bacteria``,
+    ``person…_virus``: :func:`patient_sequence`) in the order they were collected, and acquisition batches differ
+    (exposure, framing, positioning). A random split puts every batch on both sides and so cannot see what a new
+    period does to the model; this one holds out ``val_fraction`` of each sequence's patients as ``n_blocks``
+    blocks of consecutive numbers, one at each end and the rest evenly inside. The rule depends only on the names
+    (never on results); ``seed`` only orders the random fallback for names outside every sequence.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    if n_blocks < 1:
+        raise ConfigError(f"blocks must be at least 1, got {n_blocks}")
+    sequences: dict[tuple[str, str], dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
+    loose: list[int] = []
+    for i, r in enumerate(records):
+        seq = patient_sequence(r.patient_id)
+        if seq is None:
+            loose.append(i)
+        else:
+            sequences[(r.label, seq[0])][seq[1]].add(r.patient_id)
+    block_of: dict[str, str] = {}
+    for (label, name), by_number in sorted(sequences.items()):
+        numbers = sorted(by_number)
+        held = round(val_fraction * len(numbers))
+        if held == 0 or held == len(numbers):
+            continue  # too few patients to hold a block out and keep some for training
+        for start, stop in _block_layout(len(numbers), held, n_blocks):
+            block = f"{label} {name} {numbers[start]}-{numbers[stop - 1]}"
+            for k in numbers[start:stop]:
+                block_of.update(dict.fromkeys(by_number[k], block))
+    splits = ["val" if r.patient_id in block_of else "train" for r in records]
+    blocks = [block_of.get(r.patient_id, "") for r in records]
+    if loose:
+        fallback = split_dataset([records[i] for i in loose], val_fraction=val_fraction, seed=seed)
+        for i, side in zip(loose, fallback, strict=True):
+            splits[i], blocks[i] = side, ("random" if side == "val" else "")
+    return BlockSplit(splits, blocks, len(loose))
+
+
+@dataclass(frozen=True)
 class SplitRow:
-    """One line of a split CSV; ``path`` is relative to the dataset root."""
+    """One line of a split CSV; ``path`` is relative to the dataset root; ``block`` is the held-out acquisition
+    block of a validation row of a block split ("" otherwise)."""
 
     path: str
     split: str
     label: str
     patient_id: str
     subtype: str
+    block: str = ""
 
 
 @dataclass
@@ -238,18 +330,30 @@ class SplitData:
     targets: np.ndarray  # N class indices for the task
     paths: list[str]
     subtypes: list[str]
+    blocks: list[str] = field(default_factory=list)  # held-out acquisition block per image (a block split's val)
 
 
-def write_split_csv(path: str | os.PathLike[str], records: Sequence[ImageRecord], splits: Sequence[str]) -> Path:
-    """Write ``path,split,label,patient_id,subtype`` rows (paths relative to the dataset root, POSIX style)."""
-    if len(records) != len(splits):
+def write_split_csv(
+    path: str | os.PathLike[str],
+    records: Sequence[ImageRecord],
+    splits: Sequence[str],
+    blocks: Sequence[str] | None = None,
+) -> Path:
+    """Write ``path,split,label,patient_id,subtype`` rows (paths relative to the dataset root, POSIX style), and a
+    ``block`` column when ``blocks`` is given."""
+    if len(records) != len(splits) or (blocks is not None and len(blocks) != len(records)):
         raise ValueError(f"{len(records)} records but {len(splits)} split assignments")
     path = Path(path)
+    columns = (*SPLIT_COLUMNS, BLOCK_COLUMN) if blocks is not None else SPLIT_COLUMNS
+    extra = blocks if blocks is not None else [None] * len(records)
     with atomic.atomic_open(path, "w", newline="", encoding="utf-8") as f:
         # "\n" line ends so the same split gives the same bytes on every platform.
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(SPLIT_COLUMNS)
-        writer.writerows((r.rel, s, r.label, r.patient_id, r.subtype) for r, s in zip(records, splits, strict=True))
+        writer.writerow(columns)
+        writer.writerows(
+            (r.rel, s, r.label, r.patient_id, r.subtype, *([b] if b is not None else []))
+            for r, s, b in zip(records, splits, extra, strict=True)
+        )
     return path
 
 
@@ -261,20 +365,41 @@ def read_split_csv(path: str | os.PathLike[str]) -> list[SplitRow]:
         missing = set(SPLIT_COLUMNS) - set(reader.fieldnames or ())
         if missing:
             raise DataError(f"{path}: not a split file, missing column(s) {', '.join(sorted(missing))}")
-        return [SplitRow(*(row[c] for c in SPLIT_COLUMNS)) for row in reader]
+        return [SplitRow(*(row[c] for c in SPLIT_COLUMNS), row.get(BLOCK_COLUMN) or "") for row in reader]
+
+
+SPLIT_METHODS = ("blocks", "patient")
 
 
 def make_split(
-    root: str | os.PathLike[str], out: str | os.PathLike[str], val_fraction: float = 0.1, seed: int = 0
-) -> list[SplitRow]:
-    """Scan ``root``, split its training images by patient and write the CSV to ``out`` (CLI ``data split``).
+    root: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    by: str = "blocks",
+    n_blocks: int = 3,
+) -> tuple[list[SplitRow], int]:
+    """Scan ``root``, split its training images and write the CSV to ``out`` (CLI ``data split``).
 
-    With a split level, only ``root/train`` is split (an existing test set stays untouched); the CSV paths are
-    relative to ``root``.
+    ``by="blocks"`` holds out acquisition blocks (:func:`block_split`); ``by="patient"`` is the random
+    patient-grouped split (:func:`split_dataset`). With a split level, only ``root/train`` is split (an existing
+    test set stays untouched); the CSV paths are relative to ``root``. Returns the rows and the number of images
+    that a block split had to split at random (names outside every numbering sequence).
     """
+    if by not in SPLIT_METHODS:
+        raise ConfigError(f"split method must be one of {', '.join(SPLIT_METHODS)}, got {by!r}")
     records = scan_dataset(root).training_records()
     if not records:
         raise DataError(f"{root}: no images found (expected CLASS/ folders, optionally under train/val/test)")
-    splits = split_dataset(records, val_fraction=val_fraction, seed=seed)
-    write_split_csv(out, records, splits)
-    return [SplitRow(r.rel, s, r.label, r.patient_id, r.subtype) for r, s in zip(records, splits, strict=True)]
+    if by == "blocks":
+        result = block_split(records, val_fraction=val_fraction, n_blocks=n_blocks, seed=seed)
+        splits, blocks, unsequenced = result.splits, result.blocks, result.unsequenced
+        write_split_csv(out, records, splits, blocks)
+    else:
+        splits, blocks, unsequenced = split_dataset(records, val_fraction=val_fraction, seed=seed), None, 0
+        write_split_csv(out, records, splits)
+    rows = [
+        SplitRow(r.rel, s, r.label, r.patient_id, r.subtype, b or "")
+        for r, s, b in zip(records, splits, blocks or [""] * len(records), strict=True)
+    ]
+    return rows, unsequenced

@@ -16,6 +16,7 @@ from pneumo.evaluate import write_evaluation
 from pneumo.imaging import load_image
 from pneumo.inference import Predictor
 from pneumo.labels import BINARY_CLASSES, SUBTYPE_INDEX, TASK_CLASSES
+from pneumo.metrics import block_figures
 from pneumo.modelfile import meta_json
 
 GALLERY_SIZE = 128  # pixels per gallery tile; the gallery needs thumbnails, not the network input
@@ -58,6 +59,18 @@ def binary_targets(recs: list[ImageRecord], data_dir: Path) -> np.ndarray:
     return np.array([BINARY_CLASSES.index(r.label) for r in recs])
 
 
+def block_report_text(blocks: dict, described: str) -> str:
+    """The per-block lines of a report: each held-out acquisition block's rate at the threshold, worst first."""
+    lines = [f"Per held-out acquisition block ({described}, threshold {blocks['threshold']:.3f}):"]
+    for name, b in blocks["per_block"].items():
+        rate = "specificity" if b["n_pneumonia"] == 0 else "sensitivity" if b["n_pneumonia"] == b["n"] else "accuracy"
+        lines.append(f"  {name:<40} n={b['n']:<4} {rate} {b[rate]:.3f}  mean P(pneumonia) {b['mean_probability']:.3f}")
+    for rate in ("specificity", "sensitivity"):
+        if w := blocks.get(f"worst_{rate}"):
+            lines.append(f"  worst block {rate}: {w['value']:.3f} ({w['block']}, n={w['n']})")
+    return "\n".join(lines) + "\n"
+
+
 def evaluate_folder(
     data_dir: Path,
     out_dir: Path,
@@ -97,6 +110,13 @@ def evaluate_folder(
         images=images,
         model_meta={**meta_json(meta), "evaluated_on": described, "tta": tta},
     )
+    block_of = {row.path: row.block for row in read_split_csv(split_csv) if row.block} if split_csv else {}
+    if block_of:
+        blocks = block_figures(y, prob, [block_of.get(recs[i].rel, "") for i in keep], predictor.threshold)
+        metrics["blocks"] = blocks
+        atomic.write_text(Path(out_dir) / "blocks.json", json.dumps(blocks, indent=2))
+        with (Path(out_dir) / "report.txt").open("a", encoding="utf-8") as f:
+            f.write("\n" + block_report_text(blocks, described))
     unreadable = [p for p in preds if p.error]
     metrics["report"] = (Path(out_dir) / "report.txt").read_text()
     if unreadable:

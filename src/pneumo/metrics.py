@@ -8,6 +8,7 @@ are a few matrix products instead of 1,000 calls into scikit-learn. numpy only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -165,3 +166,44 @@ def bacterial_vs_viral_accuracy(p_bacterial: Any, p_viral: Any, viral: Any) -> f
     viral image), as Kermany et al. 2018 reported it; NaN for no images."""
     viral = np.asarray(viral, dtype=bool)
     return float((says_viral(p_bacterial, p_viral) == viral).mean()) if viral.size else float("nan")
+
+
+def block_figures(y: Any, prob: Any, blocks: Sequence[str], threshold: float) -> dict[str, Any]:
+    """Figures per held-out acquisition block and the worst block, at ``threshold``.
+
+    A block of a block split holds the patients of one class (a numbering sequence numbers one class), so each
+    block has one rate: specificity for a block of normal images, sensitivity for a block of pneumonia images;
+    accuracy is that same rate. ``worst_specificity`` / ``worst_sensitivity`` name their block. Rows whose block is
+    "" (not held out by block) are left out; "random" (the fallback for names outside every sequence) is its own
+    group.
+    """
+    y, prob = prepare(y, prob)
+    blocks = np.asarray(list(blocks), dtype=object)
+    if len(blocks) != len(y):
+        raise ValueError(f"{len(blocks)} block names for {len(y)} images")
+    per_block: dict[str, dict[str, Any]] = {}
+    for name in sorted({b for b in blocks if b}, key=_block_order):
+        rows = blocks == name
+        op = operating_point(y[rows], prob[rows], threshold)
+        per_block[name] = {
+            "n": int(rows.sum()),
+            "n_pneumonia": int(y[rows].sum()),
+            "accuracy": float(np.mean(is_positive(prob[rows], threshold) == y[rows].astype(bool))),
+            "sensitivity": op["sensitivity"],
+            "specificity": op["specificity"],
+            "mean_probability": float(prob[rows].mean()),
+        }
+    out: dict[str, Any] = {"threshold": float(threshold), "per_block": per_block}
+    for rate in ("specificity", "sensitivity"):
+        scored = [(v[rate], k) for k, v in per_block.items() if np.isfinite(v[rate])]
+        if scored:
+            value, name = min(scored)
+            out[f"worst_{rate}"] = {"value": float(value), "block": name, "n": per_block[name]["n"]}
+    return out
+
+
+def _block_order(name: str) -> tuple:
+    """ "NORMAL IM 115-149" sorts by class, sequence, then first patient number (numerically)."""
+    parts = name.rsplit(" ", 1)
+    first = parts[-1].split("-")[0]
+    return (parts[0], int(first) if first.isdigit() else -1, name)

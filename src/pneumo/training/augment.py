@@ -8,7 +8,9 @@ tensor operations with per-sample random parameters. Two groups:
   class in this dataset's originals and between acquisition periods: a model must not read them;
 - acquisition: brightness, contrast, gamma, blur or sharpening, resolution loss and noise -- what differs between
   scanners and exposure settings, and what a model must not use as a shortcut for the diagnosis;
-- what lies outside the lungs: flat grey bands over random edges and corners, and marker-like text (laterality
+- what lies outside the lungs: the region outside the lung atlas swapped between images of the batch (either
+  class), so that the mediastinum, abdomen, shoulders and the child's size stop telling the class; flat grey
+  bands over random edges and corners, and marker-like text (laterality
   letters, view labels) pasted on both classes at random places near the edges, so that neither the frame's edges
   nor burnt-in marks tell the class.
 """
@@ -200,10 +202,37 @@ def random_markers(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
     return x * (1 - alpha) + ink * alpha
 
 
-def augment_batch(x: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
-    """Geometry, acquisition, then the edge and marker transforms on a batch in [0, 1]."""
+def lung_field(atlas_png, size: int, level: float, feather_px: float = 2.0) -> torch.Tensor:
+    """The atlas's lung field at ``size`` x ``size`` (1 x 1 x size x size, in [0, 1]): pixels where at least
+    ``level`` of the training images have lung, with a feathered edge so that a swap leaves no hard seam."""
+    from PIL import Image
+
+    with Image.open(atlas_png) as im:
+        atlas = im.convert("L").resize((size, size), Image.Resampling.BILINEAR)
+    field = torch.from_numpy((np.asarray(atlas, dtype=np.float32) / 255.0 > level).astype(np.float32))[None, None]
+    return gaussian_blur(field, torch.tensor([feather_px])).clamp(0, 1)
+
+
+def random_context_swap(x: torch.Tensor, lungs: torch.Tensor, p: float) -> torch.Tensor:
+    """For a share ``p`` of the images, everything outside the lung field (``lungs``, 1 x 1 x H x W) replaced by
+    the same region of another image of the batch, drawn at random from either class."""
+    if p <= 0 or x.shape[0] < 2:
+        return x
+    n = x.shape[0]
+    # a random derangement: every picked image takes another image's context
+    donor = (torch.arange(n, device=x.device) + torch.randint(1, n, (n,), device=x.device)) % n
+    pick = (torch.rand(n, device=x.device) < p).to(x.dtype).view(n, 1, 1, 1)
+    outside = (1 - lungs.to(x.dtype)) * pick
+    return x * (1 - outside) + x[donor] * outside
+
+
+def augment_batch(x: torch.Tensor, cfg: AugmentConfig, lungs: torch.Tensor | None = None) -> torch.Tensor:
+    """Context swap (with a lung field), geometry, acquisition, then the edge and marker transforms on a batch in
+    [0, 1]."""
     if not cfg.enabled:
         return x
+    if lungs is not None:
+        x = random_context_swap(x, lungs, cfg.context_swap_p)
     x = random_acquisition(random_affine(x, cfg), cfg)
     return random_markers(random_border_erase(x, cfg), cfg)
 

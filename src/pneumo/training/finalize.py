@@ -25,6 +25,7 @@ from pneumo.labels import TASK_CLASSES
 from pneumo.metrics import (
     bacterial_vs_viral_accuracy,
     binary_metrics,
+    block_figures,
     expected_calibration_error,
     operating_point,
     says_viral,
@@ -213,6 +214,13 @@ def finalize_run(
     temperature, bias, threshold, metrics = fit_operating_point(
         val_logits, val_sub, shifted, val.targets, cfg.operating_rule(), data_summary.get("split"), shifted_sub
     )
+    if data_summary.get("split_method"):
+        metrics["measured_on"] = metrics["measured_on"].replace(
+            "internal validation", f"internal validation ({data_summary['split_method']})", 1
+        )
+    if any(getattr(val, "blocks", ())):  # a block split's validation
+        prob = calibrated_probability(val_logits, temperature, bias)
+        metrics["blocks"] = block_figures(val.targets > 0, prob, val.blocks, threshold)
 
     rng = np.random.default_rng(cfg.seed)
     pick = np.sort(rng.choice(len(train.targets), min(DOMAIN_FIT_IMAGES, len(train.targets)), replace=False))

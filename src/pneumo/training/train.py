@@ -30,7 +30,7 @@ from pneumo.errors import DataError
 from pneumo.labels import PNEUMONIA, SUBTYPE_INDEX, TASK_CLASSES
 from pneumo.probability import pneumonia_log_odds
 from pneumo.shifts import TRAINING_CHECKS
-from pneumo.training.augment import augment_batch, normalize_batch
+from pneumo.training.augment import augment_batch, lung_field, normalize_batch
 from pneumo.training.cache import build_cache
 from pneumo.training.models import create_model, set_transfer_mode
 
@@ -79,8 +79,11 @@ def load_splits(cfg: TrainConfig) -> tuple[SplitData, SplitData, dict]:
     records = ds.training_records()
     if not records:
         raise DataError(f"{cfg.data_dir}: no images found (expected NORMAL/ and PNEUMONIA/ folders)")
+    block_of: dict[str, str] = {}
     if cfg.split_csv:
-        by_rel = {row.path: row.split for row in read_split_csv(cfg.split_csv)}
+        rows = read_split_csv(cfg.split_csv)
+        by_rel = {row.path: row.split for row in rows}
+        block_of = {row.path: row.block for row in rows if row.block}
         splits = [by_rel.get(r.rel, "unused") for r in records]
         if "val" not in splits:
             raise DataError(
@@ -109,6 +112,7 @@ def load_splits(cfg: TrainConfig) -> tuple[SplitData, SplitData, dict]:
                 targets=targets[idx],
                 paths=[str(recs[i].path) for i in idx],
                 subtypes=[recs[i].subtype for i in idx],
+                blocks=[block_of.get(recs[i].rel, "") for i in idx] if block_of else [],
             )
         )
     train, val = out
@@ -122,6 +126,7 @@ def load_splits(cfg: TrainConfig) -> tuple[SplitData, SplitData, dict]:
         "val_class_counts": np.bincount(task_targets(val.targets, cfg.task)).tolist(),
         "val_patients": len({r.patient_id for r, s in zip(records, splits, strict=True) if s == "val"}),
         "split": Path(cfg.split_csv).name if cfg.split_csv else f"patient-grouped, val_fraction={cfg.val_fraction}",
+        "split_method": "acquisition blocks" if block_of else "random by patient",
         "skipped_files": {"count": len(skipped), "files": [rel for rel, _ in skipped[:MAX_SKIPPED_LISTED]]},
     }
     return train, val, summary
@@ -187,11 +192,18 @@ class PneumoModule(L.LightningModule):
         # the same validation images under each check of the shift suite: the worst AUC chooses the checkpoint
         self.shift_aucs = torch.nn.ModuleList(BinaryAUROC() for _ in TRAINING_CHECKS)
         self.preproc = cfg.preprocessing()
+        aug = cfg.augment
+        lungs = (
+            lung_field(aug.lung_atlas, cfg.image_size, aug.lung_atlas_level)
+            if aug.enabled and aug.context_swap_p > 0
+            else torch.zeros(0)
+        )
+        self.register_buffer("lungs", lungs, persistent=False)
 
     def _inputs(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         x = x.float() / 255.0
         if train:
-            x = augment_batch(x, self.cfg.augment)
+            x = augment_batch(x, self.cfg.augment, self.lungs if self.lungs.numel() else None)
         return normalize_batch(x, self.preproc).contiguous(memory_format=torch.channels_last)
 
     def training_step(self, batch, batch_idx):
