@@ -107,3 +107,24 @@ def test_missing_model_is_an_actionable_error(tmp_path):
         compare_runs([tmp_path / "nope.pneumo"])
     with pytest.raises(ModelFileError, match="run directory"):
         compare_runs([tmp_path])
+
+
+def test_rates_carry_wilson_intervals_from_their_counts(tmp_path):
+    """With the counts known (n, n_pos, n_neg), accuracy, sensitivity and specificity show their 95 % Wilson
+    interval in the Markdown cell and as columns of the CSV; 20 of 20 pneumonia caught is not "1.000-1.000"."""
+    from pneumo.evaluate import proportion_ci
+
+    d = tmp_path / "eval_small"
+    d.mkdir()
+    metrics = {"accuracy": 38 / 40, "sensitivity": 1.0, "specificity": 0.9, "n": 40, "n_pos": 20, "n_neg": 20}
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    (row,) = compare_runs([d])
+    assert (row["sensitivity_ci_low"], row["sensitivity_ci_high"]) == pytest.approx(proportion_ci(20, 20))
+    assert (row["specificity_ci_low"], row["specificity_ci_high"]) == pytest.approx(proportion_ci(18, 20))
+    assert (row["accuracy_ci_low"], row["accuracy_ci_high"]) == pytest.approx(proportion_ci(38, 40))
+    md = format_markdown([row])
+    assert "| 1.000 (0.839–1.000) |" in md and "| 0.900 (0.699–0.972) |" in md
+    write_csv([row], tmp_path / "c.csv")
+    with (tmp_path / "c.csv").open() as f:
+        (got,) = list(csv.DictReader(f))
+    assert float(got["sensitivity_ci_low"]) == pytest.approx(0.8389, abs=1e-4) and got["sensitivity"] == "1.0"

@@ -1,4 +1,5 @@
-"""Evaluation metrics, bootstrap intervals, reports and the files write_evaluation leaves behind."""
+"""Evaluation metrics, intervals (Wilson for rates, bootstrap for the rest), reports and the files
+write_evaluation leaves behind."""
 
 from __future__ import annotations
 
@@ -11,8 +12,19 @@ import pytest
 from PIL import Image
 from sklearn.metrics import average_precision_score, brier_score_loss, f1_score, roc_auc_score
 
-from pneumo.evaluate import bootstrap_ci, classification_report_text, multiclass_metrics, write_evaluation
+from pneumo.evaluate import (
+    PROPORTIONS,
+    bootstrap_ci,
+    classification_report_text,
+    compute_evaluation,
+    confidence_intervals,
+    multiclass_metrics,
+    proportion_ci,
+    write_evaluation,
+)
 from pneumo.metrics import CI_METRICS, binary_metrics, expected_calibration_error, weighted_metrics
+
+PREDICT_COLUMNS = ["path", "probability", "prediction", "threshold"]  # predict's first columns
 
 
 def _known():
@@ -160,7 +172,7 @@ def test_write_evaluation_binary(tmp_path):
     with (out / "predictions.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == y.size
-    assert list(rows[0]) == ["path", "label", "probability", "prediction", "correct"]
+    assert list(rows[0]) == ["path", "probability", "prediction", "threshold", "label", "correct"]
     assert rows[0]["path"] == "img_0.jpeg" and rows[0]["label"] in ("NORMAL", "PNEUMONIA")
     assert sum(int(r["correct"]) for r in rows) == round(m["accuracy"] * y.size)
 
@@ -183,7 +195,9 @@ def test_write_evaluation_subtype(tmp_path):
     assert "Bacterial" in report and "Viral" in report
     with (tmp_path / "predictions.csv").open() as f:
         header = next(csv.reader(f))
-    assert header[-3:] == ["p_NORMAL", "p_BACTERIA", "p_VIRUS"]
+    # predict's names for the subtype probabilities, then the truth
+    assert header == [*PREDICT_COLUMNS[:4], "p_normal", "p_bacterial", "p_viral", "label", "correct", "true_class",
+                      "pred_class"]  # fmt: skip
 
 
 def test_write_evaluation_with_one_class_does_not_crash(tmp_path):
@@ -211,7 +225,7 @@ def test_shift_suite_behind_the_robustness_command(tiny_model, tmp_path, capsys)
         xray(i, 48).save(root / label / f"person{i}_{label.lower()}_{i}.png")
     xray(20, 48).save(extra / "NORMAL" / "n.png")
     xray(21, 48).save(extra / "PNEUMONIA" / "p.png")
-    rows = make_split(root, tmp_path / "split.csv", val_fraction=0.5, seed=0)
+    rows, _ = make_split(root, tmp_path / "split.csv", val_fraction=0.5, seed=0, by="patient")
     val = sorted(root / r.path for r in rows if r.split == "val")
     assert 0 < len(val) < len(rows)
 
@@ -227,3 +241,101 @@ def test_shift_suite_behind_the_robustness_command(tiny_model, tmp_path, capsys)
     args = ["robustness", str(root), "--split-csv", str(tmp_path / "split.csv"), "-m", str(tiny_model)]
     assert main([*args, "--extra", str(extra)]) == 0
     assert capsys.readouterr().out == format_table(results) + "\n"
+
+
+# --- intervals: Wilson for proportions ---
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 20, 57, 390])
+def test_proportion_ci_is_scipys_wilson_interval(n):
+    from scipy.stats import binomtest
+
+    for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+        k = max(0, min(n, k))
+        expected = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert proportion_ci(k, n) == pytest.approx((expected.low, expected.high), abs=1e-12)
+    assert all(np.isnan(proportion_ci(0, 0)))
+
+
+def test_rates_at_small_n_get_honest_intervals():
+    """20 pneumonia images all caught: the bootstrap collapses to 1.000-1.000; the interval must not."""
+    y = np.r_[np.ones(20), np.zeros(20)].astype(int)
+    prob = np.r_[np.full(20, 0.9), np.full(18, 0.1), np.full(2, 0.8)]
+    ci = confidence_intervals(y, prob, 0.5, n_boot=200)
+    lo, hi = ci["sensitivity"]
+    assert hi == 1.0 and 0.80 < lo < 0.86  # Wilson: 0.839-1.000
+    assert ci["specificity"] == pytest.approx(proportion_ci(18, 20))
+    assert ci["accuracy"] == pytest.approx(proportion_ci(38, 40))
+    assert ci["precision"] == pytest.approx(proportion_ci(20, 22)) and ci["npv"] == pytest.approx(proportion_ci(18, 18))
+    assert set(ci) == set(CI_METRICS)  # AUC, F1, ECE, Brier still from the bootstrap
+    assert ci["roc_auc"] == bootstrap_ci(y, prob, 0.5, n_boot=200)["roc_auc"]
+    report = classification_report_text(y, (prob >= 0.5).astype(int), prob=prob, threshold=0.5, n_boot=200)
+    line = next(line for line in report.splitlines() if line.strip().startswith("sensitivity"))
+    assert "1.000  (95% CI 0.839-1.000)" in line
+
+
+def test_every_proportion_is_counted_from_the_confusion_matrix():
+    y, prob = _known()  # tn 50, fp 10, fn 10, tp 30
+    ci = confidence_intervals(y, prob, 0.5, n_boot=50)
+    expected = {"accuracy": (80, 100), "sensitivity": (30, 40), "specificity": (50, 60), "precision": (30, 40),
+                "npv": (50, 60)}  # fmt: skip
+    assert set(expected) == set(PROPORTIONS)
+    for name, (k, n) in expected.items():
+        assert ci[name] == pytest.approx(proportion_ci(k, n)), name
+
+
+def test_subtype_accuracy_interval_is_wilson():
+    names = ["NORMAL", "BACTERIA", "VIRUS"]
+    y = np.array([0, 1, 2, 1, 2])
+    probs = np.eye(3)[y] * 0.8 + 0.2 / 3  # all five right
+    m = multiclass_metrics(y, probs, names)
+    assert m["accuracy"] == 1.0 and m["accuracy_ci"] == pytest.approx(proportion_ci(5, 5))
+    assert m["accuracy_ci"][0] < 0.6
+
+
+def test_gallery_counts_binary_mistakes_not_subtype_errors(tmp_path, monkeypatch):
+    """A subtype model that gets the NORMAL / PNEUMONIA decision right on every image but calls every bacterial
+    image viral: the gallery's "N mistakes" is 0, as the binary accuracy says, not the subtype errors."""
+    from pneumo import plots
+
+    seen = {}
+
+    def fake_gallery(images, true_names, pred_names, scores, path, **kw):
+        seen["mistakes"] = sum(t != p for t, p in zip(true_names, pred_names, strict=True))
+        return path
+
+    monkeypatch.setattr(plots, "plot_gallery", fake_gallery)
+    names = ["NORMAL", "BACTERIA", "VIRUS"]
+    y_class = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.array([[0.9, 0.05, 0.05]] * 2 + [[0.1, 0.2, 0.7]] * 4)  # bacterial called viral
+    m = write_evaluation(
+        tmp_path, y=(y_class > 0).astype(int), prob=1 - probs[:, 0], threshold=0.5, paths=None, class_names=names,
+        probs_multiclass=probs, y_class=y_class, images=[np.zeros((8, 8))] * 6, n_boot=20,
+    )  # fmt: skip
+    assert m["accuracy"] == 1.0 and m["subtype"]["accuracy"] < 1.0
+    assert seen["mistakes"] == 0
+
+
+def test_prediction_rows_use_predicts_columns_and_values():
+    """evaluate's predictions.csv rows carry predict's columns under predict's names, formatted as predict
+    formats them (6 decimals, true/false), with the domain columns when the predictions are given."""
+    from pneumo.inference import Prediction
+    from pneumo.predict_io import columns
+
+    y = np.array([0, 1, 1])
+    prob = np.array([0.2, 0.7, 0.4])
+    preds = [
+        Prediction(path="a", threshold=0.5, probability=0.2, domain="typical", in_domain=True, domain_score=0.5),
+        Prediction(path="b", threshold=0.5, probability=0.7, domain="not_pediatric", in_domain=False,
+                   domain_score=0.01),
+        Prediction(path="c", threshold=0.5, probability=0.4),
+    ]  # fmt: skip
+    ev = compute_evaluation(y=y, prob=prob, threshold=0.5, paths=["a", "b", "c"], n_boot=10, predictions=preds)
+    predict_columns = [c for c in columns(subtypes=False) if c != "error"]
+    assert list(ev.rows[0]) == [*predict_columns, "label", "correct"]
+    assert ev.rows[1] == {
+        "path": "b", "probability": "0.700000", "prediction": "PNEUMONIA", "threshold": "0.500000",
+        "domain": "not_pediatric", "in_domain": "false", "domain_score": "0.010000", "label": "PNEUMONIA",
+        "correct": 1,
+    }  # fmt: skip
+    assert ev.rows[2]["in_domain"] == "" and ev.rows[2]["prediction"] == "NORMAL" and ev.rows[2]["correct"] == 0

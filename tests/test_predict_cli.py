@@ -21,7 +21,7 @@ from pneumo.modelfile import load_model_file
 from pneumo.preprocess import to_input
 from pneumo.probability import calibrated_probability
 
-HEADER = ["path", "probability", "prediction", "threshold", "in_domain", "domain_score", "error"]
+HEADER = ["path", "probability", "prediction", "threshold", "domain", "in_domain", "domain_score", "error"]
 SUBTYPE_HEADER = [*HEADER, "p_normal", "p_bacterial", "p_viral"]
 
 
@@ -244,3 +244,85 @@ def test_predict_files_behind_the_predict_command(mixed, tiny_model, tmp_path):
     assert sorted(Path(r.path).name for r in run.results if r.error) == sorted(BAD)
     assert _predict(mixed, "-m", tiny_model, "--threshold", 0.25, "-o", tmp_path / "cli.csv") == 3
     assert (tmp_path / "lib.csv").read_text() == (tmp_path / "cli.csv").read_text()
+
+
+# --- output conventions: -o -, --format, names, --batch-size ---
+
+
+def test_dash_writes_csv_to_stdout_and_json_with_format(mixed, tiny_model, tmp_path, capfd):
+    """``-o -`` puts exactly the CSV of ``-o x.csv`` on stdout (the summary goes to stderr, so the stream can be
+    piped); ``--format json`` exactly the JSON file."""
+    assert _predict(mixed, "-m", tiny_model, "-o", tmp_path / "x.csv") == 3
+    assert _predict(mixed, "-m", tiny_model, "-o", tmp_path / "x.json") == 3
+    capfd.readouterr()
+    assert _predict(mixed, "-m", tiny_model, "-o", "-") == 3
+    got = capfd.readouterr()
+    assert got.out == (tmp_path / "x.csv").read_text()
+    assert "5 unreadable" in got.err and "Traceback" not in got.err
+    assert _predict(mixed, "-m", tiny_model, "-o", "-", "--format", "json") == 3
+    assert capfd.readouterr().out == (tmp_path / "x.json").read_text()
+    assert _predict(mixed, "-m", tiny_model, "--format", "json") == 3  # --format alone: stdout too
+    assert json.loads(capfd.readouterr().out) == json.loads((tmp_path / "x.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["-o", "{tmp}/res.xlsx"], ["-o", "{tmp}/res"], ["--out", "{tmp}/res.csv", "--format", "json"],
+     ["--batch-size", "0"], ["--batch-size", "0", "--dicom-out", "{tmp}/dcm"], ["--format", "xlsx"]],
+    ids=["xlsx", "no-extension", "format-contradicts-name", "batch-size-0", "batch-size-0-dicom-out", "bad-format"],
+)  # fmt: skip
+def test_output_and_batch_usage_errors_exit_2_before_any_work(args, mixed, tmp_path, capsys):
+    """Refused as usage errors (exit 2, no traceback) before the model is even looked at: the model given does
+    not exist, which would be exit 1; and nothing is written."""
+    args = [a.format(tmp=tmp_path) for a in args]
+    assert _predict(mixed / "a_good.png", "-m", tmp_path / "no-such.pneumo", *args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and ("error" in err.lower())
+    assert not any(tmp_path.glob("res*")) and not (tmp_path / "dcm").exists()
+
+
+def test_predict_files_refuses_batch_size_0(mixed, tiny_model):
+    from pneumo.errors import InputError
+    from pneumo.predict_io import predict_files
+
+    with pytest.raises(InputError, match="batch-size"):
+        predict_files([mixed / "a_good.png"], model=tiny_model, batch_size=0)
+
+
+def _table_text(preds, subtypes=False) -> str:
+    from rich.console import Console
+
+    from pneumo.predict_io import render_table
+
+    console = Console(record=True, width=120, file=io.StringIO())
+    console.print(render_table(preds, subtypes))
+    return console.export_text()
+
+
+def test_table_marks_out_of_domain_decisions_in_the_decision_cell():
+    """A decision not to rely on carries its warning in its own cell (the line under it), whether the model
+    gives the three-way ``domain`` or only ``in_domain``; an unusual acquisition gets a note, not a withdrawal."""
+    from pneumo.inference import Prediction
+
+    def row(name, **kw):
+        return Prediction(path=name, probability=0.9, prediction="PNEUMONIA", threshold=0.5, domain_score=0.01, **kw)
+
+    preds = [
+        row("kid.png", domain="typical", in_domain=True),
+        row("adult.png", domain="not_pediatric", in_domain=False),
+        row("odd.png", domain="unusual_acquisition", in_domain=True),
+        row("old-model.png", in_domain=False),  # a model file without the three-way answer
+        row("no-guard.png"),
+    ]
+    lines = _table_text(preds).splitlines()
+
+    def cells_of(name):
+        i = next(k for k, line in enumerate(lines) if name in line)
+        return lines[i] + "\n" + lines[i + 1]  # the decision cell's second line is on the next table line
+
+    assert "DO NOT RELY" in cells_of("adult.png") and "not pediatric" in cells_of("adult.png")
+    assert "DO NOT RELY" in cells_of("old-model.png") and "OUT" in cells_of("old-model.png")
+    assert "unusual image" in cells_of("odd.png") and "DO NOT RELY" not in cells_of("odd.png")
+    for name in ("kid.png", "no-guard.png"):
+        assert "DO NOT RELY" not in cells_of(name) and "unusual" not in cells_of(name)
+    assert "ok 0.01" in cells_of("kid.png")

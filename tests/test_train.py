@@ -404,7 +404,7 @@ def test_finalize_can_switch_the_threshold_rule(binary_run, tmp_path):
     assert op["rule"] == "pooled" and meta.threshold == op["rules"]["pooled"]["threshold"]
     assert op["rules"]["worst_case"]["threshold"] == pytest.approx(before["rules"]["worst_case"]["threshold"])
     assert op["rules"]["pooled"]["threshold"] == pytest.approx(before["rules"]["pooled"]["threshold"])
-    assert main(["finalize", str(run), "--threshold-rule", "median"]) == 1  # refused in one line, as a bad config
+    assert main(["finalize", str(run), "--threshold-rule", "median"]) == 2  # refused as a usage error
 
 
 def test_block_split_validation_reports_each_block(binary_run, dataset, tmp_path):

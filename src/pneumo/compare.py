@@ -4,6 +4,9 @@ A model file (or a run directory holding ``model.pneumo``) contributes the valid
 metadata; an ``evaluate`` output directory without a model file contributes its ``metrics.json`` (test metrics),
 with architecture and timings taken from the ``"model"`` entry if the evaluation recorded one. The ``metrics``
 column says which. Missing values are ``None`` in the rows, an empty cell in CSV and "—" in Markdown.
+
+Accuracy, sensitivity and specificity carry their 95 % Wilson interval, from the counts they were measured on
+(``n``, ``n_pos``, ``n_neg``): two models whose intervals overlap widely are not told apart by these figures.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumo import atomic
+from pneumo.evaluate import proportion_ci
 from pneumo.modelfile import SUFFIX, ModelFileError, ModelMeta, read_meta
 
 MISSING = "—"
@@ -34,6 +38,10 @@ COLUMNS = (
     "cpu_ms_per_image",
     "metrics",
 )
+# Rates with a Wilson interval, and the count each is a proportion of.
+RATE_COUNTS = {"accuracy": "n", "sensitivity": "n_pos", "specificity": "n_neg"}
+CI_COLUMNS = tuple(f"{k}_ci_{end}" for k in RATE_COUNTS for end in ("low", "high"))
+CSV_COLUMNS = (*COLUMNS, *CI_COLUMNS)
 HEADERS = {
     "image_size": "size",
     "roc_auc": "ROC AUC",
@@ -56,6 +64,13 @@ def _number(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def _interval(rate: float | None, n: float | None) -> tuple[float | None, float | None]:
+    """The Wilson 95 % interval of a rate measured on ``n`` cases (its count recovered as ``rate * n``)."""
+    if rate is None or n is None or n < 1 or not 0 <= rate <= 1:
+        return None, None
+    return proportion_ci(round(rate * n), int(n))
+
+
 def _name(path: Path) -> str:
     # A run directory names the run; "model.pneumo" inside it says nothing, so use its directory's name.
     if path.is_dir():
@@ -75,6 +90,8 @@ def _row(name: str, meta: Mapping[str, Any], metrics: Mapping[str, Any], source:
         "image_size": (meta.get("preprocessing") or {}).get("image_size"),
     }
     row.update({k: _number(metrics.get(k)) for k in METRICS})
+    for k, count in RATE_COUNTS.items():
+        row[f"{k}_ci_low"], row[f"{k}_ci_high"] = _interval(row[k], _number(metrics.get(count)))
     # Models are chosen on the worst geometric shift of validation, not on its clean figures (which reward
     # reading the framing): the worst case that finalisation recorded, when it did.
     worst = (metrics.get("geometry_shift") or {}).get("worst") or {}
@@ -110,9 +127,11 @@ def compare_runs(models: Sequence[str | Path]) -> list[dict[str, Any]]:
     return [read_row(m) for m in models]
 
 
-def _fmt(key: str, value: Any) -> str:
+def _fmt(key: str, value: Any, row: Mapping[str, Any] | None = None) -> str:
     if value is None:
         return MISSING
+    if key in RATE_COUNTS and row is not None and row.get(f"{key}_ci_low") is not None:
+        return f"{value:.3f} ({row[f'{key}_ci_low']:.3f}–{row[f'{key}_ci_high']:.3f})"
     if key == "params":
         return _fmt_params(int(value))
     if key in ("train_minutes", "cpu_ms_per_image"):
@@ -130,8 +149,8 @@ def _fmt_params(n: int) -> str:
 
 
 def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A GitHub Markdown table: metrics with 3 decimals, params as 3.4M, minutes and ms with 1 decimal, "—" if
-    missing."""
+    """A GitHub Markdown table: metrics with 3 decimals (accuracy, sensitivity and specificity with their 95 %
+    Wilson interval when the counts are known), params as 3.4M, minutes and ms with 1 decimal, "—" if missing."""
     headers = [HEADERS.get(c, c) for c in COLUMNS]
     numeric = set(COLUMNS) - {"name", "arch", "task", "metrics"}
     lines = [
@@ -139,19 +158,20 @@ def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         "|" + "|".join("---:" if c in numeric else "---" for c in COLUMNS) + "|",
     ]
     for row in rows:
-        cells = [_fmt(c, row.get(c)).replace("|", "\\|") for c in COLUMNS]
+        cells = [_fmt(c, row.get(c), row).replace("|", "\\|") for c in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """The rows as CSV with full precision; missing values are empty cells (what spreadsheets and pandas expect)."""
+    """The rows as CSV with full precision, the intervals' ends as columns of their own (:data:`CSV_COLUMNS`);
+    missing values are empty cells (what spreadsheets and pandas expect)."""
     path = Path(path)
     with atomic.atomic_open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({c: "" if row.get(c) is None else row[c] for c in COLUMNS})
+            writer.writerow({c: "" if row.get(c) is None else row[c] for c in CSV_COLUMNS})
     return path
 
 

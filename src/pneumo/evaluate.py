@@ -1,10 +1,13 @@
-"""Metrics, bootstrap confidence intervals and evaluation reports (report.txt, metrics.json, predictions.csv, plots).
+"""Metrics, confidence intervals and evaluation reports (report.txt, metrics.json, predictions.csv, plots).
 
 Binary truth ``y`` is 1 for pneumonia; ``prob`` is the probability of pneumonia; a case is predicted positive when
 ``prob >= threshold``. The subtype task adds ``y_class`` (index into ``class_names``) and ``probs`` (N x C).
 
 The counting itself (metrics at a threshold, for the point estimate and every bootstrap resample) is
-:mod:`pneumo.metrics`.
+:mod:`pneumo.metrics`. Intervals (:func:`confidence_intervals`): the rates that are proportions of a fixed count
+(accuracy, sensitivity, specificity, precision, NPV) get Wilson score intervals, which stay honest at small n and
+at 0 or 1 (a bootstrap of 20 pneumonia images that were all caught is "1.000-1.000"; Wilson says 0.839-1.000);
+AUCs, F1, ECE and Brier get the class-stratified percentile bootstrap.
 """
 
 from __future__ import annotations
@@ -22,10 +25,22 @@ import numpy as np
 from pneumo import atomic
 from pneumo.decision import decision_codes
 from pneumo.labels import BINARY_CLASSES, NORMAL, PNEUMONIA
-from pneumo.metrics import CI_METRICS, binary_metrics, prepare, reliability_bins, weighted_metrics
+from pneumo.metrics import CI_METRICS, binary_metrics, confusion, prepare, reliability_bins, weighted_metrics
 
 DISPLAY_NAMES = {NORMAL: "Healthy", PNEUMONIA: "Pneumonia", "BACTERIA": "Bacterial", "VIRUS": "Viral"}
-CI_METHOD = "percentile bootstrap, resampled within each true class (class counts fixed)"
+# Proportions of a count fixed by the test set (or by the predictions, for precision and NPV): the metric name,
+# then which confusion counts form the numerator and the denominator.
+PROPORTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "accuracy": (("tp", "tn"), ("tp", "tn", "fp", "fn")),
+    "sensitivity": (("tp",), ("tp", "fn")),
+    "specificity": (("tn",), ("tn", "fp")),
+    "precision": (("tp",), ("tp", "fp")),
+    "npv": (("tn",), ("tn", "fn")),
+}
+CI_METHOD = (
+    "Wilson score interval for accuracy, sensitivity, specificity, precision and NPV; percentile bootstrap, "
+    "resampled within each true class (class counts fixed), for ROC AUC, PR AUC, F1, ECE and Brier"
+)
 
 
 def display_names(class_names: Sequence[str]) -> list[str]:
@@ -81,6 +96,44 @@ def bootstrap_ci(
     return {k: _percentiles(np.concatenate(v), alpha) for k, v in chunks.items()}
 
 
+def proportion_ci(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson score interval ``(lo, hi)`` at level ``1 - alpha`` for ``k`` successes in ``n`` trials; ``(nan,
+    nan)`` when ``n`` is 0. The closed form (Wilson 1927; what ``scipy.stats.binomtest(k, n).proportion_ci(method=
+    "wilson")`` gives, which the tests check), with the standard library's normal quantile, so that ``pneumo
+    compare`` needs no scipy."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(1 - alpha / 2)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    # At k = 0 or k = n the bound is exactly 0 or 1; rounding must not put it a hair inside.
+    return (0.0 if k == 0 else max(0.0, centre - half), 1.0 if k == n else min(1.0, centre + half))
+
+
+def proportion_cis(y: np.ndarray, prob: np.ndarray, threshold: float, alpha: float = 0.05) -> dict:
+    """Wilson intervals for each metric in :data:`PROPORTIONS` at ``threshold``."""
+    tn, fp, fn, tp = confusion(y, prob, threshold)
+    counts = {"tn": tn, "fp": fp, "fn": fn, "tp": tp}
+    return {
+        name: proportion_ci(sum(counts[c] for c in num), sum(counts[c] for c in den), alpha)
+        for name, (num, den) in PROPORTIONS.items()
+    }
+
+
+def confidence_intervals(
+    y: np.ndarray, prob: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> dict[str, tuple[float, float]]:
+    """``(lo, hi)`` at level ``1 - alpha`` for each metric in :data:`CI_METRICS`: Wilson for the proportions
+    (:data:`PROPORTIONS`), the class-stratified bootstrap (:func:`bootstrap_ci`) for the rest."""
+    y, prob = prepare(y, prob)
+    ci = bootstrap_ci(y, prob, threshold, n_boot=n_boot, seed=seed, alpha=alpha)
+    ci.update(proportion_cis(y, prob, threshold, alpha))
+    return ci
+
+
 def _fmt_ci(value: float, ci: tuple[float, float] | None) -> str:
     if ci is None or not all(math.isfinite(c) for c in ci):
         return f"{value:.3f}"
@@ -102,7 +155,8 @@ def classification_report_text(
     """scikit-learn's classification report (as the original notebooks printed it), then summary lines.
 
     When ``prob`` and ``threshold`` are given, lines for sensitivity, specificity, ROC AUC, PR AUC and ECE follow,
-    each with its bootstrap 95 % CI (computed here unless ``metrics`` / ``ci`` are passed in), and the threshold.
+    each with its 95 % CI (:func:`confidence_intervals`, computed here unless ``metrics`` / ``ci`` are passed in), and
+    the threshold.
     """
     from sklearn.metrics import classification_report
 
@@ -114,7 +168,7 @@ def classification_report_text(
     if prob is None or threshold is None:
         return text
     metrics = metrics if metrics is not None else binary_metrics(y, prob, threshold)
-    ci = ci if ci is not None else bootstrap_ci(y, prob, threshold, n_boot=n_boot, seed=seed)
+    ci = ci if ci is not None else confidence_intervals(y, prob, threshold, n_boot=n_boot, seed=seed)
     lines = [text.rstrip(), ""]
     for key, label in [
         ("sensitivity", "sensitivity"),
@@ -137,11 +191,10 @@ def multiclass_metrics(
     seed: int = 0,
     alpha: float = 0.05,
 ) -> dict[str, Any]:
-    """Subtype metrics: accuracy with its bootstrap CI, per-class precision / recall / F1 / support and
+    """Subtype metrics: accuracy with its Wilson interval, per-class precision / recall / F1 / support and
     one-vs-rest ROC AUC, macro F1 and AUC, and the C x C confusion matrix (rows true, columns predicted).
 
-    The accuracy CI resamples within each true class, like :func:`bootstrap_ci`.
-    """
+    ``n_boot`` and ``seed`` are accepted for callers of the bootstrap version and unused."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
     y_class = np.asarray(y_class).astype(np.int64)
@@ -163,17 +216,10 @@ def multiclass_metrics(
             "support": int(support[i]),
             "roc_auc": auc,
         }
-    rng = np.random.default_rng(seed)
-    groups = [np.flatnonzero(y_class == i) for i in range(c)]
-    boot = np.zeros(n_boot)
-    for g in groups:
-        if g.size:
-            boot += correct[g][rng.integers(0, g.size, size=(n_boot, g.size))].sum(axis=1)
-    boot /= max(y_class.size, 1)
     return {
         "class_names": list(class_names),
         "accuracy": float(correct.mean()) if correct.size else float("nan"),
-        "accuracy_ci": _percentiles(boot, alpha),
+        "accuracy_ci": proportion_ci(int(correct.sum()), int(correct.size), alpha),
         "macro_f1": float(np.mean(f1)),
         "macro_roc_auc": float(np.nanmean([v["roc_auc"] for v in per_class.values()])),
         "per_class": per_class,
@@ -211,6 +257,24 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+_SUBTYPE_COLUMNS = {"NORMAL": "p_normal", "BACTERIA": "p_bacterial", "VIRUS": "p_viral"}
+
+
+def _subtype_column(class_name: str) -> str:
+    """``pneumo predict``'s column for a subtype class's probability."""
+    return _SUBTYPE_COLUMNS.get(class_name.upper(), f"p_{class_name.lower()}")
+
+
+def _domain_cells(p: Any) -> dict[str, str]:
+    """``pneumo predict``'s domain columns of one prediction, formatted as predict writes them."""
+    cells = {}
+    if hasattr(p, "domain"):
+        cells["domain"] = p.domain or ""
+    cells["in_domain"] = "" if p.in_domain is None else "true" if p.in_domain else "false"
+    cells["domain_score"] = "" if p.domain_score is None else f"{p.domain_score:.6f}"
+    return cells
+
+
 def _write_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
     with atomic.atomic_open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["path"])
@@ -239,16 +303,22 @@ def compute_evaluation(
     n_boot: int = 1000,
     seed: int = 0,
     model_meta: Mapping[str, Any] | None = None,
+    predictions: Sequence[Any] | None = None,
 ) -> Evaluation:
     """Metrics with bootstrap intervals, the classification report and one row per case (no files).
 
     ``class_names`` are the model's classes (binary or subtype); the subtype part is evaluated when both
     ``probs_multiclass`` and ``y_class`` are given. ``model_meta`` (e.g. :func:`pneumo.modelfile.meta_json`) is
-    stored under ``"model"`` so that evaluations can be compared."""
+    stored under ``"model"`` so that evaluations can be compared. ``predictions`` (the
+    :class:`pneumo.inference.Prediction` of each case) add predict's domain columns to the rows.
+
+    The rows carry ``pneumo predict``'s columns under its names (path, probability, prediction, threshold, the
+    domain columns, p_normal / p_bacterial / p_viral), then the truth: label, correct, and for the subtype
+    task true_class and pred_class."""
     y, prob = prepare(y, prob)
     pred = decision_codes(prob, threshold)
     metrics: dict[str, Any] = {"task": "binary", **binary_metrics(y, prob, threshold)}
-    ci = bootstrap_ci(y, prob, threshold, n_boot=n_boot, seed=seed)
+    ci = confidence_intervals(y, prob, threshold, n_boot=n_boot, seed=seed)
     metrics.update(ci=ci, ci_method=CI_METHOD, ci_level=0.95, n_boot=n_boot, seed=seed)
     rel = reliability_bins(prob, y)
     metrics["reliability"] = {k: rel[k] for k in ("confidence", "accuracy", "count")}
@@ -268,17 +338,22 @@ def compute_evaluation(
     paths_s = [str(p) for p in paths] if paths is not None else [str(i) for i in range(y.size)]
     rows = []
     for i in range(y.size):
+        # predict's columns first, under predict's names (pneumo.predict_io.columns), then the truth
         row: dict[str, Any] = {
             "path": paths_s[i],
-            "label": BINARY_CLASSES[y[i]],
             "probability": f"{prob[i]:.6f}",
             "prediction": BINARY_CLASSES[pred[i]],
-            "correct": int(pred[i] == y[i]),
+            "threshold": f"{threshold:.6f}",
         }
+        if predictions is not None:
+            row.update(_domain_cells(predictions[i]))
+        if sub:
+            row.update({_subtype_column(c): f"{probs_multiclass[i, j]:.6f}" for j, c in enumerate(class_names)})
+        row["label"] = BINARY_CLASSES[y[i]]
+        row["correct"] = int(pred[i] == y[i])
         if sub:
             row["true_class"] = class_names[y_class[i]]
             row["pred_class"] = class_names[int(probs_multiclass[i].argmax())]
-            row.update({f"p_{c}": f"{probs_multiclass[i, j]:.6f}" for j, c in enumerate(class_names)})
         rows.append(row)
     return Evaluation(metrics=metrics, report=report, rows=rows)
 
@@ -316,9 +391,10 @@ def write_evaluation(
             title="Subtype confusion matrix",
         )
     if images is not None:
-        true_key, pred_key = ("true_class", "pred_class") if sub else ("label", "prediction")
-        true_n = display_names([r[true_key] for r in rows])
-        pred_n = display_names([r[pred_key] for r in rows])
+        # The binary truth and decision, so that "N mistakes of M" counts what the accuracy counts (a bacterial
+        # image called viral is no mistake of the NORMAL / PNEUMONIA decision).
+        true_n = display_names([r["label"] for r in rows])
+        pred_n = display_names([r["prediction"] for r in rows])
         files["gallery"] = plots.plot_gallery(
             images, true_n, pred_n, prob, out / "gallery.png", seed=evaluation.get("seed", 0)
         )

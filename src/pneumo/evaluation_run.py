@@ -108,6 +108,7 @@ def evaluate_folder(
         probs_multiclass=multiclass,
         y_class=y_class,
         images=images,
+        predictions=[preds[i] for i in keep],
         model_meta={**meta_json(meta), "evaluated_on": described, "tta": tta},
     )
     block_of = {row.path: row.block for row in read_split_csv(split_csv) if row.block} if split_csv else {}

@@ -18,8 +18,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from pneumo.data import Dataset, ImageRecord, scan_dataset
-from pneumo.errors import visible
-from pneumo.imaging import ImageInfo, ImageLoadError, load_image, probe_image
+from pneumo.errors import InputError, visible
+from pneumo.imaging import IMAGE_SUFFIXES, ImageInfo, ImageLoadError, load_image, probe_image
 
 NO_SPLIT = "all"  # key used in per-split tables when the folder has no train/val/test level
 _TOP_SIZES = 5
@@ -159,6 +159,30 @@ def _probe_all(records: Sequence[ImageRecord], workers: int) -> list[ImageInfo |
         return list(pool.map(_probe, records, chunksize=64))
 
 
+EXPECTED = "CLASS/ folders of images (NORMAL/ and PNEUMONIA/), optionally under train/ val/ test/"
+
+
+def check_layout(dataset: Dataset) -> None:
+    """Refuse (:class:`InputError`, a usage error) a folder in which the scan found no image in a class folder:
+    a page of zeros would hide that the wrong folder was given (a class folder itself, say)."""
+    if dataset.records:
+        return
+    root = Path(dataset.root)
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        entries = []
+    loose = sum(1 for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    folders = sorted(p.name for p in entries if p.is_dir() and not p.name.startswith("."))
+    if loose:
+        found = f"{loose} image{'s' if loose != 1 else ''} directly in it (a class folder itself?): give its parent"
+    elif folders:
+        found = f"no images in its folders {', '.join(folders[:5])}{', …' if len(folders) > 5 else ''}"
+    else:
+        found = "nothing of the kind"
+    raise InputError(f"{root}: expected {EXPECTED}; found {found}")
+
+
 def report_from_dataset(
     dataset: Dataset,
     *,
@@ -239,10 +263,13 @@ def inspect_dataset(
     :data:`VERIFY_AUTO_LIMIT` images. ``progress(n, total)`` is told of every ``n`` more images verified.
 
     Unreadable files are listed with the reason from :class:`~pneumo.imaging.ImageLoadError`; they never stop the
-    inspection. ``workers`` > 1 reads headers in that many threads (worth it on network file systems only).
+    inspection. A folder without class folders of images is an :class:`InputError` (:func:`check_layout`).
+    ``workers`` > 1 reads headers in that many threads (worth it on network file systems only).
     """
     start = time.perf_counter()
-    report = report_from_dataset(scan_dataset(root), probe=probe, workers=workers, verify=verify, progress=progress)
+    dataset = scan_dataset(root)
+    check_layout(dataset)
+    report = report_from_dataset(dataset, probe=probe, workers=workers, verify=verify, progress=progress)
     report.seconds = round(time.perf_counter() - start, 3)
     return report
 

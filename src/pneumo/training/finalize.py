@@ -78,12 +78,14 @@ def _onnx_ms_per_image(onnx_bytes: bytes, image_size: int, batch: int = 16, repe
 
 
 def validation_metrics(y_bin: np.ndarray, prob: np.ndarray, threshold: float, n_boot: int = 500) -> dict:
-    """Point metrics plus bootstrap 95 % intervals, flattened for the model file."""
-    from pneumo.evaluate import bootstrap_ci
+    """Point metrics plus 95 % intervals (Wilson for the proportions, bootstrap for the rest), flattened for the
+    model file."""
+    from pneumo.evaluate import confidence_intervals
 
     m = binary_metrics(y_bin, prob, threshold)
     out = {k: v for k, v in m.items() if isinstance(v, int | float)}
-    out["ci95"] = {k: [float(a), float(b)] for k, (a, b) in bootstrap_ci(y_bin, prob, threshold, n_boot).items()}
+    cis = confidence_intervals(y_bin, prob, threshold, n_boot)
+    out["ci95"] = {k: [float(a), float(b)] for k, (a, b) in cis.items()}
     return out
 
 
