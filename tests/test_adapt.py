@@ -451,3 +451,58 @@ def test_patients_from_a_csv_when_names_carry_none(tiny_model, tmp_path):
 
     result = adapt_site(tmp_path / "site", tmp_path / "s.pneumo", model=tiny_model, folds=2, n_boot=100)
     assert any(w.startswith("no file name carries a patient id") for w in result.warnings)
+
+
+# --- input errors: one line each, a usage error (issue 25, item 6) ---
+
+
+def _bad_site(kind: str, root: Path) -> tuple[Path, list[str]]:
+    """A site folder (and extra options) that ``pneumo adapt`` cannot use, by kind."""
+    if kind == "missing folder":
+        return root / "nowhere", []
+    if kind == "no class folders":
+        (root / "flat").mkdir()
+        Image.fromarray(np.full((64, 64), 90, np.uint8)).save(root / "flat" / "a.png")
+        return root / "flat", []
+    site = _write_site(root / "site")
+    if kind == "one class":
+        for f in (site / "PNEUMONIA").iterdir():
+            f.unlink()
+        return site, []
+    if kind == "one patient per class":
+        for label in ("NORMAL", "PNEUMONIA"):
+            for f in sorted((site / label).iterdir())[2:]:
+                f.unlink()
+        return site, []
+    if kind == "target 2":
+        return site, ["--target-sensitivity", "2"]
+    if kind == "refer error 0.7":
+        return site, ["--refer", "--refer-error", "0.7"]
+    if kind == "patients file not UTF-8":
+        (root / "p.csv").write_bytes(b"path,patient_id\n\xff\xfe,1\n")
+        return site, ["--patients", str(root / "p.csv")]
+    raise AssertionError(kind)
+
+
+BAD_SITES = ["missing folder", "no class folders", "one class", "one patient per class", "target 2",
+             "refer error 0.7", "patients file not UTF-8"]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", BAD_SITES)
+def test_adapt_input_errors_are_one_line_usage_errors(kind, tiny_model, tmp_path):
+    from pneumo.adapt import AdaptError, adapt_site
+    from pneumo.errors import InputError, PneumoError
+
+    site, extra = _bad_site(kind, tmp_path)
+    opts = {"target_sensitivity": 2.0} if kind == "target 2" else {"refer": True, "refer_error": 0.7} if (
+        kind == "refer error 0.7") else {"patients_csv": tmp_path / "p.csv"} if extra else {}  # fmt: skip
+    with pytest.raises(AdaptError) as info:
+        adapt_site(site, tmp_path / "s.pneumo", model=tiny_model, n_boot=10, **opts)
+    assert isinstance(info.value, InputError | PneumoError) and info.value.exit_code == 2
+    assert "\n" not in str(info.value)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code = main(["adapt", str(site), "--out", str(tmp_path / "s.pneumo"), "--model", str(tiny_model), *extra])
+    text = stderr.getvalue()
+    assert code == 2 and "Traceback" not in text and text.count("\n") == 1, text
+    assert not (tmp_path / "s.pneumo").exists()

@@ -75,3 +75,30 @@ def test_written_files_get_the_usual_mode(tmp_path):
         os.umask(mask)
         importlib.reload(pneumo.atomic)
     assert stat.S_IMODE((tmp_path / "out.csv").stat().st_mode) == 0o644
+
+
+def test_two_writers_of_one_target_both_complete(tmp_path):
+    """A second writer (here nested in the first) must not delete the first one's temporary file (issue 25)."""
+    target = tmp_path / "predictions.csv"
+    with atomic.atomic_open(target) as f:
+        f.write("first\n")
+        atomic.write_text(target, "second\n")  # another writer of the same output, finishing first
+    assert target.read_text() == "first\n"  # the last rename wins; neither writer failed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv"]
+
+
+def test_a_live_writers_temporary_file_is_kept(tmp_path):
+    target = tmp_path / "out.csv"
+    script = (
+        "import time, sys; from pneumo import atomic\n"
+        "with atomic.atomic_open(sys.argv[1]) as f:\n"
+        "    f.write('a'); f.flush(); print('writing', flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        atomic.write_text(target, "mine\n")
+        assert len([p for p in tmp_path.iterdir() if p.name.endswith(".partial")]) == 1  # the other writer's
+    finally:
+        proc.kill()
+        proc.wait(10)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -200,7 +201,88 @@ def test_cli_summary_and_exit_code(mixed, tiny_model, tmp_path, capsys):
     assert line.startswith("34 rows (3 errors) in ") and "images/s (local engine)" in line and "4 parts" in line
     assert main(["batch", str(mixed), "-o", str(out), "-m", str(tiny_model), "--resume"]) == 0
     assert "34 skipped" in capsys.readouterr().out
-    # A library refusal is one line and exit code 1, not a traceback.
-    assert main(["batch", str(mixed), "-o", str(out), "-m", str(tiny_model)]) == 1
+    # A library refusal is one line and a usage error (exit 2, as predict's), not a traceback.
+    assert main(["batch", str(mixed), "-o", str(out), "-m", str(tiny_model)]) == 2
     assert "already holds results" in capsys.readouterr().err
     assert main(["batch", str(mixed), "-o", str(out), "--engine", "spark"]) == 2
+
+
+# --- issue 25, item 7: one writer per output, one operating point per output, names as predict writes them ---
+
+
+def test_a_second_concurrent_run_is_refused(tiny_model, tmp_path):
+    import threading
+
+    src = _folder(tmp_path / "in", 6, bad=False)
+    out = tmp_path / "out.parquet"
+    inside, release = threading.Event(), threading.Event()
+    results = {}
+
+    def first() -> None:
+        def hold(n: int) -> None:
+            inside.set()
+            release.wait(60)
+
+        results["first"] = run_batch([str(src)], out, model=tiny_model, on_start=hold)
+
+    t = threading.Thread(target=first)
+    t.start()
+    try:
+        assert inside.wait(60)
+        for resume in (False, True):
+            with pytest.raises(BatchError, match=r"another pneumo batch \(pid \d+\) is writing to this output"):
+                run_batch([str(src)], out, model=tiny_model, resume=resume)
+    finally:
+        release.set()
+        t.join(60)
+    table = read_results(out)
+    assert table.num_rows == 6 and len(set(table.column("path").to_pylist())) == 6  # every row once
+    assert run_batch([str(src)], out, model=tiny_model, resume=True).skipped == 6  # the lock went with the run
+
+
+def test_two_rows_for_one_input_are_refused_on_resume(tiny_model, tmp_path):
+    src = _folder(tmp_path / "in", 4, bad=False)
+    out = tmp_path / "out.parquet"
+    (part,) = run_batch([str(src)], out, model=tiny_model).written
+    (out / "part-copy-00000.parquet").write_bytes(part.read_bytes())  # what two unlocked runs left behind
+    with pytest.raises(BatchError, match="has two rows"):
+        run_batch([str(src)], out, model=tiny_model, resume=True)
+
+
+def test_resume_with_other_settings_is_refused(tiny_model, tmp_path):
+    src = _folder(tmp_path / "in", 4, bad=False)
+    out = tmp_path / "out.parquet"
+    (part,) = run_batch([str(src)], out, model=tiny_model, threshold=0.3).written
+    assert json.loads(pq.read_schema(part).metadata[b"pneumo_settings"]) == {"threshold": 0.3, "tta": False}
+    with pytest.raises(BatchError, match=r"written with --threshold 0.3, not --threshold 0.6"):
+        run_batch([str(src)], out, model=tiny_model, threshold=0.6, resume=True)
+    with pytest.raises(BatchError, match=r"written with no --tta, not --tta"):
+        run_batch([str(src)], out, model=tiny_model, threshold=0.3, tta=True, resume=True)
+    with pytest.raises(BatchError, match=r"written with --threshold 0.3, not --threshold 0.5"):
+        run_batch([str(src)], out, model=tiny_model, resume=True)  # the model's own threshold is another one
+    assert run_batch([str(src)], out, model=tiny_model, threshold=0.3, resume=True).skipped == 4
+
+
+def test_names_that_are_not_utf8_are_written_as_predict_writes_them(tiny_model, tmp_path):
+    src = _folder(tmp_path / "in", 2, bad=False)
+    odd = os.fsencode(src) + b"/caf\xe9.png"
+    xray(7, 72).save(os.fsdecode(odd))
+    out = tmp_path / "out.parquet"
+    result = run_batch([str(src)], out, model=tiny_model)
+    assert result.rows == 3 and result.errors == 0
+    batch_paths = set(read_results(out).column("path").to_pylist())
+    csv_out = tmp_path / "p.csv"
+    main(["predict", str(src), "-m", str(tiny_model), "-o", str(csv_out)])
+    with csv_out.open(newline="", encoding="utf-8") as f:
+        predict_paths = {row["path"] for row in csv.DictReader(f)}
+    assert batch_paths == predict_paths and any(p.endswith("caf\\xe9.png") for p in batch_paths)
+    assert run_batch([str(src)], out, model=tiny_model, resume=True).skipped == 3
+
+
+@pytest.mark.parametrize(("header", "message"), [("path,site,site", "two columns named 'site'"),
+                                                 ("path,,site", "a column without a name")])  # fmt: skip
+def test_manifest_header_damage_is_one_line(header, message, tiny_model, tmp_path):
+    man = tmp_path / "m.csv"
+    man.write_text(f"{header}\na.png,x,y\n")
+    with pytest.raises(BatchError, match=message):
+        run_batch([str(man)], tmp_path / "o.parquet", model=tiny_model)

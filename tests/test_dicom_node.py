@@ -347,3 +347,173 @@ def test_dicom_listen_command_with_storescu(dicom_dir, tmp_path):
     assert f"analysed {uid}" in text
     name = str(pydicom.dcmread(path, stop_before_pixels=True).PatientName)
     assert name == "Patient^Anonymous" and name not in text and "Anonymous" not in text
+
+
+# --- issue 25: hostile peers (no Orthanc needed: the real pynetdicom peer on loopback) ---
+
+
+def _synthetic_cr(seed: int = 0, size: int = 128, **attrs) -> pydicom.Dataset:
+    """A small chest CR (conftest's generated X-ray as 12-bit words) with every UID the results need."""
+    import numpy as np
+
+    from conftest import dicom_bytes, xray
+
+    pixels = np.asarray(xray(seed, size), dtype=np.uint16) * 16
+    uids = {"StudyInstanceUID": pydicom.uid.generate_uid(), "SeriesInstanceUID": pydicom.uid.generate_uid()}
+    data = dicom_bytes(pixels, Modality="CR", BodyPartExamined="CHEST", PatientID="HOSTILE", PatientName="Doe^Jane",
+                       **uids, **attrs)  # fmt: skip
+    return pydicom.dcmread(io.BytesIO(data))
+
+
+@pytest.fixture
+def node(predictor, tmp_path):
+    """An in-process listener writing into tmp_path/out (real pynetdicom server on a free loopback port)."""
+    listeners = []
+
+    def make(**kwargs) -> Listener:
+        out = tmp_path / "out"
+        out.mkdir(exist_ok=True)
+        listener = Listener(DicomAnalyser(predictor, heatmaps=False), port=0, out_dir=out, **kwargs).start()
+        listeners.append(listener)
+        return listener
+
+    yield make
+    for listener in listeners:
+        listener.stop(timeout=60)
+
+
+def _send_file(port: int, path: Path, syntax) -> int | None:
+    """A C-STORE of a Part 10 file as its bytes (pynetdicom's chunked send: the request's Affected SOP Instance
+    UID is the file meta's, whatever the data set says)."""
+    from pynetdicom import _config
+
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        return _store(port, path, syntaxes=[syntax])
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+
+
+def _file_with_uids(tmp_path: Path, name: str, request_uid: str, dataset_uid: str) -> Path:
+    ds = _synthetic_cr()
+    ds.SOPInstanceUID = dataset_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = request_uid
+    path = tmp_path / name
+    ds.save_as(path, enforce_file_format=False)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("request_uid", "dataset_uid", "why"),
+    [
+        ("../../escaped", "../../escaped", "request UID with a path"),
+        ("1.2.3\nWARNING forged line", "1.2.3", "request UID with a newline"),
+        ("1.2.840.0001.5", "1.2.840.0001.5", "leading zero"),
+        ("1.2.826.0.1.3680043.8.498.4", "1." + "2" * 70, "data set UID over 64 characters"),
+        ("1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2", "data set UID differs from the request"),
+        ("1.2.826.0.1.3680043.8.498.3", "../../escaped", "data set UID with a path"),
+    ],
+)
+def test_uids_that_could_leave_out_or_forge_logs_are_refused(node, tmp_path, caplog, request_uid, dataset_uid, why):
+    caplog.set_level(logging.INFO, logger="pneumo.dicom")
+    listener = node()
+    path = _file_with_uids(tmp_path, "bad.dcm", request_uid, dataset_uid)
+    assert _send_file(listener.port, path, pydicom.uid.ExplicitVRLittleEndian) == 0xC003, why
+    ok = _synthetic_cr(1)
+    assert _store(listener.port, ok) == 0x0000  # the association and the node carry on
+    assert listener.wait_idle(120)
+    written = sorted(p.name for p in tmp_path.rglob("*.dcm") if p.parent.name == "out" or p.name != "bad.dcm")
+    assert written == sorted([f"{ok.SOPInstanceUID}.sc.dcm", f"{ok.SOPInstanceUID}.sr.dcm"]), written
+    assert not list(tmp_path.parent.glob("escaped*")) and not list(tmp_path.glob("escaped*"))
+    assert "\nWARNING forged line" not in caplog.text and "refused" in caplog.text
+    assert listener.counters.analysed == 1
+
+
+def test_a_colour_cr_is_refused_from_its_header(node):
+    import numpy as np
+
+    listener = node()
+    colour = _synthetic_cr(2, size=64, SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0)
+    colour.PixelData = np.zeros((64, 64, 3), np.uint16).tobytes()
+    assert _store(listener.port, colour) == 0xA900  # acknowledged and then dropped before
+    assert listener.counters.refused == 1 and listener.counters.received == 1
+
+
+def test_a_codestream_bomb_is_refused_before_success(node):
+    from test_hardening_inputs import j2k_bomb_dicom
+
+    listener = node()
+    ds = pydicom.dcmread(io.BytesIO(j2k_bomb_dicom()))
+    assert _store(listener.port, ds, syntaxes=[ds.file_meta.TransferSyntaxUID]) == 0xC000
+    assert listener.counters.refused == 1 and listener.counters.analysed == 0
+
+
+def test_bytes_in_flight_are_bounded(node, predictor):
+    import threading
+
+    big = _synthetic_cr(3, size=512)  # 512 KB of pixels
+    small = _synthetic_cr(4, size=128)  # 32 KB
+    listener = node(max_instance_mb=0.25, max_inflight_mb=0.3, workers=1, queue_size=8)
+    assert _store(listener.port, big) == 0xC004  # over the per-instance limit: refused from its size
+    gate = threading.Event()
+    slow = listener.analyser.analyse
+    listener.analyser.analyse = lambda *a, **kw: (gate.wait(60), slow(*a, **kw))[1]
+    try:
+        # 0.3 MB in flight: a few small instances fit, then A700 (retry later) although the queue has room.
+        statuses = [_store(listener.port, _synthetic_cr(10 + i, size=128)) for i in range(12)]
+        assert 0xA700 in statuses and statuses[0] == 0x0000
+        assert statuses.index(0xA700) < 10, statuses
+    finally:
+        gate.set()
+    assert listener.wait_idle(120)
+    assert listener._inflight == 0
+    assert _store(listener.port, small) == 0x0000  # the budget is released as instances finish
+
+
+def test_beyond_loopback_needs_calling_ae_titles(predictor, tmp_path):
+    from pneumo.errors import ConfigError
+
+    analyser = DicomAnalyser(predictor, heatmaps=False)
+    for host in ("0.0.0.0", "10.1.2.3", "::", "pacs.example.org"):
+        with pytest.raises(ConfigError, match="--calling-aet"):
+            Listener(analyser, host=host, port=0, out_dir=tmp_path)
+    Listener(analyser, host="0.0.0.0", port=0, out_dir=tmp_path, calling_ae_titles=["ORTHANC"])  # not started
+    for host in ("127.0.0.1", "localhost", "::1"):
+        Listener(analyser, host=host, port=0, out_dir=tmp_path)
+
+
+def test_sigterm_drains_every_acknowledged_instance(tmp_path):
+    """16 x Success, then SIGTERM at once (what docker and systemd send): all 16 results are written and logged."""
+    import signal
+
+    port, out = free_port(), tmp_path / "out"
+    cmd = [sys.executable, "-m", "pneumo.cli", "dicom-listen", "--port", str(port), "--out", str(out),
+           "--no-heatmaps", "--workers", "1"]  # fmt: skip
+    log = tmp_path / "listen.log"
+    with log.open("wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300  # a loaded CI machine takes its time to load the model
+        while "listening as PNEUMO" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        assert "listening as PNEUMO" in log.read_text(), log.read_text()
+        sent = [_synthetic_cr(100 + i, size=256) for i in range(16)]
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(ComputedRadiographyImageStorage, pydicom.uid.ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", port, ae_title="PNEUMO")
+        assert assoc.is_established
+        statuses = [assoc.send_c_store(ds).Status for ds in sent]
+        assoc.release()
+        assert statuses == [0x0000] * 16
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=300) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = log.read_text()
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(f"{ds.SOPInstanceUID}.{kind}.dcm" for ds in sent for kind in ("sr", "sc")), text
+    assert "stopping (SIGTERM)" in text and "16 received, 0 refused, 16 analysed" in text, text

@@ -19,7 +19,7 @@ from pneumo.metrics import binary_metrics  # noqa: E402
 from pneumo.modelfile import ModelFileError, load_model_file  # noqa: E402
 from pneumo.quantize import ParityBounds, QuantizationError, calibration_paths, quantize_model  # noqa: E402
 
-LOOSE = ParityBounds(max_auc_drop=1.0, min_agreement=0.0, max_flag_rate_change=1.0)
+LOOSE = ParityBounds(max_auc_drop=1.0, min_agreement=0.0, max_flag_rate_change=1.0, min_images=1)
 
 
 def _image(seed: int, pneumonia: bool, size: int = 64) -> Image.Image:
@@ -68,7 +68,7 @@ def test_int8_graph_written_with_its_figures(int8_model, tiny_model, dataset):
     assert mf.meta.precision == "int8"
     q = mf.meta.quantization
     assert q.calibration_images == 24 and q.validation_images == 40
-    assert q.bounds == {"max_auc_drop": 1.0, "min_agreement": 0.0, "max_flag_rate_change": 1.0}
+    assert q.bounds == {"max_auc_drop": 1.0, "min_agreement": 0.0, "max_flag_rate_change": 1.0, "min_images": 1}
     # A real QDQ graph: quantised weights and activations, same outputs as the fp32 graph.
     graph = onnx.load_from_string(mf.onnx).graph
     ops = {n.op_type for n in graph.node}
@@ -185,3 +185,20 @@ def test_a_refusal_says_the_calibration_saw_the_validation_images(tiny_model, da
     with pytest.raises(QuantizationError) as refused:  # a separate validation folder: nothing to say
         quantize_model(tiny_model, tmp_path / "s.pneumo", dataset / "train", validation_data=dataset, bounds=tight)
     assert "calibrated on" not in str(refused.value)
+
+
+def test_parity_on_too_few_images_is_refused(tiny_model, dataset, tmp_path):
+    """Two validation images "agree 100 %" and prove nothing (issue 25, item 8): refused, saying how many."""
+    few = tmp_path / "few"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (few / label).mkdir(parents=True)
+        src = sorted((dataset / "val" / label).iterdir())[0]
+        (few / label / src.name).write_bytes(src.read_bytes())
+    lenient = ParityBounds(max_auc_drop=1.0, min_agreement=0.0, max_flag_rate_change=1.0)  # min_images: default
+    assert lenient.min_images == 100
+    out = tmp_path / "few.pneumo"
+    with pytest.raises(QuantizationError, match=r"parity was measured on 2 validation images only \(at least 100"):
+        quantize_model(tiny_model, out, dataset / "train", validation_data=few, bounds=lenient)
+    assert not out.exists()
+    _, parity = quantize_model(tiny_model, out, dataset / "train", validation_data=dataset, bounds=LOOSE)
+    assert parity.n == 40 and "on 40 validation images" in parity.summary()

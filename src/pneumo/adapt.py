@@ -11,7 +11,9 @@ from pathlib import Path
 
 from pneumo.adapt_report import run_adaptation
 from pneumo.errors import MissingExtraError
-from pneumo.site_fit import DEFAULT_FOLDS
+from pneumo.site_fit import DEFAULT_FOLDS, AdaptError
+
+__all__ = ["AdaptError", "adapt_site"]
 
 
 def adapt_site(
@@ -34,7 +36,8 @@ def adapt_site(
     sample, write the site file (and the report). Returns the :class:`pneumo.adapt_report.AdaptResult`.
 
     Raises :class:`~pneumo.errors.MissingExtraError` naming the ``adapt`` extra when its packages are missing,
-    before any image is read."""
+    before any image is read, and :class:`~pneumo.site_fit.AdaptError` (a usage error: one line, exit 2) for a
+    site sample or an option that cannot be used as given."""
     import importlib.util
 
     missing = [m for m in ("sklearn", "scipy", "matplotlib") if importlib.util.find_spec(m) is None]

@@ -30,6 +30,7 @@ from pneumo.modelfile import (
 )
 from pneumo.probability import sigmoid
 from pneumo.site_fit import (
+    AdaptError,
     cross_validate,
     figures_with_intervals,
     fit_site,
@@ -74,10 +75,10 @@ def base_predictor(model: str | Path | None, threads: int | None = None):
 
     path = resolve_model_path(model)
     if path.suffix.lower() == ".onnx":
-        raise ValueError(f"{path}: pneumo adapt needs a .pneumo model file (the site file embeds it), not a bare graph")
+        raise AdaptError(f"{path}: pneumo adapt needs a .pneumo model file (the site file embeds it), not a bare graph")
     mf = load_model_file(path, parts=("onnx",))
     if mf.onnx is None:
-        raise ValueError(f"{path}: this model file has no ONNX graph; run `pneumo export` on it")
+        raise AdaptError(f"{path}: this model file has no ONNX graph; run `pneumo export` on it")
     meta, file_name = mf.meta, path.name
     if meta.site is not None:  # adapting a site file again starts from its base, as shipped
         file_name = meta.site.base.file
@@ -91,11 +92,15 @@ def base_predictor(model: str | Path | None, threads: int | None = None):
 
 def read_patients(path: Path) -> dict[str, str]:
     """``path,patient_id`` rows (path relative to the site folder, or a bare file name) -> patient id."""
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not {"path", "patient_id"} <= set(reader.fieldnames or ()):
-            raise ValueError(f"{path}: a patients file needs the columns path,patient_id")
-        return {row["path"].strip(): row["patient_id"].strip() for row in reader}
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not {"path", "patient_id"} <= set(reader.fieldnames or ()):
+                raise AdaptError(f"{path}: a patients file needs the columns path,patient_id")
+            # a short row leaves its missing cells None: no patient id for that path
+            return {(row["path"] or "").strip(): (row["patient_id"] or "").strip() for row in reader}
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise AdaptError(f"{path}: not a readable patients CSV ({str(exc).splitlines()[0][:120]})") from exc
 
 
 def score_site(folder: Path, predictor, batch_size: int = 64, patients_csv: Path | None = None) -> SiteScores:
@@ -105,7 +110,7 @@ def score_site(folder: Path, predictor, batch_size: int = 64, patients_csv: Path
     ds = scan_dataset(folder)
     labels = {r.label for r in ds.records}
     if labels != set(BINARY_CLASSES):
-        raise ValueError(
+        raise AdaptError(
             f"{folder}: a site sample needs NORMAL/ and PNEUMONIA/ folders of images, found {sorted(labels) or 'none'}"
         )
     recs = ds.records
@@ -116,7 +121,7 @@ def score_site(folder: Path, predictor, batch_size: int = 64, patients_csv: Path
         for r in recs:
             pid = given.get(r.rel) or given.get(r.path.name)
             if not pid:
-                raise ValueError(f"{patients_csv}: no patient_id for {r.rel} (path relative to {folder}, or file name)")
+                raise AdaptError(f"{patients_csv}: no patient_id for {r.rel} (path relative to {folder}, or file name)")
             patient[r.rel] = pid
         named = True
     preds = list(predictor.predict_sources(((str(r.path), r.path) for r in recs), batch_size=batch_size))
@@ -150,14 +155,20 @@ def run_adaptation(
 ) -> AdaptResult:
     """See :func:`pneumo.adapt.adapt_site`."""
     if not 0.0 < target_sensitivity < 1.0:
-        raise ValueError(f"--target-sensitivity must be between 0 and 1, got {target_sensitivity}")
+        raise AdaptError(f"--target-sensitivity must be between 0 and 1, got {target_sensitivity}")
+    if refer_error is not None and not 0.0 < refer_error < 0.5:
+        raise AdaptError(f"--refer-error must be between 0 and 0.5, got {refer_error}")
+    if folds < 2:
+        raise AdaptError(f"--folds must be at least 2, got {folds}")
     if not folder.is_dir():
-        raise ValueError(f"{folder}: not a folder")
+        raise AdaptError(f"{folder}: not a folder")
+    if patients_csv is not None and not patients_csv.is_file():
+        raise AdaptError(f"{patients_csv}: no such patients file")
     base_bytes, base_file, predictor = base_predictor(model)
     meta = predictor.meta
     s = score_site(folder, predictor, batch_size, patients_csv)
     if s.y.size == 0 or s.y.min() == s.y.max():
-        raise ValueError(f"{folder}: fewer than one readable image of each class (unreadable: {len(s.unreadable)})")
+        raise AdaptError(f"{folder}: fewer than one readable image of each class (unreadable: {len(s.unreadable)})")
 
     before_prob = sigmoid(s.z / meta.temperature + meta.calibration_bias)
     before_dec = decision_codes(before_prob, meta.threshold)

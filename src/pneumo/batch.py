@@ -4,6 +4,12 @@ The output is a folder (``OUT.parquet/``) of part files, each committed atomical
 killed run loses at most the parts it had in flight, and ``--resume`` skips every input already in a committed
 part. Any Parquet reader opens the folder as one table (``pyarrow.parquet.read_table("OUT.parquet")``).
 
+One run at a time writes an output: a run holds a lock on ``OUT.parquet/.pneumo-batch.lock`` (released by the
+kernel when the process ends, also on ``kill -9``), and a second run is refused. Every part records the settings
+that decide its rows (the threshold in force, ``--tta``) in its Parquet metadata, and ``--resume`` refuses an
+output written with other ones, so one output never mixes operating points. File names that are not UTF-8 are
+written as ``predict`` writes them (:func:`pneumo.errors.visible`).
+
 Rows carry every column of ``pneumo predict`` (the same values, errors included), then the extra columns of a
 manifest, then ``model_name`` and ``model_sha256``. The engines differ only in who runs the work: ``local`` is the
 decode-overlapped ONNX Runtime path of ``predict`` (:meth:`Predictor.predict_sources`); ``ray`` is in
@@ -12,10 +18,14 @@ decode-overlapped ONNX Runtime path of ``predict`` (:meth:`Predictor.predict_sou
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import json
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +34,7 @@ import pyarrow.parquet as pq
 
 from pneumo.batch_parts import (
     MODEL_COLUMNS,
+    SETTINGS_KEY,
     BatchInputs,
     PartWriter,
     Progress,
@@ -31,7 +42,7 @@ from pneumo.batch_parts import (
     has_refer,
     predictions_table,
 )
-from pneumo.errors import PneumoError
+from pneumo.errors import InputError, visible
 from pneumo.inference import Prediction, Predictor, open_model
 from pneumo.modelfile import ModelFile
 from pneumo.predict_io import columns, expand_inputs
@@ -40,8 +51,12 @@ MANIFEST_SUFFIXES = {".csv", ".parquet"}
 ENGINES = ("local", "ray")
 
 
-class BatchError(PneumoError, ValueError):
-    """Bad inputs or an output folder that cannot be continued; the message says what to do."""
+LOCK_NAME = ".pneumo-batch.lock"  # hidden: Parquet readers skip names starting with a dot
+
+
+class BatchError(InputError):
+    """Bad inputs or an output folder that cannot be continued (or is being written by another run); the message
+    says what to do. A usage error, as ``predict``'s are (the CLI exits 2)."""
 
 
 @dataclass
@@ -86,6 +101,10 @@ def _read_manifest(path: Path) -> pa.Table:
 
             with open(path, newline="", encoding="utf-8-sig") as f:
                 header = next(csv.reader(f), [])
+            if dup := next((h for i, h in enumerate(header) if h in header[:i]), None):
+                raise BatchError(f"{path}: the manifest has two columns named {dup!r}; rename one")
+            if "" in (h.strip() for h in header):
+                raise BatchError(f"{path}: the manifest has a column without a name; name it or remove it")
             opts = pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string()), strings_can_be_null=False)
             table = pacsv.read_csv(path, convert_options=opts)
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
@@ -114,9 +133,11 @@ def collect_inputs(inputs: Sequence[str]) -> BatchInputs:
             return
         files, missing = expand_inputs(plain)
         if missing:
-            raise BatchError(f"{missing[0]}: no such file, folder or matching glob")
-        names = [str(f) for f in files]
-        segments.append((pa.table({"path": pa.array(names, type=pa.string())}), names))
+            raise BatchError(f"{visible(str(missing[0]))}: no such file, folder or matching glob")
+        # The file to read keeps its bytes (os.fsdecode's surrogate escapes); the path written is predict's.
+        sources = [str(f) for f in files]
+        names = [visible(n) for n in sources]
+        segments.append((pa.table({"path": pa.array(names, type=pa.string())}), sources))
         plain.clear()
 
     for item in inputs:
@@ -158,12 +179,14 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def done_paths(output: Path, model_sha256: str) -> set[str]:
-    """Inputs already in committed parts; refuses parts written by another model (one output, one model)."""
+def done_paths(output: Path, model_sha256: str, settings: dict | None = None) -> set[str]:
+    """Inputs already in committed parts; refuses parts written by another model or, with ``settings``, with
+    other settings (one output, one model, one operating point), and an output in which an input has two rows."""
     done: set[str] = set()
     for part in committed_parts(output):
         try:
-            t = pq.read_table(part, columns=["path", "model_sha256"])
+            t = pq.read_table(part, columns=["path", "model_sha256", "threshold"])
+            recorded = (pq.read_schema(part).metadata or {}).get(SETTINGS_KEY)
         except (pa.ArrowException, OSError) as exc:
             raise BatchError(f"{part}: unreadable part file ({str(exc).splitlines()[0]}); move it away") from exc
         shas = set(t.column("model_sha256").to_pylist())
@@ -172,8 +195,60 @@ def done_paths(output: Path, model_sha256: str) -> set[str]:
                 f"{output}: its parts were written by another model (sha256 {sorted(shas)[0][:12]}...); "
                 "resume with that model or write to a new --output"
             )
-        done.update(t.column("path").to_pylist())
+        if settings is not None:
+            _check_settings(output, part, recorded, set(t.column("threshold").to_pylist()), settings)
+        counts = Counter(t.column("path").to_pylist())
+        if twice := sorted(done.intersection(counts) | {p for p, n in counts.items() if n > 1}):
+            raise BatchError(
+                f"{output}: {twice[0]} has two rows (two runs wrote into this output at once); write to a new --output"
+            )
+        done.update(counts)
     return done
+
+
+def _check_settings(output: Path, part: Path, recorded: bytes | None, thresholds: set, settings: dict) -> None:
+    """A part's settings against this run's: its recorded ones, or for a part written before they were recorded,
+    the threshold of its rows."""
+    theirs = json.loads(recorded) if recorded else {"threshold": next(iter(thresholds - {None}), None)}
+    for key, value in settings.items():
+        if key in theirs and theirs[key] is not None and theirs[key] != value:
+            raise BatchError(
+                f"{output}: its parts were written with {_setting(key, theirs[key])}, not {_setting(key, value)}; "
+                "resume with the same settings or write to a new --output"
+            )
+
+
+def _setting(key: str, value) -> str:
+    if key == "tta":
+        return "--tta" if value else "no --tta"
+    return f"--{key.replace('_', '-')} {value:g}" if isinstance(value, float) else f"--{key} {value}"
+
+
+@contextlib.contextmanager
+def output_lock(output: Path) -> Iterator[None]:
+    """Hold ``output``'s lock for the block; BatchError at once when another run holds it. The kernel releases an
+    ``flock`` when its process ends, however it ends, so a killed run never leaves a stale lock."""
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # not POSIX: no advisory lock; the settings and duplicate checks still hold
+            pass
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            raise BatchError(
+                f"{output}: another pneumo batch (pid {holder}) is writing to this output; wait for it to finish "
+                "or choose another --output"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------------- the run
@@ -239,14 +314,41 @@ def run_batch(
             raise BatchError("--engine ray needs Ray Data: pip install 'pneumo[distributed]'") from exc
     mf = model if isinstance(model, ModelFile) else open_model(model)
     predictor = Predictor(mf, threshold=threshold)
-    subtypes = mf.meta.has_subtypes
     sha = file_sha256(mf.path) if mf.path is not None else hashlib.sha256(mf.onnx or b"").hexdigest()
     batch_inputs = collect_inputs(inputs)
+    with output_lock(output):
+        return _run_locked(predictor, mf, sha, batch_inputs, output, engine=engine, address=address,
+                           batch_size=batch_size, part_size=part_size, resume=resume, threshold=threshold, tta=tta,
+                           actors=actors, on_start=on_start, progress=progress)  # fmt: skip
+
+
+def _run_locked(
+    predictor: Predictor,
+    mf: ModelFile,
+    sha: str,
+    batch_inputs: BatchInputs,
+    output: Path,
+    *,
+    engine: str,
+    address: str | None,
+    batch_size: int,
+    part_size: int,
+    resume: bool,
+    threshold: float | None,
+    tta: bool,
+    actors: int | None,
+    on_start: Callable[[int], None] | None,
+    progress: Progress | None,
+) -> BatchResult:
+    """The run, with the output's lock held."""
+    subtypes = mf.meta.has_subtypes
+    settings = {"threshold": float(predictor.threshold), "tta": bool(tta)}
     if committed_parts(output) and not resume:
         raise BatchError(f"{output}: already holds results; pass --resume to continue it or choose a new --output")
-    done = done_paths(output, sha) if resume else set()
+    done = done_paths(output, sha, settings) if resume else set()
     todo = [i for i, p in enumerate(batch_inputs.paths) if p not in done]
-    writer = PartWriter(output, batch_inputs, subtypes, mf.meta.name, sha, part_size, refer=has_refer(predictor))
+    writer = PartWriter(output, batch_inputs, subtypes, mf.meta.name, sha, part_size, refer=has_refer(predictor),
+                        settings=settings)  # fmt: skip
     if on_start:
         on_start(len(todo))
     tick = progress or (lambda _k: None)

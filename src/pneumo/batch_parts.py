@@ -5,6 +5,7 @@ Parquet part files. Both engines import it; it imports neither.
 
 from __future__ import annotations
 
+import json
 import secrets
 import types
 import typing
@@ -21,6 +22,9 @@ from pneumo.inference import Prediction, Predictor
 from pneumo.predict_io import columns
 
 MODEL_COLUMNS = ["model_name", "model_sha256"]
+# Parquet key-value metadata of every part: the settings its rows were predicted with (JSON), which a resume must
+# match (pneumo.batch.done_paths).
+SETTINGS_KEY = b"pneumo_settings"
 PART_PREFIX = "part-"
 _ARROW_TYPES = {str: pa.string(), float: pa.float64(), bool: pa.bool_()}
 
@@ -73,10 +77,11 @@ class PartWriter:
 
     def __init__(
         self, output: Path, inputs: BatchInputs, subtypes: bool, model_name: str, model_sha256: str, part_size: int,
-        refer: bool = False,
+        refer: bool = False, settings: dict | None = None,
     ):  # fmt: skip
         self.output, self.inputs, self.subtypes, self.part_size = output, inputs, subtypes, part_size
         self.refer = refer
+        self.settings = json.dumps(settings or {}, sort_keys=True).encode()
         self.model_name, self.model_sha256 = model_name, model_sha256
         self.extras = inputs.table.drop_columns(["path"])
         # A new run's parts never overwrite an earlier run's: the run id is part of every name.
@@ -110,6 +115,7 @@ class PartWriter:
             table = table.append_column(extras.schema.field(name), extras.column(name))
         table = table.append_column("model_name", pa.array([self.model_name] * n, type=pa.string()))
         table = table.append_column("model_sha256", pa.array([self.model_sha256] * n, type=pa.string()))
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), SETTINGS_KEY: self.settings})
         path = self.output / f"{PART_PREFIX}{self.run_id}-{len(self.written):05d}.parquet"
         with atomic.atomic_open(path, "wb") as f:
             pq.write_table(table, f)

@@ -40,7 +40,11 @@ REQUIRED = frozenset({"numpy", "PIL", "pydicom", "pylibjpeg", "onnxruntime", "ty
 
 
 class PneumoError(Exception):
-    """Base of every error the library raises for bad input, bad files or a bad environment."""
+    """Base of every error the library raises for bad input, bad files or a bad environment.
+
+    ``exit_code`` is what the CLI exits with after printing the one line: 1, or 2 for a usage error."""
+
+    exit_code: int = 1
 
 
 class ImageLoadError(PneumoError):
@@ -66,6 +70,14 @@ class DataError(PneumoError, ValueError):
 
 class ConfigError(PneumoError, ValueError):
     """An option or configuration value that is out of range or inconsistent."""
+
+
+class InputError(PneumoError, ValueError):
+    """The inputs or options of a command cannot be used as given (a folder that does not exist or lacks a class,
+    too few patients, a target out of range): the person must change the command line, so the CLI treats it as a
+    usage error (exit 2). A ``ValueError`` too, for callers that caught that before."""
+
+    exit_code = 2
 
 
 class MissingExtraError(PneumoError, ImportError):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import zipfile
 import zlib
 from datetime import UTC, datetime
@@ -78,6 +79,11 @@ class DomainGuard(BaseModel):
     cutoff: Positive
     quantile: Probability = Field(description="validation quantile the cut-off was set at")
     validation_flag_rate: Probability
+    pediatric: DomainGuard | None = Field(
+        default=None,
+        description="the 'not a pediatric chest X-ray' guard (arrays pediatric_*), fitted under the framing shifts; "
+        "None in files made before it: this guard's flag then means not pediatric (pneumo.domain)",
+    )
 
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -409,6 +415,8 @@ def load_model_file(model: str | Path | None = None, *, parts: tuple[str, ...] =
 
 
 def _read_members(zf: zipfile.ZipFile, path: Path, parts: tuple[str, ...]) -> ModelFile:
+    if dup := _duplicate(zf.namelist()):  # zipfile would silently read the last of two entries with one name
+        raise ModelFileError(f"{path}: holds {dup} twice (damaged, or not a Pneumo model file)")
     names = set(zf.namelist())
     if META not in names:
         raise ModelFileError(f"{path}: not a Pneumo model file (no {META})")
@@ -418,12 +426,15 @@ def _read_members(zf: zipfile.ZipFile, path: Path, parts: tuple[str, ...]) -> Mo
     onnx = _read_member(zf, ONNX, path) if "onnx" in parts and ONNX in names else None
     weights = _read_member(zf, WEIGHTS, path) if "weights" in parts and WEIGHTS in names else None
     arrays = _read_arrays(zf, path) if ARRAYS in names else {}
+    check_arrays(arrays, meta, path)
     return ModelFile(meta=meta, onnx=onnx, weights=weights, arrays=arrays, path=path)
 
 
 def _read_site_file(zf: zipfile.ZipFile, path: Path, parts: tuple[str, ...]) -> ModelFile:
     """The base model with the site's calibration in force; refused unless the base is byte for byte the one the
     calibration was fitted on (a calibration is only valid for the network it was measured with)."""
+    if dup := _duplicate(zf.namelist()):
+        raise ModelFileError(f"{path}: holds {dup} twice (damaged, or not a Pneumo model file)")
     site = SiteCalibration.model_validate_json(_read_member(zf, SITE, path))
     if site.format_version > FORMAT_VERSION:
         raise ModelFileError(f"{path}: made by a newer Pneumo (format {site.format_version}); upgrade pneumo")
@@ -492,28 +503,165 @@ def _read_member(zf: zipfile.ZipFile, name: str, path: Path) -> bytes:
         raise ModelFileError(f"{path}: not enough memory to read {name} ({size / 2**20:,.0f} MB)") from exc
 
 
+# arrays.npz is a zip inside the zip: its members' sizes are checked from its own directory and each .npy header
+# (shape, dtype) before numpy allocates anything. The domain guard's arrays are a few hundred kB (components x
+# feature dimension floats); these caps leave two orders of magnitude.
+MAX_ARRAY_ELEMENTS = 16 * 2**20
+MAX_ARRAYS_BYTES = 128 * 2**20
+_ARRAY_KINDS = "fiub"  # float, signed and unsigned integers, bool: never objects, strings or structured records
+# What the domain guard reads (pneumo.domain), with each array's shape in terms of k components and D features.
+GUARD_ARRAYS: dict[str, tuple[str, ...]] = {
+    "domain_mean": ("D",),
+    "domain_components": ("k", "D"),
+    "domain_variances": ("k",),
+    "domain_scale": ("2",),
+    "domain_val_distances": ("n",),
+}
+_GUARD_SCALING = {"domain_feature_mean": ("D",), "domain_feature_std": ("D",)}  # together, or neither (old files)
+_POSITIVE = ("domain_variances", "domain_scale", "domain_feature_std")
+
+
 def _read_arrays(zf: zipfile.ZipFile, path: Path) -> dict[str, np.ndarray]:
+    data = _read_member(zf, ARRAYS, path)
     try:
-        with np.load(io.BytesIO(_read_member(zf, ARRAYS, path)), allow_pickle=False) as npz:
+        with zipfile.ZipFile(io.BytesIO(data)) as inner:
+            _check_npz_directory(inner, path)
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        raise ModelFileError(f"{path}: {ARRAYS} is damaged ({_first(exc)})") from exc
+    except MemoryError as exc:  # the checks above make this unreachable for a file within the caps
+        raise ModelFileError(f"{path}: not enough memory to load {ARRAYS}") from exc
     except ValueError as exc:  # e.g. an object array, which would need unpickling
-        raise ModelFileError(f"{path}: {ARRAYS} refused: {exc}".splitlines()[0]) from exc
+        raise ModelFileError(f"{path}: {ARRAYS} refused: {_first(exc)}") from exc
 
 
-def onnx_session(graph: bytes, *, source: str | Path = "model.onnx", threads: int | None = None) -> Any:
+def _first(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def _check_npz_directory(inner: zipfile.ZipFile, path: Path) -> None:
+    """Every member of arrays.npz: unique, a ``.npy`` whose header declares a numeric array within the element and
+    byte caps, and whose declared uncompressed size is that header plus exactly the array's bytes."""
+    names = inner.namelist()
+    if dup := _duplicate(names):
+        raise ModelFileError(f"{path}: {ARRAYS} holds {dup} twice (damaged, or not a Pneumo model file)")
+    total = 0
+    for info in inner.infolist():
+        if not info.filename.endswith(".npy"):
+            raise ModelFileError(f"{path}: {ARRAYS} holds {info.filename!r}, which is not a .npy array")
+        with inner.open(info) as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _fortran, dtype = read(f, max_header_size=10_000)
+            except ValueError as exc:
+                raise ModelFileError(
+                    f"{path}: {ARRAYS}: {info.filename} has no valid .npy header ({_first(exc)})"
+                ) from exc
+            header_len = f.tell()
+        name = info.filename.removesuffix(".npy")
+        count = math.prod(int(n) for n in shape)  # Python ints: 10**12 elements must not wrap around
+        if dtype.kind not in _ARRAY_KINDS or dtype.hasobject:
+            raise ModelFileError(f"{path}: {ARRAYS}: {name} has dtype {dtype}, not a numeric array")
+        if count > MAX_ARRAY_ELEMENTS:
+            raise ModelFileError(
+                f"{path}: {ARRAYS}: {name} declares {count:,} elements {tuple(shape)}, over the limit of "
+                f"{MAX_ARRAY_ELEMENTS:,} (damaged, or not a Pneumo model file)"
+            )
+        nbytes = count * dtype.itemsize
+        total += nbytes
+        if total > MAX_ARRAYS_BYTES:
+            raise ModelFileError(f"{path}: {ARRAYS} declares over {MAX_ARRAYS_BYTES // 2**20} MB of arrays")
+        if info.file_size != header_len + nbytes:
+            raise ModelFileError(
+                f"{path}: {ARRAYS}: {name} holds {info.file_size - header_len:,} bytes of data where its header "
+                f"declares {nbytes:,} (damaged)"
+            )
+
+
+def _duplicate(names: list[str]) -> str | None:
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            return n
+        seen.add(n)
+    return None
+
+
+def check_arrays(arrays: dict[str, np.ndarray], meta: ModelMeta, source: str | Path) -> None:
+    """ModelFileError (one line) unless the side arrays are what ``meta``'s domain guard reads: every array
+    present, finite, of consistent shapes (k components of D features), scales and variances positive. A
+    missing or infinite ``domain_scale`` would not fail loudly: it would switch the guard off."""
+    for name, a in arrays.items():
+        if a.dtype.kind not in _ARRAY_KINDS or not np.all(np.isfinite(a)):
+            raise ModelFileError(f"{source}: {ARRAYS}: {name} holds values that are not finite numbers")
+    guard = meta.domain_guard
+    if guard is None:
+        return
+    wanted = dict(GUARD_ARRAYS)
+    if any(k in arrays for k in _GUARD_SCALING):
+        wanted.update(_GUARD_SCALING)
+    missing = [k for k in wanted if k not in arrays]
+    if missing:
+        raise ModelFileError(
+            f"{source}: the domain guard needs {ARRAYS} entry {missing[0]!r}, which is missing (damaged model file)"
+        )
+    dims = {"k": guard.components, "2": 2, "D": arrays["domain_mean"].shape[0] if arrays["domain_mean"].ndim else -1}
+    for name, axes in wanted.items():
+        shape = arrays[name].shape
+        expected = tuple(dims.get(a, shape[i] if i < len(shape) else -1) for i, a in enumerate(axes))
+        if shape != expected or 0 in shape:
+            want = "x".join(str(dims.get(a, a)) for a in axes)
+            raise ModelFileError(
+                f"{source}: {ARRAYS}: {name} has shape {'x'.join(map(str, shape)) or 'scalar'}, not {want} "
+                f"(domain guard of {guard.components} components; damaged model file)"
+            )
+    for name in _POSITIVE:
+        if name in arrays and not np.all(arrays[name] > 0):
+            raise ModelFileError(f"{source}: {ARRAYS}: {name} must be positive (damaged model file)")
+
+
+def check_graph(session: Any, meta: ModelMeta, source: str | Path) -> None:
+    """ModelFileError unless the graph takes ``N x 1 x S x S`` images with S the metadata's image size (a dynamic
+    axis passes) and gives ``logits`` and ``features``."""
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    size = meta.preprocessing.image_size
+    shape = inputs.get("image")
+    if shape is None or len(shape) != 4:
+        raise ModelFileError(f"{source}: the graph has no N x C x H x W input named 'image' (damaged model file)")
+    fixed = [d for d in shape[2:] if isinstance(d, int)]
+    if any(d != size for d in fixed):
+        raise ModelFileError(
+            f"{source}: the graph takes {shape[2]}x{shape[3]} images but meta.json says {size}x{size} "
+            "(preprocessing.image_size; damaged or mismatched model file)"
+        )
+    outputs = {o.name for o in session.get_outputs()}
+    if not {"logits", "features"} <= outputs:
+        raise ModelFileError(f"{source}: the graph lacks a 'logits' or 'features' output (damaged model file)")
+
+
+def onnx_session(
+    graph: bytes, *, source: str | Path = "model.onnx", threads: int | None = None, meta: ModelMeta | None = None
+) -> Any:
     """The one place an ONNX Runtime CPU session is made; a graph ONNX Runtime cannot load is a one-line
-    :class:`ModelFileError` naming ``source``."""
+    :class:`ModelFileError` naming ``source``, and with ``meta`` so is one whose input size or outputs do not
+    match it (:func:`check_graph`)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for a bad graph
         lines = str(exc).strip().splitlines()
         reason = lines[0][:200] if lines else type(exc).__name__
         raise ModelFileError(f"{source} is not a readable ONNX graph ({reason})") from exc
+    if meta is not None:
+        check_graph(session, meta, source)
+    return session
 
 
 # A bare ``.onnx`` (``pneumo export -o m.onnx``) carries the metadata and side arrays in the graph's metadata
@@ -544,8 +692,13 @@ def load_onnx_file(path: str | Path) -> ModelFile:
     props = onnx_session(data, source=path).get_modelmeta().custom_metadata_map
     if ONNX_META not in props:
         raise ModelFileError(f"{path}: an ONNX graph without Pneumo metadata; export it with `pneumo export`")
-    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in json.loads(props.get(ONNX_ARRAYS, "{}")).items()}
-    return ModelFile(meta=ModelMeta.model_validate_json(props[ONNX_META]), onnx=data, arrays=arrays, path=path)
+    try:
+        arrays = {k: np.asarray(v, dtype=np.float32) for k, v in json.loads(props.get(ONNX_ARRAYS, "{}")).items()}
+    except (ValueError, TypeError, AttributeError) as exc:  # ragged lists, text, a JSON that is not an object
+        raise ModelFileError(f"{path}: its embedded arrays are damaged ({_first(exc)})") from exc
+    meta = ModelMeta.model_validate_json(props[ONNX_META])
+    check_arrays(arrays, meta, path)
+    return ModelFile(meta=meta, onnx=data, arrays=arrays, path=path)
 
 
 def read_meta(model: str | Path | None = None) -> ModelMeta:

@@ -11,7 +11,8 @@ and the domain guard entirely.
 
 Parity (:class:`ParityBounds`): on the validation images the ROC AUC may drop by at most 0.002, decisions at the
 model's threshold must agree on at least 99 % of the images, and the domain guard's flag rate may move by at most
-1 point. The figures go into ``meta.quantization`` of the model file, whose ``precision`` is ``int8``.
+1 point, all measured on at least 100 readable validation images (the summary says how many). The figures go
+into ``meta.quantization`` of the model file, whose ``precision`` is ``int8``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ class ParityBounds:
     max_auc_drop: float = 0.002
     min_agreement: float = 0.99
     max_flag_rate_change: float = 0.01
+    # Fewer images cannot show agreement at the 1 % level: 2 images "agree 100 %" and say nothing of the 2.5 % of
+    # decisions that flipped on 80 others. 100 is the fewest where one flipped decision is one point.
+    min_images: int = 100
 
 
 @dataclass
@@ -92,6 +96,11 @@ class Parity:
             out.append(
                 f"the domain guard flags {100 * self.flag_rate_int8:.2f} % instead of "
                 f"{100 * self.flag_rate_fp32:.2f} % (at most {100 * bounds.max_flag_rate_change:g} points)"
+            )
+        if self.n < bounds.min_images:
+            out.append(
+                f"parity was measured on {self.n} validation image{'s' if self.n != 1 else ''} only (at least "
+                f"{bounds.min_images} are needed to show agreement at the 1 % level; give more with --validation-data)"
             )
         return out
 

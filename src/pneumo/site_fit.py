@@ -35,7 +35,14 @@ import numpy as np
 
 from pneumo.calibration import choose_threshold, fit_calibration
 from pneumo.decision import NORMAL_CODE, PNEUMONIA_CODE, REFER_CODE, decision_codes
+from pneumo.errors import InputError
 from pneumo.probability import sigmoid
+
+
+class AdaptError(InputError):
+    """A site sample, patients file or ``pneumo adapt`` option that cannot be used as given; one line, a usage
+    error (the CLI exits 2). A ``ValueError`` too."""
+
 
 DEFAULT_FOLDS = 5
 SENSITIVITY_MARGIN = 0.05  # the interval on sensitivity must exclude target - this margin
@@ -75,7 +82,7 @@ def conformal_band(y: np.ndarray, prob: np.ndarray, alpha: float, threshold: flo
     both answers plausible; the band shrinks to one cut between them (at the threshold, clipped into the gap).
     """
     if not 0.0 < alpha < 0.5:
-        raise ValueError(f"the REFER error bound must be between 0 and 0.5, got {alpha}")
+        raise AdaptError(f"the REFER error bound must be between 0 and 0.5, got {alpha}")
     y = np.asarray(y).astype(bool)
     prob = np.asarray(prob, dtype=np.float64)
     normals, pneumonias = np.sort(prob[~y]), np.sort(prob[y])
@@ -103,7 +110,7 @@ def fit_site(z: np.ndarray, y: np.ndarray, target_sensitivity: float, refer_erro
     with ``refer_error``, the REFER band, all on these data."""
     y = np.asarray(y).astype(np.int64)
     if y.min(initial=1) == y.max(initial=0):
-        raise ValueError("a site sample needs both NORMAL and PNEUMONIA images")
+        raise AdaptError("a site sample needs both NORMAL and PNEUMONIA images")
     temperature, bias = fit_calibration(_logits(z), y)
     fit = SiteFit(temperature, bias, 0.5)
     prob = fit.probability(z)
@@ -143,7 +150,7 @@ def cross_validate(
     per_class = [np.unique(patients[y == c]).size for c in (0, 1)]
     k = min(folds, *per_class)
     if k < 2:
-        raise ValueError(
+        raise AdaptError(
             f"the site sample has {per_class[0]} normal and {per_class[1]} pneumonia patient(s): cross-validation "
             "by patient needs at least 2 of each (a few hundred studies are advised)"
         )
@@ -153,7 +160,7 @@ def cross_validate(
     fits = []
     for i, (train, test) in enumerate(splitter.split(z, y, patients)):
         if np.unique(y[train]).size < 2:
-            raise ValueError(f"fold {i + 1} of {k} leaves one class out of its fitting data: too few patients")
+            raise AdaptError(f"fold {i + 1} of {k} leaves one class out of its fitting data: too few patients")
         fit = fit_site(z[train], y[train], target_sensitivity, refer_error)
         prob[test], decision[test] = fit.probability(z[test]), fit.decide(z[test])
         decision3[test], fold[test] = fit.decide(z[test], three_way=True), i

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from pydicom.uid import UID
 
 from pneumo.analysis import ImageAnalyser, ImageAnalysis
 from pneumo.errors import PneumoError
-from pneumo.imaging import ImageLoadError
+from pneumo.imaging import ImageLoadError, check_dicom_codestream
 from pneumo.inference import Prediction, Predictor
 
 log = logging.getLogger("pneumo.dicom")
@@ -53,6 +54,7 @@ class DicomError(PneumoError):
 
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 NOT_SUPPORTED, NO_PIXELS, NOT_CHEST, UNREADABLE = "sop-class", "no-pixels", "not-chest", "unreadable"
+COLOUR, BAD_UID = "colour", "bad-uid"
 
 
 @dataclass
@@ -66,13 +68,38 @@ class DicomResults:
     study_instance_uid: str
 
 
+# DICOM UI: components of digits without leading zeros (a lone 0 is fine), separated by dots, 64 characters at most.
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+
+
+def valid_uid(text: object) -> bool:
+    """True when ``text`` is a DICOM UID (PS3.5 9.1): what a file name may be made of, and safe in a log line."""
+    return isinstance(text, str) and len(text) <= 64 and _UID.fullmatch(text) is not None
+
+
+def check_uids(ds: Dataset, name: str) -> None:
+    """DicomError (bad-uid) unless the instance's SOP Instance, Study, Series and SOP Class UIDs are valid UIDs:
+    the DICOM node names its output files after the first and logs them all."""
+    for key in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID"):
+        if key in ds and not valid_uid(str(ds.get(key) or "")):
+            raise DicomError(f"{name}: its {key} is not a valid DICOM UID (digits and dots, at most 64 characters)",
+                             BAD_UID)  # fmt: skip
+
+
 def read_header(data: bytes, name: str) -> Dataset:
-    """The instance's data set with the pixel data left out; DicomError (unreadable) when it does not parse or its
-    uncompressed pixel data is shorter than its rows and columns say (a truncated transfer)."""
+    """The instance's data set with the pixel data left out; DicomError (unreadable) when it does not parse, its
+    uncompressed pixel data is shorter than its rows and columns say (a truncated transfer), or its compressed
+    pixel data declares another size than the header or one over the decode budget
+    (:func:`pneumo.imaging.check_dicom_codestream`: refused before any decoder runs)."""
     try:
         ds = dcmread(io.BytesIO(data))
         has_pixels = any(tag in ds for tag in _PIXEL_TAGS)
         short = _short_native_pixels(ds) if "PixelData" in ds else None
+        if "PixelData" in ds and not short:
+            try:
+                check_dicom_codestream(ds, name)
+            except ImageLoadError as exc:
+                short = str(exc).removeprefix(f"{name}: ")
         for tag in _PIXEL_TAGS:
             if tag in ds:
                 delattr(ds, tag)
@@ -114,6 +141,12 @@ def check_chest_radiograph(ds: Dataset, name: str) -> None:
                          NOT_CHEST)  # fmt: skip
     if not getattr(ds, "pneumo_has_pixels", "PixelData" in ds):
         raise DicomError(f"{name}: DICOM instance has no pixel data", NO_PIXELS)
+    # Refused from the header, so a node never acknowledges an instance it will not analyse (CR and DX are grayscale).
+    pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    samples = str(ds.get("SamplesPerPixel", 1)).strip()
+    if samples != "1" or pi not in ("MONOCHROME1", "MONOCHROME2"):
+        raise DicomError(f"{name}: colour pixel data (PhotometricInterpretation {pi[:16]}, {samples[:4]} samples per "
+                         "pixel); only grayscale CR and DX radiographs are analysed", COLOUR)  # fmt: skip
     for key in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID"):
         if not ds.get(key):
             raise DicomError(f"{name}: the DICOM instance has no {key}; results cannot be attached to it", UNREADABLE)
@@ -186,9 +219,12 @@ class DicomAnalyser:
 
 
 def write_results(results: DicomResults, out_dir: Path, stem: str) -> list[Path]:
-    """``<stem>.sr.dcm`` and ``<stem>.sc.dcm`` in ``out_dir``, each written atomically."""
+    """``<stem>.sr.dcm`` and ``<stem>.sc.dcm`` in ``out_dir``, each written atomically; a ``stem`` that is not a
+    plain file name (a separator, ``..``, a control character) is refused, never written elsewhere."""
     from pneumo import atomic
 
+    if not stem or stem in (".", "..") or Path(stem).name != stem or "/" in stem or not stem.isprintable():
+        raise DicomError(f"{stem!r:.80}: not a plain file name; no result written", BAD_UID)
     paths = []
     for kind, ds in (("sr", results.sr), ("sc", results.sc)):
         buf = io.BytesIO()

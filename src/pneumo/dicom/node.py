@@ -8,18 +8,36 @@ the sender retries later instead of the node running out of memory (each waiting
 received: 16 of them are ~160 MB for 2k x 2.5k 16-bit radiographs). What it refuses gets the DIMSE status that
 says why; a failure in one instance never ends the association. Logs carry UIDs and AE titles at most, never
 patient names or pixels (pynetdicom's own logger, which can dump data sets, is kept at WARNING).
+
+What a peer sends is not trusted: the Affected SOP Instance UID of the request and the UIDs of the data set must
+be DICOM UIDs (digits and dots, no leading zeros, at most 64 characters) and the two SOP Instance UIDs (and SOP
+Class UIDs) must agree, or the instance is refused (C003, A900); the output files are named after the data set's
+own, validated, SOP Instance UID, so no UID can write outside ``--out`` or forge a log line. Bound beyond
+loopback, the node needs ``--calling-aet``. Instances arrive in a temporary file (pynetdicom's chunked receive),
+not in memory: one over ``max_instance_mb`` is refused from its size (C004) before it is read, and the bytes held
+by instances being checked, queued or analysed are bounded too (``max_inflight_mb``; beyond, A700).
+
+Stopping: SIGTERM (what ``docker stop`` and systemd send) and Ctrl-C **drain**: the node stops accepting
+associations, finishes every instance it has acknowledged with Success (up to ``drain_timeout`` seconds, 120 by
+default; give ``docker stop -t`` / systemd's ``TimeoutStopSec`` at least that), logs what it did and exits. An
+acknowledged instance that could not be finished in time is logged by UID, never dropped silently. A SIGKILL
+still loses the queue: instances are not persisted before Success.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumo.dicom.analysis import (
+    BAD_UID,
+    COLOUR,
     NO_PIXELS,
     NOT_CHEST,
     NOT_SUPPORTED,
@@ -27,10 +45,12 @@ from pneumo.dicom.analysis import (
     DicomError,
     DicomResults,
     check_chest_radiograph,
+    check_uids,
     read_header,
+    valid_uid,
     write_results,
 )
-from pneumo.errors import ConfigError
+from pneumo.errors import ConfigError, visible
 
 log = logging.getLogger("pneumo.dicom.node")
 
@@ -41,7 +61,12 @@ OUT_OF_RESOURCES = 0xA700  # the analysis queue is full: try again later
 DATASET_MISMATCH = 0xA900  # an image SOP class without pixel data
 CANNOT_UNDERSTAND = 0xC000  # damaged data set
 NOT_A_CHEST = 0xC001  # a radiograph of another body part ("cannot understand" range, C000-CFFF)
-_STATUS = {NOT_SUPPORTED: SOP_CLASS_NOT_SUPPORTED, NO_PIXELS: DATASET_MISMATCH, NOT_CHEST: NOT_A_CHEST}
+INTERNAL_ERROR = 0xC002  # our own bug; the association stays up
+INVALID_UID = 0xC003  # a UID that is not DICOM UI syntax, or a data set whose SOP Instance UID is not the request's
+TOO_LARGE = 0xC004  # over the per-instance size limit: retrying will not help
+_STATUS = {NOT_SUPPORTED: SOP_CLASS_NOT_SUPPORTED, NO_PIXELS: DATASET_MISMATCH, NOT_CHEST: NOT_A_CHEST,
+           COLOUR: DATASET_MISMATCH, BAD_UID: INVALID_UID}  # fmt: skip
+MB = 2**20
 
 
 @dataclass(frozen=True)
@@ -95,11 +120,21 @@ class Listener:
         workers: int = 2,
         queue_size: int = 16,
         max_associations: int = 8,
+        max_instance_mb: float = 200.0,
+        max_inflight_mb: float = 1024.0,
+        drain_timeout: float = 120.0,
     ):
         if forward is None and out_dir is None:
             raise ConfigError("nothing to do with the results: give --forward HOST:PORT:AET and/or --out DIR")
         if not 0 < len(ae_title) <= 16:
             raise ConfigError(f"--ae-title {ae_title!r}: 1 to 16 characters")
+        if not calling_ae_titles and not is_loopback(host):
+            raise ConfigError(
+                f"--host {host}: a node reachable beyond this machine accepts associations only from named peers; "
+                "give --calling-aet AET (the PACS's AE title), or bind to 127.0.0.1"
+            )
+        if not (0 < max_instance_mb <= max_inflight_mb < float("inf")):
+            raise ConfigError("the instance and in-flight byte limits must be positive, the first within the second")
         self.analyser = analyser
         self.ae_title, self.host, self.port = ae_title, host, port
         self.forward, self.out_dir = forward, out_dir
@@ -112,6 +147,10 @@ class Listener:
         self._idle = threading.Condition()
         self._server = None
         self._max_associations = max_associations
+        self.max_instance_bytes, self.max_inflight_bytes = int(max_instance_mb * MB), int(max_inflight_mb * MB)
+        self.drain_timeout = drain_timeout
+        self._inflight = 0  # bytes of the instances being checked, queued or analysed
+        self._inflight_lock = threading.Lock()
 
     # --- the server ---
 
@@ -130,11 +169,21 @@ class Listener:
         return ae
 
     def start(self) -> Listener:
-        from pynetdicom import evt
+        from pynetdicom import _config, evt
+
+        # Each incoming data set goes to a temporary file as it arrives, not into memory (three copies of it there):
+        # its size is known before a byte of it is read back, and a 400 MB instance costs disk, not RAM.
+        _config.STORE_RECV_CHUNKED_DATASET = True
 
         # pynetdicom's INFO / DEBUG output can show data sets; highdicom's INFO says which module it copies from where.
         for name in ("pynetdicom", "highdicom"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # pynetdicom and pydicom quote a peer's non-conformant UIDs in their warnings, newlines included: escaped
+        # here, so that a UID cannot forge a log line. (A logger's filter sees only its own records: every module's.)
+        for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] in ("pynetdicom", "pydicom")]:
+            lg = logging.getLogger(name)
+            if not any(isinstance(f, _Escape) for f in lg.filters):
+                lg.addFilter(_Escape())
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_ABORTED, self._on_aborted)]
         try:
             self._server = self._ae().start_server((self.host, self.port), block=False, evt_handlers=handlers)
@@ -148,25 +197,59 @@ class Listener:
         return self
 
     def serve_forever(self) -> None:
+        """Serve until SIGTERM or Ctrl-C, then drain (see the module docstring) and return."""
         self.start()
+        stopping = threading.Event()
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+        why = "SIGTERM"
         try:
-            while True:
-                time.sleep(3600)
+            while not stopping.wait(1.0):
+                pass
         except KeyboardInterrupt:
-            log.info("stopping")
+            why = "interrupt"
         finally:
-            self.stop()
+            log.info("stopping (%s)", why)
+            try:
+                self.stop(self.drain_timeout)
+            finally:
+                if previous is not None:
+                    signal.signal(signal.SIGTERM, previous)
+
+    def pending(self) -> int:
+        """Instances acknowledged and not yet finished (queued or being analysed)."""
+        with self._idle:
+            return self._jobs.qsize() + self._busy
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop accepting associations, finish the queued analyses (up to ``timeout``), stop the workers."""
+        """Stop accepting associations, finish the acknowledged instances (up to ``timeout``), stop the workers;
+        what could not be finished is logged by UID."""
         if self._server is not None:
             self._server.shutdown()
             self._server = None
-        self.wait_idle(timeout)
+        if n := self.pending():
+            log.info("finishing %d acknowledged instance(s) before exiting (up to %.0f s)", n, timeout)
+        if not self.wait_idle(timeout):
+            dropped = []
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    dropped.append(job[1])
+                    self._release(job[3])
+                self._jobs.task_done()
+            log.error("stopped after %.0f s with %d acknowledged instance(s) not analysed: %s", timeout,
+                      len(dropped) + self._busy, ", ".join(dropped) or "(being analysed)")  # fmt: skip
         for _ in self._workers:
             self._jobs.put(None)
         for w in self._workers:
             w.join(timeout=5)
+        c = self.counters
+        log.info("stopped: %d received, %d refused, %d analysed, %d failed, %d files written, %d forwarded",
+                 c.received, c.refused, c.analysed, c.failed, c.written, c.forwarded)  # fmt: skip
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """True once nothing is queued or being analysed (within ``timeout`` seconds)."""
@@ -187,31 +270,72 @@ class Listener:
     def _on_store(self, event) -> int:
         self.counters.add("received")
         sop_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+        if not valid_uid(sop_uid):
+            # Never a file name, never logged as sent: a UID like "../../x" or one with a newline stops here.
+            log.warning("refused an instance from %s with status 0x%04X: its Affected SOP Instance UID %s is not a "
+                        "valid DICOM UID", _peer(event), INVALID_UID, visible(sop_uid[:80]))  # fmt: skip
+            self.counters.add("refused")
+            return INVALID_UID
         try:
             return self._accept(event, sop_uid)
         except Exception as exc:  # our own bug must still answer the sender and leave the association up
             log.error("instance %s from %s: internal error (%s)", sop_uid, _peer(event), type(exc).__name__)
             self.counters.add("refused")
-            return 0xC002
+            return INTERNAL_ERROR
+
+    def _refuse(self, event, sop_uid: str, status: int, reason: str) -> int:
+        # visible(): the reason may quote header text (a body part, a modality), which must not break the log line
+        log.warning("refused %s from %s with status 0x%04X: %s", sop_uid, _peer(event), status, visible(reason))
+        self.counters.add("refused")
+        return status
+
+    def _reserve(self, size: int) -> bool:
+        with self._inflight_lock:
+            if self._inflight + size > self.max_inflight_bytes:
+                return False
+            self._inflight += size
+            return True
+
+    def _release(self, size: int) -> None:
+        with self._inflight_lock:
+            self._inflight -= size
 
     def _accept(self, event, sop_uid: str) -> int:
-        data = event.encoded_dataset(include_meta=True)
+        path = getattr(event.request, "_dataset_path", None)
+        size = path.stat().st_size if path is not None else len(event.request.DataSet.getbuffer())
+        if size > self.max_instance_bytes:
+            return self._refuse(event, sop_uid, TOO_LARGE, f"{size / MB:,.0f} MB, over the limit of "
+                                f"{self.max_instance_bytes / MB:,.0f} MB for one instance")  # fmt: skip
+        if not self._reserve(size):
+            return self._refuse(event, sop_uid, OUT_OF_RESOURCES, f"{size / MB:,.1f} MB would take the instances in "
+                                f"flight over {self.max_inflight_bytes / MB:,.0f} MB (retry later)")  # fmt: skip
+        queued = False
         try:
-            header = read_header(data, f"instance {sop_uid}")
-            check_chest_radiograph(header, f"instance {sop_uid}")
-        except DicomError as exc:
-            status = _STATUS.get(exc.reason, CANNOT_UNDERSTAND)
-            # The message names UIDs, SOP classes, modalities and body parts only.
-            log.warning("refused %s from %s with status 0x%04X: %s", sop_uid, _peer(event), status,
-                        str(exc).removeprefix(f"instance {sop_uid}: "))  # fmt: skip
-            self.counters.add("refused")
-            return status
-        try:
-            self._jobs.put_nowait((data, sop_uid, time.monotonic()))
-        except queue.Full:
-            log.warning("queue full: instance %s from %s refused with A700 (out of resources)", sop_uid, _peer(event))
-            self.counters.add("refused")
-            return OUT_OF_RESOURCES
+            data = path.read_bytes() if path is not None else event.encoded_dataset(include_meta=True)
+            name = f"instance {sop_uid}"
+            try:
+                header = read_header(data, name)
+                check_chest_radiograph(header, name)
+                check_uids(header, name)
+            except DicomError as exc:
+                # The message names UIDs, SOP classes, modalities and body parts only.
+                return self._refuse(event, sop_uid, _STATUS.get(exc.reason, CANNOT_UNDERSTAND),
+                                    str(exc).removeprefix(f"{name}: "))  # fmt: skip
+            if str(header.SOPInstanceUID) != sop_uid:
+                return self._refuse(event, sop_uid, INVALID_UID, f"the data set's SOP Instance UID "
+                                    f"{header.SOPInstanceUID} is not the one of the request")  # fmt: skip
+            requested_class = str(getattr(event.request, "AffectedSOPClassUID", "") or "")
+            if requested_class and str(header.SOPClassUID) != requested_class:
+                return self._refuse(event, sop_uid, DATASET_MISMATCH, f"the data set's SOP Class UID "
+                                    f"{header.SOPClassUID} is not the one of the request")  # fmt: skip
+            try:
+                self._jobs.put_nowait((data, sop_uid, time.monotonic(), size))
+            except queue.Full:
+                return self._refuse(event, sop_uid, OUT_OF_RESOURCES, "queue full (out of resources, retry later)")
+            queued = True
+        finally:
+            if not queued:
+                self._release(size)
         log.info("accepted %s (study %s) from %s", sop_uid, header.StudyInstanceUID, _peer(event))
         return SUCCESS
 
@@ -223,14 +347,17 @@ class Listener:
             if job is None:
                 self._jobs.task_done()
                 return
+            size = job[3]
             with self._idle:
                 self._busy += 1
             try:
-                self._process(*job)
+                self._process(*job[:3])
             except Exception as exc:  # never lose the worker thread
                 log.error("instance %s: internal error (%s)", job[1], type(exc).__name__)
                 self.counters.add("failed")
             finally:
+                job = None  # the instance's bytes go before the byte budget says so
+                self._release(size)
                 with self._idle:
                     self._busy -= 1
                     self._jobs.task_done()
@@ -249,7 +376,7 @@ class Listener:
                  p.probability, p.threshold, "" if p.in_domain is not False else " OUT OF DOMAIN",
                  results.sr.SOPInstanceUID, results.sc.SOPInstanceUID, time.monotonic() - queued)  # fmt: skip
         if self.out_dir is not None:
-            write_results(results, self.out_dir, sop_uid)
+            write_results(results, self.out_dir, results.source_sop_instance_uid)  # validated, equal to sop_uid
             self.counters.add("written", 2)
         if self.forward is not None:
             self._send(results)
@@ -289,11 +416,31 @@ class Listener:
         self.counters.add("forward_failed", len(pending))
 
 
+class _Escape(logging.Filter):
+    """Rewrites a record's message with control characters escaped (:func:`pneumo.errors.visible`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.isprintable():
+            record.msg, record.args = visible(message), ()
+        return True
+
+
 def _peer(event) -> str:
     try:
-        return f"{event.assoc.requestor.ae_title}@{event.assoc.requestor.address}"
+        return visible(f"{event.assoc.requestor.ae_title}@{event.assoc.requestor.address}")
     except Exception:
         return "?"
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address (or ``localhost``) that only this machine can reach."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def listen(
