@@ -1,11 +1,14 @@
-"""Remake the README's screenshot of the page: the real server and a real headless Chromium on 127.0.0.1.
+"""Remake the README's screenshots of the page: the real server and a real headless Chromium on 127.0.0.1.
 
 Uploads the first PNEUMONIA and the first NORMAL full-size X-ray of ../shared/data/chest_xray_fullres/val
 (``PNEUMO_SHARED_DATA`` overrides ../shared/data) and a noise image that the domain guard flags, with heat maps,
-waits for every result card and writes a full-page PNG. Needs Debian's Chromium at /usr/bin/chromium
-(``apt-get install chromium``) and Playwright for Python (the ``dev`` extra).
+waits for every result card, opens the first card's details and the "Model performance" panel, and writes a
+full-page PNG at a 1366 x 768 desktop window (``--out``) and at a 390 x 844 phone (``--phone-out``, the two
+X-rays only). Needs Debian's Chromium at /usr/bin/chromium (``apt-get install chromium``) and Playwright for Python
+(the ``dev`` extra). The X-rays are Kermany, Zhang, Goldbaum et al., Cell 172(5), 2018 (Mendeley Data doi
+10.17632/rscbjbr9sj, CC BY 4.0): credit them beside the pictures.
 
-    python benchmarks/screenshot.py [--out docs/screenshot.png] [--model M]
+    python benchmarks/screenshot.py [--out docs/screenshot.png] [--phone-out docs/screenshot_phone.png] [--model M]
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 FULLRES = Path(os.environ.get("PNEUMO_SHARED_DATA", REPO.parent / "shared" / "data")) / "chest_xray_fullres" / "val"
 CHROMIUM = Path("/usr/bin/chromium")
 TIMEOUT_MS = 120_000  # three images with heat maps on a busy 2-core machine
-WIDTH, HEIGHT = 1280, 900
+DESKTOP = {"width": 1366, "height": 768}
+PHONE = {"width": 390, "height": 844}
 
 
 def noise_image(path: Path, h: int = 320, w: int = 280) -> Path:
@@ -45,8 +49,9 @@ def real_xrays(folder: Path) -> list[Path]:
     return files
 
 
-def screenshot(server_url: str, files: list[Path]) -> bytes:
-    """The page after uploading ``files`` and waiting for each card to finish, as a full-page PNG."""
+def screenshot(server_url: str, files: list[Path], viewport: dict[str, int]) -> bytes:
+    """The page at ``viewport`` after uploading ``files`` and waiting for each card to finish, with the first
+    card's details and the "Model performance" panel open, as a full-page PNG."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -58,7 +63,7 @@ def screenshot(server_url: str, files: list[Path]) -> bytes:
             headless=True,
         )
         try:
-            page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT}, device_scale_factor=1)
+            page = browser.new_page(viewport=viewport, device_scale_factor=1)
             page.goto(server_url)
             page.locator("#model-name").filter(has_not_text="loading").wait_for(timeout=TIMEOUT_MS)
             page.get_by_test_id("file-input").set_input_files([str(f) for f in files])
@@ -68,6 +73,9 @@ def screenshot(server_url: str, files: list[Path]) -> bytes:
                 card.and_(finished).wait_for(timeout=TIMEOUT_MS)
                 if card.get_attribute("data-state") == "error":  # a picture of a failure is no documentation
                     raise SystemExit(f"error: {f.name}: {card.get_by_test_id('error').inner_text()}")
+            page.locator('[data-testid="result-card"] [data-testid="details"] summary').first.click()
+            page.locator("#performance-panel summary").click()
+            page.evaluate("window.scrollTo(0, 0)")
             return page.screenshot(full_page=True)
         finally:
             browser.close()
@@ -75,7 +83,10 @@ def screenshot(server_url: str, files: list[Path]) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshot.png", help="PNG to write")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshot.png", help="desktop PNG to write")
+    parser.add_argument(
+        "--phone-out", type=Path, default=REPO / "docs" / "screenshot_phone.png", help="phone PNG to write"
+    )
     parser.add_argument("--model", help="model file or run directory (default: the bundled model)")
     args = parser.parse_args(argv)
 
@@ -92,10 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     except ModelFileError as exc:
         raise SystemExit(f"error: {exc}") from None
     with tempfile.TemporaryDirectory() as tmp, LoopbackServer(app) as server:
-        png = screenshot(server.url, [*files, noise_image(Path(tmp) / "not-a-chest-xray.png")])
-    write_bytes(args.out, png)
-    width, height = Image.open(args.out).size
-    print(f"wrote {args.out} ({width} x {height} px)")
+        shots = {
+            args.out: screenshot(server.url, [*files, noise_image(Path(tmp) / "not-a-chest-xray.png")], DESKTOP),
+            args.phone_out: screenshot(server.url, files, PHONE),
+        }
+    for out, png in shots.items():
+        write_bytes(out, png)
+        width, height = Image.open(out).size
+        print(f"wrote {out} ({width} x {height} px)")
+    print("X-rays: Kermany, Zhang, Goldbaum et al., Cell 172(5), 2018; doi 10.17632/rscbjbr9sj, CC BY 4.0")
     return 0
 
 

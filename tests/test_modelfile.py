@@ -264,3 +264,27 @@ def test_figures_summary_of_an_old_model_file_says_nothing_new():
 
 def test_the_border_hidden_check_is_still_one_of_the_training_checks():
     assert BORDER_HIDDEN_CHECK in TRAINING_CHECKS
+
+
+def test_figures_summary_gives_the_worst_block_and_the_lung_checks():
+    validation = {
+        "measured_on": "internal validation (acquisition blocks): blocks.csv",
+        "sensitivity": 0.95,
+        "specificity": 0.93,
+        "blocks": {
+            "worst_specificity": {"value": 0.652, "block": "NORMAL NORMAL2-IM 1346-1423", "n": 23},
+            "worst_sensitivity": {"value": 0.868, "block": "PNEUMONIA person_virus 803-863", "n": 38},
+        },
+        "lung_checks": {"block validation, atlas lungs": {"clean": 0.991, "lungs_hidden": 0.859, "only_lungs": 0.971}},
+    }
+    lines = ModelMeta(arch="cnn-small", threshold=0.6, validation=validation).figures_summary()
+    assert any(
+        "worst held-out acquisition block: specificity 0.652 (NORMAL NORMAL2-IM 1346-1423, 23 images; "
+        "internal validation (acquisition blocks): blocks.csv)" in ln
+        for ln in lines
+    ), lines
+    assert any("sensitivity 0.868 (PNEUMONIA person_virus 803-863" in ln for ln in lines)
+    assert any(
+        "lungs hidden 0.859, with only the lungs shown 0.971, clean 0.991 (block validation, atlas lungs;" in ln
+        for ln in lines
+    ), lines

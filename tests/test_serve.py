@@ -92,6 +92,41 @@ def test_model_card_is_the_model_files_metadata(client, tiny_model):
     assert card["max_upload_mb"] == 50.0
 
 
+def test_model_card_says_what_the_probabilities_are_calibrated_on(client):
+    """The tiny model's validation record has no counts: the sample is named and its share of pneumonia left null."""
+    assert client.get("/api/v1/model").json()["calibration"] == {
+        "on": "validation", "n": None, "n_pneumonia": None, "prevalence": None
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("validation", "expected"),
+    [({"n": 521, "n_pos": 387, "measured_on": "internal validation: /home/a/split.csv"},
+      ("internal validation: split.csv", 521, 387, pytest.approx(387 / 521))),
+     ({"n": 10, "n_pos": 11}, ("validation", None, None, None)),  # impossible counts: nothing is guessed
+     ({"n": 10, "n_pos": 0}, ("validation", None, None, None)),
+     ({"n": 10.0, "n_pos": 5.0}, ("validation", None, None, None)),
+     ({"n": True, "n_pos": True}, ("validation", None, None, None)),
+     ({"n_pos": 5}, ("validation", None, None, None))],
+)  # fmt: skip
+def test_calibration_sample_comes_from_the_validation_record(validation, expected):
+    from pneumo.modelfile import ModelMeta
+    from pneumo.serve.app import calibration_sample
+
+    c = calibration_sample(ModelMeta(arch="cnn-small", validation=validation))
+    assert (c.on, c.n, c.n_pneumonia, c.prevalence) == expected
+
+
+def test_calibration_sample_is_the_site_sample_when_a_site_calibration_is_in_force():
+    from types import SimpleNamespace
+
+    from pneumo.serve.app import calibration_sample
+
+    site = SimpleNamespace(name="north", sample=SimpleNamespace(n=200, n_pneumonia=50))
+    c = calibration_sample(SimpleNamespace(site=site, validation={"n": 521, "n_pos": 387}))
+    assert (c.on, c.n, c.n_pneumonia, c.prevalence) == ("this site's sample (north)", 200, 50, 0.25)
+
+
 def test_bad_model_path_fails_before_serving(tmp_path):
     with pytest.raises(ModelFileError, match="no such model file"):
         create_app(tmp_path / "missing.pneumo")
@@ -123,7 +158,9 @@ def test_page_is_served_with_its_assets_and_no_other_hosts(client):
         texts[a] = resp.text
     for where, text in texts.items():  # offline: nothing may be fetched from another host
         assert not re.findall(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, flags=re.I), where
-    for testid in ("file-input", "drop-zone", "results", "disclaimer", "model-info", "result-card", "ood-warning"):
+    testids = ("file-input", "drop-zone", "results", "disclaimer", "model-info", "result-card", "ood-warning", "lead",
+               "unusual-note", "model-performance", "details", "subtype-note")  # fmt: skip
+    for testid in testids:
         assert f'data-testid="{testid}"' in page.text
     assert "does not replace a clinician" in page.text
 
@@ -202,8 +239,13 @@ def test_explain_returns_a_heatmap_png_the_size_of_the_image(client, how):
     assert body["explain_error"] is None
     heat = decode_b64_png(body["heatmap"])
     assert heat.mode == "RGBA" and heat.size == decode_b64_png(body["image"]).size == (240, 160)
-    alpha = np.asarray(heat)[..., 3]
-    assert alpha.min() < alpha.max()  # some of the map shows, some stays transparent
+    # The map as the library draws it for the same image: the server adds no scaling of its own (heat maps are on
+    # the library's scale, on which a confident normal may show nothing at all).
+    from pneumo.cam import heatmap_rgba
+
+    analyser = client.app.state.analyser
+    drawn = analyser.images.analyse_decoded(*analyser.decode(png_bytes(160, 240), "x.png"), "x.png", heatmap=True)
+    assert np.array_equal(np.asarray(heat), heatmap_rgba(drawn.heatmap))
 
 
 def test_an_upload_is_decoded_once_for_prediction_display_and_heat_map(client, monkeypatch):
@@ -416,3 +458,55 @@ def test_healthz_answers_while_a_prediction_runs(tiny_model):
     results = anyio.run(main)
     assert results["health_while_busy"]
     assert results["predict"].status_code == 200
+
+
+# --- host names (issue 25: `serve --host ::1` answered every request 400, `[::1]:port` split on ':') ---
+
+
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [("[::1]:8000", "::1"), ("[::1]", "::1"), ("LocalHost:80", "localhost"), ("127.0.0.1:8000", "127.0.0.1"),
+     ("xray.example", "xray.example"), ("::1", None), ("[::1", None), ("[xray.example]:80", None), ("a:x", None),
+     ("a:99999", None), ("", None), (None, None), ("a b", None), ("user@xray.example", None)],
+)  # fmt: skip
+def test_host_name_of_a_host_header(header, name):
+    from pneumo.serve.upload import host_name
+
+    assert host_name(header) == name
+
+
+def test_a_server_bound_to_ipv6_loopback_answers_its_own_host_names(tiny_model):
+    from pneumo.serve.upload import served_hosts
+
+    client = TestClient(create_app(tiny_model, allowed_hosts=served_hosts("::1")), base_url="http://[::1]:8000")
+    assert client.get("/healthz").status_code == 200
+    for host in ("[::1]", "localhost:8000", "127.0.0.1"):
+        assert client.get("/healthz", headers={"Host": host}).status_code == 200, host
+    for host in ("[::2]:8000", "evil.example", "[::1", "::1:8000"):  # refused: a rebinding page, malformed ones
+        assert_error(client.get("/healthz", headers={"Host": host}), 400, "--allow-host")
+    # The page's own POST carries Origin http://[::1]:8000: the same origin, answered.
+    assert post(client, png_bytes(), headers={"Origin": "http://[::1]:8000"}).status_code == 200
+
+
+def test_allowed_host_patterns_as_starlette_reads_them(tiny_model):
+    client = TestClient(create_app(tiny_model, allowed_hosts=["*.hospital.example"]), base_url="http://x")
+    assert client.get("/healthz", headers={"Host": "xray.hospital.example:443"}).status_code == 200
+    assert client.get("/healthz", headers={"Host": "hospital.example.evil"}).status_code == 400
+    anyone = TestClient(create_app(tiny_model, allowed_hosts=["*"]), base_url="http://x")
+    assert anyone.get("/healthz", headers={"Host": "[::1]:1"}).status_code == 200
+
+
+def test_a_real_server_on_ipv6_loopback_answers_the_page(tiny_model):
+    import httpx
+
+    from pneumo.serve.background import LoopbackServer
+    from pneumo.serve.upload import served_hosts
+
+    try:
+        server = LoopbackServer(create_app(tiny_model, allowed_hosts=served_hosts("::1")), host="::1")
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    with server:
+        assert server.url.startswith("http://[::1]:")
+        assert httpx.get(server.url).status_code == 200
+        assert httpx.get(server.url + "api/v1/model").json()["name"] == "tiny-binary"

@@ -251,6 +251,7 @@ class ModelMeta(BaseModel):
         where = measured_on_label(v.get("measured_on", "validation"))
         if "sensitivity" in v and "specificity" in v:
             lines.append(f"  sensitivity {v['sensitivity']:.3f}, specificity {v['specificity']:.3f} ({where})")
+        lines += _block_lines(v.get("blocks"), where) + _lung_lines(v.get("lung_checks"))
         if (worst := v.get("geometry_shift", {}).get("worst")) is not None:
             shifts = ", ".join(k for k in v["geometry_shift"] if k != "worst")
             lines.append(
@@ -268,6 +269,33 @@ class ModelMeta(BaseModel):
             lines.append(line)
         lines.append("  expect lower figures on X-rays from other sites or periods")
         return lines
+
+
+def _block_lines(blocks: Any, where: str) -> list[str]:
+    """The worst held-out acquisition block's specificity and sensitivity (a block split's validation)."""
+    if not isinstance(blocks, dict):
+        return []
+    lines = []
+    for rate in ("specificity", "sensitivity"):
+        w = blocks.get(f"worst_{rate}")
+        if isinstance(w, dict) and {"value", "block", "n"} <= w.keys():
+            lines.append(f"  worst held-out acquisition block: {rate} {w['value']:.3f} ({w['block']}, {w['n']} images; "
+                         f"{where})")  # fmt: skip
+    return lines
+
+
+def _lung_lines(checks: Any) -> list[str]:
+    """The lung checks: ROC AUC with the lungs hidden and with only the lungs shown, per set they were measured on.
+    A model that reads the lungs loses its AUC with them hidden and keeps it with only them shown."""
+    if not isinstance(checks, dict):
+        return []
+    lines = []
+    for on, c in checks.items():
+        if isinstance(c, dict) and {"clean", "lungs_hidden", "only_lungs"} <= c.keys():
+            lines.append(f"  ROC AUC with the lungs hidden {c['lungs_hidden']:.3f}, with only the lungs shown "
+                         f"{c['only_lungs']:.3f}, clean {c['clean']:.3f} ({on}; reported, never part of the worst "
+                         f"case)")  # fmt: skip
+    return lines
 
 
 # The check of pneumo.shifts.TRAINING_CHECKS that hides the image border (a name, not an import: the inference

@@ -23,7 +23,6 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pneumo import __version__
@@ -31,11 +30,12 @@ from pneumo.analysis import log_exception
 from pneumo.errors import ConfigError
 from pneumo.inference import Prediction, Predictor
 from pneumo.labels import Decision
-from pneumo.modelfile import ModelMeta, public_meta_json
+from pneumo.modelfile import ModelMeta, measured_on_label, public_meta_json
 from pneumo.serve.analysis import Analyser, Analysis, UnreadableImage, UnsupportedImage
 from pneumo.serve.upload import (
     KEEP_ALIVE_TIMEOUT,
     SameOriginWrites,
+    ServedHostsOnly,
     read_upload,
     served_hosts,
     slow_client_protocol,
@@ -85,10 +85,40 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
+class CalibrationSample(BaseModel):
+    """The X-rays the probabilities were calibrated on. A calibrated probability holds for a population with that
+    sample's share of pneumonia, not as a post-test probability for any patient: the page says so beside it."""
+
+    on: str = Field(description="which sample: the model file's validation record, or the site sample in force")
+    n: int | None = Field(description="X-rays in it; null when the model file does not record it")
+    n_pneumonia: int | None = Field(description="of them with pneumonia; null when not recorded")
+    prevalence: float | None = Field(description="n_pneumonia / n; null when not recorded (nothing is guessed)")
+
+
 class ModelCard(ModelMeta):
     """The model file's metadata plus what this server adds."""
 
     max_upload_mb: float = Field(description="largest upload this server accepts")
+    calibration: CalibrationSample
+
+
+def calibration_sample(meta: ModelMeta) -> CalibrationSample:
+    """The sample behind the probabilities in force: the site sample when a site calibration is in force (pneumo
+    adapt refits there), else the validation record's (``n``, ``n_pos``); counts that are not recorded stay null."""
+    if meta.site is not None:
+        s = meta.site.sample
+        return CalibrationSample(
+            on=f"this site's sample ({meta.site.name})",
+            n=s.n,
+            n_pneumonia=s.n_pneumonia,
+            prevalence=s.n_pneumonia / s.n,
+        )
+    v = meta.validation
+    on = measured_on_label(v["measured_on"]) if isinstance(v.get("measured_on"), str) else "validation"
+    n, pos = v.get("n"), v.get("n_pos")
+    if not (type(n) is int and type(pos) is int and 0 < pos < n):  # a calibration sample holds both classes
+        return CalibrationSample(on=on, n=None, n_pneumonia=None, prevalence=None)
+    return CalibrationSample(on=on, n=n, n_pneumonia=pos, prevalence=pos / n)
 
 
 class Health(BaseModel):
@@ -235,7 +265,7 @@ def create_app(
         app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins), allow_methods=["GET", "POST"])
     app.add_middleware(SameOriginWrites, allowed=allowed_origins)
     if allowed_hosts is not None:  # a DNS-rebinding page reaches us under its own host name: refused here
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+        app.add_middleware(ServedHostsOnly, allowed=list(allowed_hosts))
     app.add_middleware(_SecurityHeaders)  # added last = outermost, so the catch-all's 500 gets the headers too
     app.add_exception_handler(RequestValidationError, _validation_error)
 
@@ -267,7 +297,7 @@ def create_app(
             raise HTTPException(422, str(exc)) from None
         return _response(result, filename, predictor)
 
-    card = ModelCard(**public_meta_json(meta), max_upload_mb=max_upload_mb)
+    card = ModelCard(**public_meta_json(meta), max_upload_mb=max_upload_mb, calibration=calibration_sample(meta))
 
     @app.get("/api/v1/model", response_model=ModelCard, summary="The model card: metadata, threshold, metrics")
     def model_card() -> ModelCard:
@@ -320,7 +350,8 @@ def run_server(
     _return_large_buffers_to_os()
     hosts = served_hosts(host, allow_hosts)
     app = create_app(model, max_upload_mb, allowed_hosts=hosts, allowed_origins=allow_origins)
-    log.info("serving on http://%s:%d/ (API docs at /docs); answering host names %s", host, port, ", ".join(hosts))
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL goes in brackets
+    log.info("serving on http://%s:%d/ (API docs at /docs); answering host names %s", shown, port, ", ".join(hosts))
     uvicorn.run(
         app,
         host=host,

@@ -9,14 +9,21 @@ import time
 
 
 class LoopbackServer:
-    """``with LoopbackServer(app) as s: ... s.url``. The socket is bound before the thread starts: no port race."""
+    """``with LoopbackServer(app) as s: ... s.url``. The socket is bound before the thread starts: no port race.
 
-    def __init__(self, app, start_timeout: float = 20.0):
+    ``host="::1"`` serves on IPv6 loopback (``OSError`` where the machine has none)."""
+
+    def __init__(self, app, start_timeout: float = 20.0, host: str = "127.0.0.1"):
         import uvicorn
 
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/"
+        ipv6 = ":" in host
+        self.sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self.sock.bind((host, 0))
+        except OSError:
+            self.sock.close()
+            raise
+        self.url = f"http://{f'[{host}]' if ipv6 else host}:{self.sock.getsockname()[1]}/"
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.start_timeout = start_timeout

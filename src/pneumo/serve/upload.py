@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from fastapi import HTTPException, Request
 from starlette.datastructures import Headers, UploadFile
@@ -145,11 +146,62 @@ def served_hosts(bind: str, extra: Sequence[str] = ()) -> list[str]:
     return sorted(h for h in hosts if h and h not in _WILDCARD_BINDS)
 
 
+def host_name(header: str | None) -> str | None:
+    """The host name of a ``Host`` header, lower case, without port or IPv6 brackets: ``[::1]:8000`` -> ``::1``,
+    ``Example.org:80`` -> ``example.org``; None for a missing or malformed header (``[::1``, ``a b``, ``::1``)."""
+    if not header or any(c.isspace() or c in "/?#@\\" for c in header):
+        return None
+    try:
+        parts = urlsplit(f"//{header}")
+        _ = parts.port  # raises ValueError on a port that is not a number in range
+    except ValueError:  # an unclosed bracket or a bad port
+        return None
+    name = parts.hostname
+    if not name or (header.startswith("[") and not _is_ip(name)) or (":" in name and not header.startswith("[")):
+        return None  # "[evil.example]", or an IPv6 address without its brackets
+    return name
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+class ServedHostsOnly:
+    """Answers only requests whose ``Host`` names one of ``allowed`` (400 otherwise): a DNS-rebinding page reaches
+    the server under its own host name. Starlette's TrustedHostMiddleware compares the bracketed IPv6 literal (or,
+    in older releases, what comes before the first ':') with the bare address ``served_hosts`` gives, so a server
+    bound to ``::1`` refused every request. Names compare without port, brackets or case; ``*`` allows any host and
+    ``*.example.org`` its subdomains, as Starlette's does."""
+
+    def __init__(self, app: ASGIApp, allowed: Sequence[str]):
+        self.app = app
+        bare = {h.strip().strip("[]").lower() for h in allowed}
+        self.any = "*" in bare
+        self.names = {h for h in bare if not h.startswith("*")}
+        self.suffixes = tuple(h[1:] for h in bare if h.startswith("*.") and len(h) > 2)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.any or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        name = host_name(Headers(scope=scope).get("host"))
+        if name is None or not (name in self.names or name.endswith(self.suffixes)):
+            log.info("refused a request for a host name this server does not serve")
+            detail = "unknown host name; start the server with --allow-host NAME to answer to it"
+            await JSONResponse({"detail": detail}, status_code=400)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class SameOriginWrites:
