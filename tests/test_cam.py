@@ -1,5 +1,6 @@
-"""pneumo.cam: the ONNX class activation map is Grad-CAM, computed without torch; the overlay fades in smoothly;
-model files without the map fall back to PyTorch Grad-CAM."""
+"""pneumo.cam: occlusion maps are the default, for every graph and without torch; the old class activation map
+(method "cam") is Grad-CAM computed without torch; the overlay fades in smoothly; model files without the map fall
+back to PyTorch Grad-CAM for method "cam"."""
 
 from __future__ import annotations
 
@@ -16,7 +17,17 @@ import torch
 from PIL import Image
 
 from pneumo import cam as cam_mod
-from pneumo.cam import ALPHA_FLOOR, ALPHA_MAX, CAM_OUTPUT, HeatMapper, heatmap_rgba, overlay_alpha, overlay_rgb
+from pneumo.cam import (
+    ALPHA_FLOOR,
+    ALPHA_MAX,
+    CAM,
+    CAM_OUTPUT,
+    METHODS,
+    HeatMapper,
+    heatmap_rgba,
+    overlay_alpha,
+    overlay_rgb,
+)
 from pneumo.grad_cam import GradCam
 from pneumo.imaging import resize_map
 from pneumo.inference import Predictor
@@ -98,7 +109,7 @@ def test_graph_keeps_the_old_outputs_first_and_adds_the_map(cam_model):
     outs = [o.name for o in ort.InferenceSession(cam_model.onnx).get_outputs()]
     old = ["logits", "features"] + (["subtype_logits"] if cam_model.meta.arch_kwargs else [])
     assert outs == [*old, CAM_OUTPUT]  # positional readers of the old outputs read the same thing
-    mapper = HeatMapper(Predictor(cam_model))
+    mapper = HeatMapper(Predictor(cam_model), CAM)
     assert mapper.method == "onnx-cam"
     assert mapper.raw_map(_images(1)[0]).shape == (SIZE // 16, SIZE // 16)  # cnn-small: 4 max-pools
 
@@ -106,7 +117,7 @@ def test_graph_keeps_the_old_outputs_first_and_adds_the_map(cam_model):
 def test_onnx_map_equals_pytorch_grad_cam(cam_model):
     """The map from the ONNX graph, in numpy, is pytorch-grad-cam's on the pneumonia log-odds (as explain
     always computed it), for a binary head, a three-class head and a binary head beside a subtype head."""
-    mapper, grad_cam = HeatMapper(Predictor(cam_model)), GradCam(cam_model)
+    mapper, grad_cam = HeatMapper(Predictor(cam_model), CAM), GradCam(cam_model)
     for image in _images():
         ref = grad_cam.heatmap(image)
         got = mapper.heatmap(image)
@@ -124,7 +135,7 @@ def test_negative_evidence_is_cut_before_scaling():
         net.head.weight.zero_()
         net.head.weight[1, 0], net.head.weight[0, 1] = 1.0, 1.0
     model = build_model_file(net, _meta(), {})
-    mapper, grad_cam = HeatMapper(Predictor(model)), GradCam(model)
+    mapper, grad_cam = HeatMapper(Predictor(model), CAM), GradCam(model)
     signed = 0
     for image in _images(6, seed=7):
         raw = mapper.raw_map(image)
@@ -139,7 +150,7 @@ def test_tta_model_maps_the_unaltered_view():
     the view Grad-CAM has always been given."""
     meta = _meta().model_copy(update={"preprocessing": Preprocessing(image_size=SIZE, tta=[0.8, 0.9, 1.0])})
     model = build_model_file(_net(), meta, {})
-    mapper, image = HeatMapper(Predictor(model)), _images(1, seed=3)[0]
+    mapper, image = HeatMapper(Predictor(model), CAM), _images(1, seed=3)[0]
     ref = GradCam(model).heatmap(image)
     assert np.abs(mapper.heatmap(image) - ref).max() <= _grad_cam_bound(mapper, image, (SIZE, SIZE))
 
@@ -236,7 +247,7 @@ def test_overlay_alpha_is_a_smooth_ramp():
 def test_overlay_of_a_smooth_map_has_no_edges():
     """On a real, bilinear heat map the overlay's opacity changes between neighbouring pixels by no more than
     the ramp's slope times the map's own change (plus PNG rounding): no iso-line is drawn as an edge."""
-    mapper = HeatMapper(Predictor(build_model_file(_net(), _meta(), {})))
+    mapper = HeatMapper(Predictor(build_model_file(_net(), _meta(), {})), CAM)
     heat = mapper.heatmap(_images(1, seed=5)[0], (300, 240))
     alpha = heatmap_rgba(heat)[..., 3].astype(np.float64) / 255
     for axis in (0, 1):
@@ -284,7 +295,7 @@ def old_model_file(tmp_path_factory):
 def test_model_file_without_the_map_falls_back_to_grad_cam(old_model_file):
     predictor = Predictor.load(old_model_file)  # loads the graph only, as predict and serve do
     assert predictor.predict_arrays(_images(1), ["x"])[0].probability is not None  # the old graph still predicts
-    mapper = HeatMapper(predictor)
+    mapper = HeatMapper(predictor, CAM)
     assert mapper.method == "grad-cam"
     image = _images(1)[0]
     ref = GradCam(load_model_file(old_model_file)).heatmap(image)
@@ -295,11 +306,11 @@ def test_bare_graph_without_map_or_weights_is_refused_with_a_reason(old_model_fi
     from pneumo.training.export import export_model
 
     bare = export_model(old_model_file, tmp_path / "new.onnx")  # a re-export: now it has the map
-    assert HeatMapper(Predictor.load(bare)).method == "onnx-cam"
+    assert HeatMapper(Predictor.load(bare), CAM).method == "onnx-cam"
     legacy = tmp_path / "legacy.onnx"
     legacy.write_bytes(export_onnx(_net(), SIZE))
     with pytest.raises(ModelFileError, match="re-export it with `pneumo export`"):
-        HeatMapper(Predictor(ModelFile(meta=_meta(), onnx=legacy.read_bytes(), path=legacy))).prepare()
+        HeatMapper(Predictor(ModelFile(meta=_meta(), onnx=legacy.read_bytes(), path=legacy)), CAM).prepare()
 
 
 def test_reexport_gives_an_old_model_file_the_map(old_model_file, tmp_path):
@@ -312,9 +323,9 @@ def test_reexport_gives_an_old_model_file_the_map(old_model_file, tmp_path):
     assert [p.probability for p in new_p.predict_arrays(images, list("abcd"))] == pytest.approx(
         [p.probability for p in old_p.predict_arrays(images, list("abcd"))], abs=1e-6
     )
-    got = HeatMapper(new_p).heatmap(images[0])
-    ref = HeatMapper(old_p).heatmap(images[0])
-    assert np.abs(got - ref).max() <= _grad_cam_bound(HeatMapper(new_p), images[0], (SIZE, SIZE))
+    got = HeatMapper(new_p, CAM).heatmap(images[0])
+    ref = HeatMapper(old_p, CAM).heatmap(images[0])
+    assert np.abs(got - ref).max() <= _grad_cam_bound(HeatMapper(new_p, CAM), images[0], (SIZE, SIZE))
 
 
 _TORCH_FREE = textwrap.dedent(
@@ -354,8 +365,11 @@ def test_serve_and_explain_make_heat_maps_without_importing_torch(tmp_path):
 
 
 def test_server_falls_back_with_a_note_when_torch_is_missing(old_model_file, monkeypatch):
+    """An old model file (no map in its graph) gets the default occlusion map without torch; asked for the class
+    activation map, the analyser leaves it out and says what to do."""
     from fastapi.testclient import TestClient
 
+    from pneumo.analysis import ImageAnalyser
     from pneumo.serve.app import create_app
 
     monkeypatch.setitem(sys.modules, "pneumo.grad_cam", None)  # any import of it now raises ImportError
@@ -363,5 +377,16 @@ def test_server_falls_back_with_a_note_when_torch_is_missing(old_model_file, mon
     Image.fromarray((_images(1)[0] * 255).astype(np.uint8)).save(buf, "PNG")
     files = {"file": ("x.png", buf.getvalue(), "image/png")}
     body = TestClient(create_app(old_model_file)).post("/api/v1/predict", files=files, data={"explain": "true"}).json()
-    assert body["heatmap"] is None and body["probability"] is not None
-    assert "explain" in body["explain_error"] and "pneumo export" in body["explain_error"]
+    assert body["heatmap"] is not None and body["explain_error"] is None and body["probability"] is not None
+    analyser = ImageAnalyser(Predictor.load(old_model_file), method=CAM)
+    result = analyser.analyse(buf.getvalue(), "x.png")
+    assert result.heatmap is None and result.prediction.probability is not None
+    assert "explain" in result.heatmap_error and "pneumo export" in result.heatmap_error
+
+
+def test_occlusion_is_the_default_and_methods_are_named():
+    predictor = Predictor(build_model_file(_net(), _meta(), {}))
+    assert METHODS[0] == "occlusion" and HeatMapper(predictor).method == "occlusion"
+    assert "log-odds" in HeatMapper(predictor).scale and "own maximum" in HeatMapper(predictor, CAM).scale
+    with pytest.raises(ValueError, match="unknown heat-map method"):
+        HeatMapper(predictor, "lime")

@@ -1,5 +1,6 @@
-"""pneumo.explain: Grad-CAM maps are well-formed and lie on what pushes towards pneumonia; ``pneumo explain``
-writes one PNG per readable image."""
+"""pneumo.explain: heat maps (occlusion by default, the old class activation map by name) are well-formed and lie
+on what pushes towards pneumonia; occlusion maps are absolute; ``pneumo explain`` writes one PNG per readable
+image."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import dicom_bytes
+from pneumo.cam import CAM, METHODS
 from pneumo.cli import main
 from pneumo.explain import Explainer
 from pneumo.modelfile import ModelFile, ModelMeta, Preprocessing
@@ -31,7 +33,7 @@ def explainer(tiny_model):
 CELL = 16  # cnn-small's Grad-CAM layer (the last block, after its max-pool) has one cell per 16 x 16 input pixels
 
 
-def _brightness_model() -> ModelFile:
+def _brightness_model(temperature: float = 1.0) -> ModelFile:
     """A cnn-small whose weights are set by hand, so that its Grad-CAM map is known exactly.
 
     Channel 0 of every block passes on ReLU(+pixel), channel 1 ReLU(-pixel) (centre taps, identity batch norm,
@@ -58,7 +60,8 @@ def _brightness_model() -> ModelFile:
             bn.running_var.fill_(1.0 - bn.eps)  # exactly the identity in eval mode
         net.head.weight[1, 0] = 1.0  # PNEUMONIA <- bright
         net.head.weight[0, 1] = 1.0  # NORMAL <- dark
-    meta = ModelMeta(name="bright-is-pneumonia", arch="cnn-small", preprocessing=Preprocessing(image_size=4 * CELL))
+    meta = ModelMeta(name="bright-is-pneumonia", arch="cnn-small", preprocessing=Preprocessing(image_size=4 * CELL),
+                     temperature=temperature)  # fmt: skip
     return build_model_file(net, meta, {})
 
 
@@ -77,18 +80,39 @@ def test_heatmap_is_input_sized_and_unit_range(explainer):
     assert cam.min() >= 0 and cam.max() <= 1
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize(("row", "col"), [(0, 2), (2, 1), (3, 3)])
-def test_heatmap_lights_up_what_pushes_towards_pneumonia_and_follows_it(row, col):
+def test_heatmap_lights_up_what_pushes_towards_pneumonia_and_follows_it(row, col, method):
     """The map is on the bright square wherever it lies (an untrained net's map has no such property)."""
-    cam = Explainer(_brightness_model()).heatmap(_square(row, col))
+    cam = Explainer(_brightness_model(), method).heatmap(_square(row, col))
     on = np.zeros(cam.shape, dtype=bool)
     on[row * CELL : (row + 1) * CELL, col * CELL : (col + 1) * CELL] = True
-    # A one-hot cell upsampled bilinearly x16 keeps 9/16 of its mass inside the cell (3/4 per axis), more at an
-    # edge, where the map is clamped: more than half the map on the 1/16 of the image that the square covers.
+    # CAM: a one-hot cell upsampled bilinearly x16 keeps 9/16 of its mass inside the cell (3/4 per axis), more at
+    # an edge, where the map is clamped: more than half the map on the 1/16 of the image that the square covers.
+    # Occlusion: a cell is the mean of the 2 x 2-cell windows over it, so an edge neighbour reads half the square's
+    # drop and a corner one a quarter; a quarter of the map on the square (a uniform map would put 1/16 there).
     share = float(cam[on].sum()) / max(float(cam.sum()), 1e-12)
-    assert share > 0.5, f"{share:.1%} of the map lies on the bright square in cell ({row}, {col})"
+    assert share > (0.5 if method == CAM else 0.25), f"{share:.1%} of the map lies on the square in ({row}, {col})"
     peak = np.unravel_index(np.argmax(cam), cam.shape)
     assert on[peak], f"the map peaks at {tuple(map(int, peak))}, off the bright square in cell ({row}, {col})"
+
+
+def test_occlusion_map_is_absolute_a_confident_normal_shows_nothing():
+    """Occlusion maps are on one scale for every image. Equalised, one bright cell reads -2 / +2 like any two-level
+    image: pneumonia logit 2/16, normal 30/16, so z = -1.75, P = 1e-3 at temperature 0.25, far below the floor:
+    an empty map, where the old map, scaled to its own maximum, paints the bright cell full strength. With 12 of
+    the 16 cells bright (z = +1, P = 0.98), a window (2 x 2 occlusion cells of 8 px: one of the net's 16-px cells)
+    over bright pixels under the mean grey (+1) drops the pneumonia logit by (2 - 1) / 16, the calibrated odds by
+    4 / 16: a heat of exactly 0.25 on the absolute scale, whatever the image's own range."""
+    explainer = Explainer(_brightness_model(temperature=0.25))
+    normal = _square(1, 1)
+    assert explainer.predictor.predict_arrays([normal], ["n"])[0].probability < 0.01
+    assert explainer.heatmap(normal).max() == 0.0
+    assert Explainer(_brightness_model(temperature=0.25), CAM).heatmap(normal).max() == pytest.approx(1.0)
+    pneumonia = np.full((4 * CELL, 4 * CELL), 0.9, dtype=np.float32)
+    pneumonia[2 * CELL :, : 2 * CELL] = 0.3  # 4 dark cells, 12 bright
+    assert explainer.predictor.predict_arrays([pneumonia], ["p"])[0].probability > 0.95
+    assert explainer.heatmap(pneumonia).max() == pytest.approx(0.25, abs=1e-4)
 
 
 def test_explain_keeps_aspect_ratio_and_agrees_with_predict(explainer, tmp_path):

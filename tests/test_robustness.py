@@ -11,14 +11,18 @@ from PIL import Image, ImageDraw, ImageFont
 from pneumo.evaluation_run import evaluate_folder, select_records
 from pneumo.imaging import load_image
 from pneumo.inference import Predictor
+from pneumo.lungs import LungMaskError, LungSource, grow, load_mask, place_atlas
 from pneumo.metrics import binary_metrics
 from pneumo.ood import photographs, synthetic
 from pneumo.robustness import (
     CONTROLS,
     GEOMETRY,
+    LUNG_CHECKS,
+    NOTES,
     PERTURBATIONS,
     WORST,
     format_table,
+    lung_checks,
     shifted_validation,
     worst_case,
 )
@@ -140,7 +144,7 @@ def test_shifted_validation_measures_each_condition_through_the_predictor(labell
     y = np.array([r.label == "PNEUMONIA" for r in recs], dtype=int)
     predictor = Predictor.load(tiny_model)
     conditions = {k: PERTURBATIONS[k] for k in ("zoom 1.25 (cropped)", "blur sigma 2")}
-    res = shifted_validation(predictor, paths, y, conditions={**conditions, **CONTROLS})
+    res = shifted_validation(predictor, paths, y, conditions={**conditions, **CONTROLS}, atlas=False)
     assert list(res) == [WORST, "clean", *conditions, *CONTROLS]  # the worst case first
     # a control is reported but never the worst case: there a low AUC is right
     assert not set(res[WORST]["worst_of"].values()) & set(CONTROLS)
@@ -183,7 +187,9 @@ def test_the_bacterial_viral_split_goes_through_the_same_suite(labelled, tiny_su
     predictor = Predictor.load(tiny_subtype_model)
     blur = PERTURBATIONS["blur sigma 2"]
     extra = {"again": (paths, y, subtypes), "no subtypes": (paths, y)}
-    res = shifted_validation(predictor, paths, y, conditions={"blur": blur}, subtypes=subtypes, extra=extra)
+    res = shifted_validation(
+        predictor, paths, y, conditions={"blur": blur}, subtypes=subtypes, extra=extra, atlas=False
+    )
 
     def calls(preds):
         return np.array([p.p_viral > p.p_bacterial for p in preds])
@@ -223,7 +229,7 @@ def test_reference_outliers_decode_through_the_loader():
 def test_split_csv_of_another_folder_is_refused_clearly(labelled, tmp_path):
     from pneumo.data import make_split
 
-    rows = make_split(labelled, tmp_path / "split.csv", val_fraction=0.3)  # paths like train/NORMAL/...
+    rows, _ = make_split(labelled, tmp_path / "split.csv", val_fraction=0.3)  # paths like train/NORMAL/...
     assert rows and all(r.path.startswith("train/") for r in rows)
     recs, _ = select_records(labelled, "val", tmp_path / "split.csv")
     assert recs and all(r.split == "train" for r in recs)  # val rows are carved out of the train split
@@ -254,3 +260,84 @@ def test_the_selection_is_described_without_paths(labelled, tmp_path):
     assert described == "split 'test' of data" and str(tmp_path) not in described
     _, everything = select_records(labelled / "test")
     assert everything == "all images of test"
+
+
+# -- the lung checks ----------------------------------------------------------------------------------------------
+
+
+def _write_atlas(path):
+    a = np.zeros((224, 224), np.uint8)
+    a[40:180, 20:100] = 230
+    a[40:180, 124:204] = 230
+    Image.fromarray(a).save(path)
+    return path
+
+
+def _write_masks(root, paths):
+    """A per-image mask for each of ``paths`` under ``root/<class>/<stem>.png``, each a different band."""
+    for i, p in enumerate(paths):
+        h, w = np.asarray(Image.open(p)).shape
+        m = np.zeros((h, w), np.uint8)
+        m[10 + i : h - 20, 5 : w // 2] = 255
+        (root / p.parent.name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(m).save(root / p.parent.name / f"{p.stem}.png")
+    return root
+
+
+def test_lung_checks_sit_beside_clean_and_never_in_the_worst_case(labelled, tiny_model, tmp_path):
+    recs, _ = select_records(labelled)
+    paths = [r.path for r in recs]
+    y = np.array([r.label == "PNEUMONIA" for r in recs], dtype=int)
+    atlas = _write_atlas(tmp_path / "atlas.png")
+    masks = _write_masks(tmp_path / "masks", paths)
+    predictor = Predictor.load(tiny_model)
+    blur = {"blur sigma 2": PERTURBATIONS["blur sigma 2"]}
+    res = shifted_validation(predictor, paths, y, conditions=blur, atlas=atlas, lung_masks=masks,
+                             extra={"again": (paths, y)})  # fmt: skip
+    rows = [f"{n} (atlas)" for n in LUNG_CHECKS]
+    extra_rows = [f"again: {n} (lung masks)" for n in LUNG_CHECKS] + [f"again: {n} (atlas)" for n in LUNG_CHECKS]
+    assert list(res) == [WORST, "clean", *rows, "blur sigma 2", "again", *extra_rows]
+    assert set(res[WORST]["worst_of"].values()) == {"blur sigma 2"}  # never a lung check
+    # each row is what hiding the region by hand and predicting through the user's path gives
+    clean = _probs(predictor.predict_sources((str(p), p) for p in paths))
+    placed = LungSource.from_atlas(atlas).atlas
+    for name, f in LUNG_CHECKS.items():
+        by_hand = _probs(
+            _perturbed_by_hand(predictor, paths, lambda im, f=f: f(im, place_atlas(placed, im.size[::-1])))
+        )
+        assert res[f"{name} (atlas)"]["roc_auc"] == pytest.approx(binary_metrics(y, by_hand, 0.5)["roc_auc"])
+        assert res[f"{name} (atlas)"]["mean_abs_change"] == pytest.approx(np.abs(by_hand - clean).mean())
+    # the per-image masks: each image's own, grown by 4 % of its side
+    own = LungSource.from_masks(paths, masks)
+    grown = {str(p): grow(load_mask(masks / p.parent.name / f"{p.stem}.png"), 0.04) for p in paths}
+    hidden = iter([grown[str(p)] for p in paths])
+    by_hand = _probs(_perturbed_by_hand(predictor, paths, lambda im: LUNG_CHECKS["lungs hidden"](im, next(hidden))))
+    checks = lung_checks(predictor, paths, y, own)
+    assert checks["lungs hidden"]["mean_abs_change"] == pytest.approx(np.abs(by_hand - clean).mean())
+    assert checks["lungs hidden"]["roc_auc"] == pytest.approx(res["again: lungs hidden (lung masks)"]["roc_auc"])
+    assert checks["clean"]["roc_auc"] == pytest.approx(res["clean"]["roc_auc"])
+    assert checks["lungs"] == "each image's own lung mask, grown by 4% of the side"
+    table = format_table(res)
+    assert "| lungs hidden (atlas) (lung check, atlas > 0.3: a low AUC is right) |" in table
+    assert (
+        "| again: only the lungs (lung masks) (lung check, each image's own lung mask, grown by 4% of the side: "
+        "the clean AUC is right) |" in table
+    )
+
+
+def test_lung_checks_without_the_atlas_or_masks_are_left_out_with_a_note(labelled, tiny_model, tmp_path, monkeypatch):
+    from pneumo import lungs
+
+    recs, _ = select_records(labelled)
+    paths = [r.path for r in recs]
+    y = np.array([r.label == "PNEUMONIA" for r in recs], dtype=int)
+    predictor = Predictor.load(tiny_model)
+    monkeypatch.setattr(lungs, "DEFAULT_ATLAS", tmp_path / "none.png")  # a user's clone: no shared data
+    monkeypatch.setattr(lungs, "DEFAULT_MASKS", tmp_path / "none")
+    lungs.load_atlas.cache_clear()
+    res = shifted_validation(predictor, paths, y, conditions={}, extra={"x": (paths, y)})
+    assert list(res) == [WORST, "clean", "x", NOTES]
+    assert "atlas left out" in res[NOTES][0] and "own masks left out" in res[NOTES][1]
+    assert format_table(res).splitlines()[-1].startswith("note: x: lung checks with the images' own masks left out")
+    with pytest.raises(LungMaskError):  # asked for by path, it must be there
+        shifted_validation(predictor, paths, y, conditions={}, atlas=tmp_path / "none.png")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
@@ -12,6 +14,7 @@ from pneumo.shifts import (
     BORDER,
     CONTROLS,
     FRAMING_CHECKS,
+    LUNG_CHECKS,
     MARKER_BAND,
     PERTURBATIONS,
     SUITE,
@@ -19,7 +22,11 @@ from pneumo.shifts import (
     box_mask,
     checked_copies,
     checked_copy,
+    hide_lungs,
+    lung_copies,
+    lung_png,
     marker_mask,
+    only_lungs,
 )
 
 
@@ -50,7 +57,11 @@ def test_the_training_checks_are_derived_from_the_suite():
     assert "border masked 15%" in TRAINING_CHECKS  # the checkpoint must not reward reading the frame's edges
     # a control (low AUC is right there) never steers training nor enters the worst case
     assert set(CONTROLS).isdisjoint(PERTURBATIONS) and set(CONTROLS).isdisjoint(TRAINING_CHECKS)
-    assert set(SUITE) == set(PERTURBATIONS) | set(CONTROLS)
+    # nor does a lung check: each is declared once, in its own family
+    assert list(LUNG_CHECKS) == ["lungs hidden", "only the lungs"]
+    assert set(LUNG_CHECKS).isdisjoint(PERTURBATIONS) and set(LUNG_CHECKS).isdisjoint(TRAINING_CHECKS)
+    assert all(SUITE[k].family == "lungs" for k in LUNG_CHECKS)
+    assert set(SUITE) == set(PERTURBATIONS) | set(CONTROLS) | set(LUNG_CHECKS)
 
 
 def test_border_and_lung_box_masks_are_complements():
@@ -105,3 +116,49 @@ def test_every_check_changes_the_image(tmp_path, name):
     assert clean == {}
     moved = checked_copy(path, name, 64).astype(int)
     assert np.abs(moved - np.asarray(Image.open(path))).mean() > 0.5
+
+
+# -- the lung checks ----------------------------------------------------------------------------------------------
+
+
+def _lung_region(shape: tuple[int, int]) -> np.ndarray:
+    h, w = shape
+    region = np.zeros(shape, bool)
+    region[h // 5 : 4 * h // 5, w // 8 : 3 * w // 8] = True
+    region[h // 5 : 4 * h // 5, 5 * w // 8 : 7 * w // 8] = True
+    return region
+
+
+def test_lungs_hidden_and_only_the_lungs_split_the_image_under_one_flat_grey():
+    im, _ = _chest(letter_at=None)
+    a = np.asarray(im)
+    region = _lung_region(a.shape)
+    grey = round(float(a.mean()))
+    hidden, only = np.asarray(hide_lungs(im, region)), np.asarray(only_lungs(im, region))
+    assert np.all(hidden[region] == grey) and np.array_equal(hidden[~region], a[~region])
+    assert np.all(only[~region] == grey) and np.array_equal(only[region], a[region])
+
+
+class _Source:
+    """A stand-in for pneumo.lungs.LungSource: a fixed region at any size, and a record of what was asked."""
+
+    def __init__(self):
+        self.asked = []
+
+    def region(self, path, shape):
+        self.asked.append((str(path), shape))
+        return _lung_region(shape)
+
+
+def test_lung_png_takes_the_region_at_the_files_own_size(tmp_path):
+    im, _ = _chest(size=160, letter_at=None)
+    im = im.resize((120, 160))  # a portrait original: the region is asked for at (height, width)
+    path = tmp_path / "x.png"
+    im.save(path)
+    src = _Source()
+    got = np.asarray(Image.open(io.BytesIO(lung_png(path, "lungs hidden", src))))
+    assert src.asked == [(str(path), (160, 120))]
+    np.testing.assert_array_equal(got, np.asarray(hide_lungs(im, _lung_region((160, 120)))))
+    copies = lung_copies([path, path], 32, _Source())
+    assert set(copies) == set(LUNG_CHECKS) and copies["only the lungs"].shape == (2, 32, 32)
+    assert copies["only the lungs"].dtype == np.uint8

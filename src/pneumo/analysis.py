@@ -4,7 +4,8 @@ The service behind ``pneumo explain`` (:mod:`pneumo.explain`), the web page (:mo
 DICOM results (:mod:`pneumo.dicom.analysis`, ``pneumo predict --dicom-out``, the DICOM node). One opening of the
 source gives the network input and the display image (:func:`pneumo.imaging.load_image_and_display`); the
 probability comes from the same ONNX path as ``pneumo predict``; the heat map from :class:`pneumo.cam.HeatMapper`
-(the ONNX class activation map, or PyTorch Grad-CAM for graphs without it), at the display image's shape.
+(occlusion sensitivity on an absolute scale by default; ``method="cam"`` for the old class activation map), at the
+display image's shape.
 
 A heat map is an extra for the server and the DICOM node: when it cannot be made, the result goes out without it
 and says why (``heatmap_error``). ``pneumo explain`` exists for the heat map, so there (``fail_soft=False``) a
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo.cam import HeatMapper
+from pneumo.cam import OCCLUSION, HeatMapper
 from pneumo.imaging import DISPLAY_MAX, load_image_and_display
 from pneumo.inference import Prediction, Predictor, Source
 from pneumo.modelfile import ModelFileError
@@ -40,7 +41,8 @@ SWITCHED_OFF = "heat maps are switched off"
 @dataclass
 class ImageAnalysis:
     """What one image gave: the prediction, the display image (aspect ratio kept, [0, 1]) and, when asked for and
-    possible, the heat map at the display image's shape ([0, 1]); ``heatmap_error`` says why it is missing."""
+    possible, the heat map at the display image's shape ([0, 1]; on the absolute scale of
+    :class:`pneumo.cam.HeatMapper` for occlusion maps); ``heatmap_error`` says why it is missing."""
 
     prediction: Prediction
     image: np.ndarray
@@ -53,8 +55,9 @@ class ImageAnalyser:
 
     ``max_side`` bounds the display image; ``heatmaps=False`` never makes one (nor loads what it needs); with
     ``fail_soft`` (the default) a heat map that cannot be made is logged to ``log`` and left out, without it the
-    exception propagates. What the heat maps need (torch and the weights, for graphs without the map) is loaded on
-    first use, once, or up front with :meth:`prepare`."""
+    exception propagates. ``method`` is the heat-map method (:data:`pneumo.cam.METHODS`). What the heat maps need
+    (torch and the weights, for the class activation map of graphs without it) is loaded on first use, once, or up
+    front with :meth:`prepare`."""
 
     def __init__(
         self,
@@ -64,21 +67,28 @@ class ImageAnalyser:
         heatmaps: bool = True,
         fail_soft: bool = True,
         log: logging.Logger | None = None,
+        method: str = OCCLUSION,
     ):
         self.predictor = predictor
         self.max_side = max_side
         self.heatmaps = heatmaps
         self.fail_soft = fail_soft
         self.log = log or logging.getLogger("pneumo.analysis")
-        self._mapper = HeatMapper(predictor) if heatmaps else None
+        self._mapper = HeatMapper(predictor, method) if heatmaps else None
         self._lock = threading.Lock()
         self._ready = False
         self.unavailable: str | None = None if heatmaps else SWITCHED_OFF  # why no heat maps can be made
 
     @property
     def method(self) -> str | None:
-        """``"onnx-cam"`` or ``"grad-cam"`` (see :attr:`pneumo.cam.HeatMapper.method`); None without heat maps."""
+        """``"occlusion"``, ``"onnx-cam"`` or ``"grad-cam"`` (:attr:`pneumo.cam.HeatMapper.method`); None without
+        heat maps."""
         return None if self._mapper is None else self._mapper.method
+
+    @property
+    def scale(self) -> str | None:
+        """What the top of the colour scale means (:attr:`pneumo.cam.HeatMapper.scale`); None without heat maps."""
+        return None if self._mapper is None else self._mapper.scale
 
     def decode(self, source: Source, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(network input, display image) from one opening of ``source``; ImageLoadError when it cannot be read."""
@@ -132,7 +142,7 @@ class ImageAnalyser:
 
     def _load_mapper(self) -> bool:
         try:
-            self._mapper.prepare()  # a no-op for the ONNX map; loads torch and the weights for the fallback
+            self._mapper.prepare()  # a no-op on the ONNX path; loads torch and the weights for the Grad-CAM fallback
         except Exception as exc:
             if not self.fail_soft:
                 raise

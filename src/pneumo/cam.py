@@ -1,4 +1,17 @@
-"""Heat maps from the ONNX path, in numpy: class activation maps without PyTorch.
+"""Heat maps from the ONNX path, in numpy: occlusion sensitivity (the default) and class activation maps.
+
+:class:`HeatMapper` is the one entry point for ``pneumo explain``, the web page and the DICOM Secondary Capture. Its
+methods (:data:`METHODS`):
+
+- ``"occlusion"`` (the default, :mod:`pneumo.occlusion`): the drop in calibrated pneumonia log-odds when a window of
+  a quarter of the side is hidden under the image's mean grey, on an 8 x 8 grid, for any ONNX graph (no torch). The
+  scale is **absolute**: 1.0 (dark red, the top of the colour scale) is a drop of :data:`pneumo.occlusion.FULL_SCALE`
+  (1.0) log-odds or more, e.g. P(pneumonia) 0.73 -> 0.5 when the region is hidden; 0.5 (yellow-green) is half of
+  that; the overlay is transparent below ``ALPHA_FLOOR`` (0.15 of it). Odds are counted from P = 0.05 up
+  (:data:`pneumo.occlusion.FLOOR`), so an image called normal with P below 0.05 shows nothing; the map is never
+  cut to the lungs. 49 network runs in one batch per map.
+- ``"cam"``: the class activation map, the old method, a 4 x 4 grid at 128 px, each map min-max scaled to its
+  own maximum (full red is only "the hottest cell of this image"). Kept for comparison (``benchmarks/lung_maps.py``).
 
 For a network whose head is global average pooling then a linear layer, Grad-CAM on the last convolutional block
 is the class activation map: the head's weights applied to the last feature maps. Model files exported by this
@@ -24,7 +37,11 @@ from pneumo.graph_names import CAM_OUTPUT
 from pneumo.imaging import resize_map
 from pneumo.inference import Predictor
 from pneumo.modelfile import ModelFile, ModelFileError, load_model_file
+from pneumo.occlusion import FULL_SCALE, OcclusionGrid, evidence, heat
 from pneumo.preprocess import to_input
+
+OCCLUSION, CAM = "occlusion", "cam"
+METHODS = (OCCLUSION, CAM)  # the heat-map methods a HeatMapper offers; the first is the default
 
 # Opacity of the overlay: transparent below ALPHA_FLOOR, then a smoothstep (continuous, with a continuous slope)
 # up to ALPHA_MAX at the hottest point. A step in opacity draws the map's iso-line as a hard edge; bilinear maps
@@ -86,30 +103,53 @@ def overlay_rgb(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
 
 
 class HeatMapper:
-    """Heat maps of one loaded model: the ONNX class activation map when the graph has it, else PyTorch Grad-CAM.
+    """Heat maps of one loaded model by ``method`` (:data:`METHODS`): occlusion sensitivity on an absolute scale
+    (the default, any ONNX graph, no torch), or the class activation map (``"cam"``: from the ONNX graph when it has
+    it, else PyTorch Grad-CAM).
 
     ``heatmap`` is safe to call from several threads (ONNX Runtime sessions are; the Grad-CAM fallback, whose
     hooks hold per-call state, runs under a lock). The fallback loads torch and the weights on first use, or
     up front with :meth:`prepare`.
     """
 
-    def __init__(self, predictor: Predictor):
+    def __init__(self, predictor: Predictor, method: str = OCCLUSION, grid: OcclusionGrid | None = None):
+        if method not in METHODS:
+            raise ValueError(f"unknown heat-map method {method!r} (one of {', '.join(METHODS)})")
         self.predictor = predictor
+        self.kind = method
+        self.grid = grid or OcclusionGrid()
         self.onnx_cam = has_cam(predictor)
         self._grad_cam = None
         self._lock = threading.Lock()
 
     @property
     def method(self) -> str:
-        """``"onnx-cam"`` (numpy, no torch) or ``"grad-cam"`` (the PyTorch fallback)."""
+        """``"occlusion"``, ``"onnx-cam"`` (numpy, no torch) or ``"grad-cam"`` (the PyTorch fallback of ``"cam"``)."""
+        if self.kind == OCCLUSION:
+            return OCCLUSION
         return "onnx-cam" if self.onnx_cam else "grad-cam"
 
+    @property
+    def scale(self) -> str:
+        """What the top of the colour scale means, in words (for a caption)."""
+        if self.kind == OCCLUSION:
+            return f"dark red = hiding it drops the pneumonia log-odds by >= {FULL_SCALE:g}"
+        return "dark red = this image's hottest cell (each map scaled to its own maximum)"
+
     def prepare(self) -> None:
-        """Load what :meth:`heatmap` needs. Without the ONNX map: ImportError without torch / pytorch-grad-cam,
-        ModelFileError or ValueError for a model file without PyTorch weights."""
-        if not self.onnx_cam:
+        """Load what :meth:`heatmap` needs. For ``"cam"`` without the ONNX map: ImportError without torch /
+        pytorch-grad-cam, ModelFileError or ValueError for a model file without PyTorch weights."""
+        if self.method == "grad-cam":
             with self._lock:
                 self._fallback()
+
+    def evidence(self, image: np.ndarray) -> np.ndarray:
+        """The occlusion evidence of one image at the model's input size (:func:`pneumo.occlusion.evidence`:
+        ``cells`` x ``cells``, the drop in calibrated pneumonia log-odds per cell, signed), on the unaltered view."""
+        x = to_input([image], self.predictor.meta.preprocessing)[0]
+        session, meta = self.predictor.session, self.predictor.meta
+        return evidence(lambda b: session.run(["logits"], {"image": b})[0], x, meta.temperature,
+                        meta.calibration_bias, self.grid)  # fmt: skip
 
     def raw_map(self, image: np.ndarray) -> np.ndarray:
         """The class activation map (h x w float32, before ReLU) of one image at the model's input size, on the
@@ -121,8 +161,11 @@ class HeatMapper:
     def heatmap(self, image: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
         """The heat map of the pneumonia log-odds for ``image`` (2-D in [0, 1] at the model's input size, as
         :func:`pneumo.imaging.load_image` returns it), float32 in [0, 1] at ``shape`` (height, width; default
-        the input size), e.g. the display image's shape: the map is stretched back to the image's aspect ratio."""
+        the input size), e.g. the display image's shape: the map is stretched back to the image's aspect ratio.
+        Occlusion: on the absolute scale (see the module); ``"cam"``: scaled to the map's own maximum."""
         shape = tuple(shape or np.shape(image))
+        if self.kind == OCCLUSION:
+            return heat(self.evidence(image), shape)
         if self.onnx_cam:
             return normalised_map(self.raw_map(image), shape)
         with self._lock:

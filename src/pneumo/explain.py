@@ -1,10 +1,12 @@
 """Heat maps over the X-ray: ``pneumo explain``.
 
 The probability and decision shown come from the same ONNX path as ``pneumo predict``, so an overlay never
-disagrees with a prediction. The map is the pneumonia log-odds' class activation map from the ONNX graph
-(:mod:`pneumo.cam`, no torch) when the model file has it; otherwise Grad-CAM (the ``grad-cam`` package) on the
-PyTorch twin, with the same target (:mod:`pneumo.grad_cam`, the only heat-map code that imports torch). Either way
-the map shows what pushed the model towards pneumonia, for binary and subtype models alike.
+disagrees with a prediction. The map (:class:`pneumo.cam.HeatMapper`) is by default occlusion sensitivity through
+ONNX Runtime (no torch): how much hiding each region lowers the calibrated pneumonia log-odds, on an absolute scale
+whose top (dark red) is a drop of :data:`pneumo.occlusion.FULL_SCALE` or more, so a confident normal shows (almost)
+nothing. ``method="cam"`` gives the old class activation map (each map scaled to its own maximum; Grad-CAM on the
+PyTorch twin, :mod:`pneumo.grad_cam`, for graphs without it). Either way the map shows what pushed the model towards
+pneumonia, for binary and subtype models alike, wherever it lies: it is never cut to the lungs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.analysis import ImageAnalyser, ImageAnalysis
-from pneumo.cam import heatmap_rgba
+from pneumo.cam import OCCLUSION, heatmap_rgba
 from pneumo.imaging import ImageLoadError
 from pneumo.inference import Predictor, open_model
 from pneumo.labels import PNEUMONIA
@@ -27,17 +29,17 @@ class Explainer:
     """Loads a model file once; explains images from paths or bytes (:class:`pneumo.analysis.ImageAnalyser`, not
     fail-soft: ``pneumo explain`` exists for the heat map)."""
 
-    def __init__(self, model: ModelFile):
+    def __init__(self, model: ModelFile, method: str = OCCLUSION):
         self.model = model
         self.predictor = Predictor(model)
-        self.images = ImageAnalyser(self.predictor, fail_soft=False)
-        self.images.prepare()  # without the ONNX map, fail here (no torch, no weights), not on the first image
+        self.images = ImageAnalyser(self.predictor, fail_soft=False, method=method)
+        self.images.prepare()  # for a Grad-CAM fallback, fail here (no torch, no weights), not on the first image
 
     @classmethod
-    def load(cls, model: str | Path | None = None) -> Explainer:
+    def load(cls, model: str | Path | None = None, method: str = OCCLUSION) -> Explainer:
         if model is not None and Path(model).suffix.lower() == ".onnx":
-            return cls(open_model(model))
-        return cls(load_model_file(model))
+            return cls(open_model(model), method)
+        return cls(load_model_file(model), method)
 
     def heatmap(self, image: np.ndarray) -> np.ndarray:
         """The heat map (input size, [0, 1]) for one image already at the model's input size."""
@@ -48,8 +50,11 @@ class Explainer:
         return self.images.analyse(source, name)
 
 
-def overlay_png(exp: ImageAnalysis, *, show_heatmap: bool = True, title: str | None = None) -> bytes:
-    """The X-ray with the heat map over it and the probability and decision above it, as PNG bytes."""
+def overlay_png(
+    exp: ImageAnalysis, *, show_heatmap: bool = True, title: str | None = None, scale: str | None = None
+) -> bytes:
+    """The X-ray with the heat map over it and the probability and decision above it, as PNG bytes; ``scale``
+    (what the top of the colour scale means, :attr:`pneumo.cam.HeatMapper.scale`) is written under the title."""
     from matplotlib.figure import Figure
 
     p = exp.prediction
@@ -62,7 +67,10 @@ def overlay_png(exp: ImageAnalysis, *, show_heatmap: bool = True, title: str | N
     ax.set_axis_off()
     color = "#c62828" if p.prediction == PNEUMONIA else "#2e7d32"
     headline = f"{p.prediction}  P(pneumonia) = {p.probability:.2f}  (threshold {p.threshold:.2f})"
-    fig.text(0.02, 0.97, title or Path(p.path).name, fontsize=9, va="top", color="#333333")
+    caption = title or Path(p.path).name
+    if show_heatmap and scale:
+        caption += f"   (heat: {scale})"
+    fig.text(0.02, 0.97, caption, fontsize=7 if scale else 9, va="top", color="#333333")
     fig.text(0.02, 0.935, headline, fontsize=12, va="top", color=color, weight="bold")
     if p.in_domain is False:
         fig.text(0.02, 0.895, "WARNING: unlike the X-rays this model was validated on; do not rely on it",
@@ -72,9 +80,12 @@ def overlay_png(exp: ImageAnalysis, *, show_heatmap: bool = True, title: str | N
     return buf.getvalue()
 
 
-def explain_files(files: Sequence[Path], output: Path, model: str | Path | None = None) -> tuple[list[Path], list[str]]:
-    """Write ``<stem>_gradcam.png`` for each file into ``output``; returns (written, one-line failures)."""
-    explainer = Explainer.load(model)
+def explain_files(
+    files: Sequence[Path], output: Path, model: str | Path | None = None, method: str = OCCLUSION
+) -> tuple[list[Path], list[str]]:
+    """Write ``<stem>_gradcam.png`` (the name kept from when the map was Grad-CAM) for each file into ``output``,
+    the heat map by ``method`` (:data:`pneumo.cam.METHODS`); returns (written, one-line failures)."""
+    explainer = Explainer.load(model, method)
     output.mkdir(parents=True, exist_ok=True)
     written, failures, used = [], [], set()
     for f in files:
@@ -88,6 +99,6 @@ def explain_files(files: Sequence[Path], output: Path, model: str | Path | None 
             stem += "_"
         used.add(stem)
         target = output / f"{stem}_gradcam.png"
-        target.write_bytes(overlay_png(exp))
+        target.write_bytes(overlay_png(exp, scale=explainer.images.scale))
         written.append(target)
     return written, failures

@@ -15,7 +15,11 @@ apart. Families:
 - occlusion: what lies outside the lungs hidden: a flat grey over the outer 15 % of the frame, or over the
   burnt-in bright marks near the edges (laterality letters, text). A model that reads the lungs keeps its AUC;
 - control: the central lung box hidden. Here a low AUC is right: a model that still separates the classes without
-  the lungs reads something else. Controls are reported, never part of the worst case.
+  the lungs reads something else. Controls are reported, never part of the worst case;
+- lungs: the lungs themselves hidden ("lungs hidden", where a low AUC is right) or everything but the lungs ("only
+  the lungs", where the clean AUC is right), under a flat mean grey. Each takes the image and its lung region, from
+  the atlas placed as the training copies are framed or from the image's own mask (:mod:`pneumo.lungs`): see
+  :func:`lung_png`. Reported beside the clean figures of the same images, never part of the worst case.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from pneumo.imaging import load_image
+from pneumo.lungs import LungSource
 
 Perturb = Callable[[Image.Image], Image.Image]
-Family = Literal["geometry", "acquisition", "occlusion", "control"]
+LungPerturb = Callable[[Image.Image, np.ndarray], Image.Image]  # the image and its lung region (bool, its size)
+Family = Literal["geometry", "acquisition", "occlusion", "control", "lungs"]
 
 BORDER = 0.15  # share of width and height on each side hidden by "border masked"; the lung box is the rest
 MARKER_BAND = 0.12  # burnt-in marks are looked for within this share of the frame from each edge
@@ -165,8 +171,18 @@ def mask_markers(im: Image.Image) -> Image.Image:
     return _flat(a, marker_mask(im))
 
 
+def hide_lungs(im: Image.Image, lungs: np.ndarray) -> Image.Image:
+    """Flat mean grey over the lung region ``lungs`` (bool, the image's size)."""
+    return _flat(np.asarray(im), np.asarray(lungs, dtype=bool))
+
+
+def only_lungs(im: Image.Image, lungs: np.ndarray) -> Image.Image:
+    """Flat mean grey over everything but the lung region ``lungs`` (bool, the image's size)."""
+    return _flat(np.asarray(im), ~np.asarray(lungs, dtype=bool))
+
+
 class Shift(NamedTuple):
-    perturb: Perturb
+    perturb: Perturb | LungPerturb  # family "lungs": a LungPerturb, which needs the lung region too
     family: Family
     steers: bool = False  # measured every epoch (checkpoint choice) and pooled into the operating point's fit
 
@@ -194,6 +210,8 @@ SUITE: dict[str, Shift] = {
     "border masked 15%": Shift(mask_border, "occlusion", steers=True),
     "markers masked": Shift(mask_markers, "occlusion"),
     "lung box masked": Shift(mask_lung_box, "control"),
+    "lungs hidden": Shift(hide_lungs, "lungs"),
+    "only the lungs": Shift(only_lungs, "lungs"),
 }
 
 
@@ -206,6 +224,7 @@ GEOMETRY = family("geometry")
 ACQUISITION = family("acquisition")
 OCCLUSION = family("occlusion")
 CONTROLS = family("control")
+LUNG_CHECKS: dict[str, LungPerturb] = family("lungs")  # each needs the lung region: see lung_png
 # The conditions a model is judged on (worst case); controls are reported beside them.
 PERTURBATIONS: dict[str, Perturb] = {**GEOMETRY, **ACQUISITION, **OCCLUSION}
 # What steers training and the operating point: derived from the suite, never declared a second time.
@@ -238,3 +257,23 @@ def checked_copies(paths: Sequence[str | Path], size: int, names: Sequence[str] 
     exactly as ``pneumo robustness`` makes it, so the checks that steer training and the operating point see what
     the reported suite sees."""
     return {name: np.stack([checked_copy(p, name, size) for p in paths]) for name in names}
+
+
+def lung_png(path: str | Path, name: str, lungs: LungSource) -> bytes:
+    """The file at ``path`` under the lung check ``name`` (:data:`LUNG_CHECKS`) as the suite makes every condition
+    (:func:`perturbed_png`), on the lung region ``lungs`` gives for it at its own size."""
+    im = gray8(load_image(path))
+    return encode_png(LUNG_CHECKS[name](im, lungs.region(path, (im.height, im.width))))
+
+
+def lung_copies(paths: Sequence[str | Path], size: int, lungs: LungSource, names: Sequence[str] = tuple(LUNG_CHECKS)):
+    """``{name: N x size x size uint8}``: every file under each lung check, made as ``pneumo robustness`` makes it
+    (:func:`lung_png`), at the model's input ``size``; for training's checks, as :func:`checked_copies`."""
+    out = {}
+    for name in names:
+        arrays = []
+        for p in paths:
+            img = load_image(lung_png(p, name, lungs), size, name=f"{Path(p).name} ({name})")
+            arrays.append(np.clip(np.rint(img * 255), 0, 255).astype(np.uint8))
+        out[name] = np.stack(arrays)
+    return out

@@ -1,0 +1,148 @@
+"""Do the heat maps land on the lungs, and does the model need the lungs? Measured with lung masks.
+
+For each set of images (a labelled folder with a lung mask per image, e.g. the 16 originals; or the ``val`` rows
+of a split CSV, with the atlas placed as the training copies are framed), and for each heat-map method (the new
+occlusion map and the old class activation map, side by side):
+
+- mass in lungs: the share of each pneumonia image's positive heat that lies on its lungs, averaged (a uniform
+  map scores the lungs' share of the frame, printed beside it);
+- hottest in lungs: the share of pneumonia images whose hottest point lies on the lungs;
+- seconds per map (wall clock, this machine, as loaded as it is: say so when quoting it);
+- for the occlusion map, the peak heat (1 = the top of the absolute colour scale) of pneumonia and of NORMAL images:
+  a confident normal should show little. The old map is scaled to each image's maximum, so its peak is always 1.
+
+Maps are measured on the frame the network sees (the model's input size; the masks squashed to it, which keeps
+area shares), on the positive evidence before the colour scale clips it. The map is never cut to the lungs.
+
+Then the lung checks of the shift suite (:func:`pneumo.robustness.lung_checks`): AUC clean, with the lungs
+hidden (low is right) and with only the lungs shown (near clean is right).
+
+    python benchmarks/lung_maps.py --folder ../shared/data/chest_xray_fullres/val
+    python benchmarks/lung_maps.py --data ../shared/data/chest_xray --split /work/runs/blocks.csv --limit 150
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pneumo.cam import CAM, METHODS, OCCLUSION, HeatMapper
+from pneumo.evaluation_run import binary_targets, select_records
+from pneumo.imaging import load_image, resize_map
+from pneumo.inference import Predictor
+from pneumo.lungs import LungMaskError, LungSource, hottest_inside, mass_inside
+from pneumo.occlusion import FULL_SCALE, OcclusionGrid
+from pneumo.robustness import lung_checks
+
+
+def measure_maps(predictor: Predictor, paths, y, lungs: LungSource, methods, limit: int | None, grid=None, seed=0):
+    """Per method: mass in lungs, hottest in lungs (pneumonia images), s/map, and peak heat per class."""
+    size = predictor.size
+    idx = np.arange(len(paths))
+    if limit is not None:  # a seeded sample of each class keeps a large validation set quick
+        rng = np.random.default_rng(seed)
+        idx = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:limit] for c in (1, 0)])
+    images = {i: load_image(paths[i], size, name=str(paths[i])) for i in idx}
+    masks = {i: lungs.mask(paths[i], (size, size)) for i in idx}
+    out = {"n_pneumonia": int((y[idx] == 1).sum()), "n_normal": int((y[idx] == 0).sum()),
+           "lung_share": float(np.mean([m.mean() for m in masks.values()]))}  # fmt: skip
+    for method in methods:
+        mapper = HeatMapper(predictor, method, grid)
+        mass, hot, peaks, seconds = [], [], {0: [], 1: []}, []
+        for i in idx:
+            t = time.perf_counter()
+            if method == OCCLUSION:
+                ev = mapper.evidence(images[i])
+                seconds.append(time.perf_counter() - t)
+                positive = np.maximum(resize_map(ev, (size, size)), 0) / FULL_SCALE
+            else:
+                positive = mapper.heatmap(images[i])
+                seconds.append(time.perf_counter() - t)
+            peaks[int(y[i])].append(float(positive.max()))
+            if y[i] == 1:
+                mass.append(mass_inside(positive, masks[i]))
+                hot.append(hottest_inside(positive, masks[i]))
+        out[method] = {
+            "mass_in_lungs": float(np.mean([m for m in mass if m is not None])) if any(m is not None for m in mass)
+            else float("nan"),
+            "hottest_in_lungs": float(np.mean([bool(h) for h in hot])),  # an empty map counts as a miss
+            "empty_maps": sum(m is None for m in mass),
+            "seconds_per_map": float(np.median(seconds)),
+            "peak_pneumonia": np.percentile(peaks[1], [50, 90]).tolist() if peaks[1] else [],
+            "peak_normal": np.percentile(peaks[0], [50, 90]).tolist() if peaks[0] else [],
+            "normal_peak_over_half": float(np.mean(np.array(peaks[0]) >= 0.5)) if peaks[0] else float("nan"),
+        }  # fmt: skip
+    return out
+
+
+def report(title: str, predictor, paths, y, sources: list[LungSource], methods, limit, auc: bool, grid=None) -> None:
+    print(f"\n## {title}: {len(paths)} images ({int(y.sum())} pneumonia)")
+    for lungs in sources:
+        m = measure_maps(predictor, paths, y, lungs, methods, limit, grid)
+        print(f"\nlungs: {lungs.describe()} (mask for the maps: ungrown); lungs are {m['lung_share']:.3f} of the frame;"
+              f" maps on {m['n_pneumonia']} pneumonia and {m['n_normal']} normal images")  # fmt: skip
+        print("| method | mass in lungs | hottest in lungs | empty maps | s/map | peak heat pneumonia p50/p90 | "
+              "peak heat normal p50/p90 | normals with peak >= 0.5 |")  # fmt: skip
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for method in methods:
+            r = m[method]
+            pp, pn = (("/".join(f"{v:.2f}" for v in r[k]) or "—") for k in ("peak_pneumonia", "peak_normal"))
+            print(
+                f"| {HeatMapper(predictor, method).method} | {r['mass_in_lungs']:.3f} | {r['hottest_in_lungs']:.3f} | "
+                f"{r['empty_maps']} | {r['seconds_per_map']:.3f} | {pp} | {pn} | {r['normal_peak_over_half']:.3f} |"
+            )
+        if auc:
+            checks = lung_checks(predictor, paths, y, lungs)
+            print(f"AUC clean {checks['clean']['roc_auc']:.3f}; lungs hidden {checks['lungs hidden']['roc_auc']:.3f}"
+                  f" (low is right); only lungs {checks['only the lungs']['roc_auc']:.3f} (near clean is right); "
+                  f"region: {checks['lungs']}")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model file [default: the bundled one]")
+    ap.add_argument("--folder", type=Path, action="append", default=[], help="labelled folder with per-image masks")
+    ap.add_argument("--data", type=Path, help="dataset root the split CSV refers to")
+    ap.add_argument("--split", type=Path, help="split CSV: its val rows, with the atlas")
+    ap.add_argument("--atlas", type=Path, default=None, help="atlas_224.png [default: ../shared/data/lung_masks]")
+    ap.add_argument("--masks", type=Path, default=None, help="per-image masks folder [default: ../shared/data/...]")
+    ap.add_argument("--limit", type=int, default=None, help="maps on at most this many images per class")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    ap.add_argument("--no-auc", dest="auc", action="store_false", help="skip the lung checks' AUC")
+    ap.add_argument("--cells", type=int, default=OcclusionGrid().cells, help="occlusion grid per side")
+    ap.add_argument("--span", type=int, default=OcclusionGrid().span, help="occluding window side, in cells")
+    args = ap.parse_args(argv)
+    methods = [m for m in args.methods.split(",") if m]
+    if not args.folder and not args.split:
+        ap.error("give --folder and/or --data with --split")
+    predictor = Predictor.load(args.model)
+    grid = OcclusionGrid(args.cells, args.span)
+    print(f"model: {predictor.meta.name} ({predictor.meta.arch}, {predictor.size} px); occlusion: full scale "
+          f"{FULL_SCALE:g} calibrated log-odds, {grid.cells} x {grid.cells} cells, window {grid.span} cells; "
+          f"methods: {', '.join(methods)} ({CAM}: the old map)")  # fmt: skip
+    try:
+        atlas = LungSource.from_atlas(args.atlas)
+    except LungMaskError as exc:
+        print(f"no atlas: {exc}", file=sys.stderr)
+        atlas = None
+    for folder in args.folder:
+        recs, _ = select_records(folder)
+        paths, y = [r.path for r in recs], binary_targets(recs, folder)
+        sources = [LungSource.from_masks(paths, args.masks), *([atlas] if atlas else [])]
+        report(f"{folder.parent.name}/{folder.name}", predictor, paths, y, sources, methods, args.limit, args.auc, grid)
+    if args.split:
+        if atlas is None:
+            print("the split's rows need the atlas; skipped", file=sys.stderr)
+            return 1
+        recs, described = select_records(args.data, "val", args.split)
+        paths, y = [r.path for r in recs], binary_targets(recs, args.data)
+        report(described, predictor, paths, y, [atlas], methods, args.limit, args.auc, grid)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
