@@ -196,9 +196,69 @@ def test_csv_json_and_api_rows_are_the_fields_of_prediction(predictor, tmp_path)
     assert list(api.model_dump(by_alias=True)) == shared + extra
     assert list(PredictResponse.model_json_schema(mode="serialization")["properties"]) == shared + extra
     assert set(shared + extra) == {  # what API clients rely on: these keys, no more, no fewer
-        "filename", "probability", "prediction", "threshold", "refer_low", "refer_high", "in_domain", "domain_score",
+        "filename", "probability", "prediction", "threshold", "refer_low", "refer_high", "domain", "in_domain",
+        "domain_score",
         "p_normal", "p_bacterial", "p_viral", *extra,
     }  # fmt: skip
+
+
+def _features(model_path, sources: list[bytes]) -> np.ndarray:
+    mf = load_model_file(model_path)
+    x = to_input([load_image(s, mf.meta.preprocessing.image_size) for s in sources], mf.meta.preprocessing)
+    return ort.InferenceSession(mf.onnx, providers=["CPUExecutionProvider"]).run(["features"], {"image": x})[0]
+
+
+def test_a_model_file_from_before_the_two_answers_answers_as_before(tiny_model, predictor):
+    """One guard, one answer: flagged is not_pediatric (in_domain false, withheld), else typical; in_domain and
+    domain_score are the old guard's, unchanged."""
+    from pneumo.domain import domain_check
+
+    meta = predictor.meta
+    assert meta.domain_guard is not None and meta.domain_guard.pediatric is None
+    # Images like the ones the tiny model's guard was fitted on (conftest.make_tiny_model), and ones that are not.
+    size, rng = meta.preprocessing.image_size, np.random.default_rng(7)
+    yy = np.linspace(0, 1, size)[:, None] * np.ones((1, size))
+    like = [np.clip(0.3 + 0.4 * yy + 0.2 * rng.standard_normal((size, size)), 0, 1) for _ in range(6)]
+    sources = [encode_png((a * 255).astype(np.uint8)) for a in like] + [_png(0), _png(1)]
+    preds = list(predictor.predict_sources([(f"f{i}", s) for i, s in enumerate(sources)]))
+    in_domain, score = domain_check(_features(tiny_model, sources), meta.domain_guard, predictor.model.arrays)
+    assert [p.in_domain for p in preds] == in_domain.tolist()
+    assert [p.domain_score for p in preds] == pytest.approx(score.tolist(), abs=1e-9)
+    assert [p.domain for p in preds] == ["typical" if i else "not_pediatric" for i in in_domain]
+    assert not all(in_domain) and any(in_domain)  # both answers occur, so the mapping is checked both ways
+
+
+def test_an_error_row_has_no_domain(predictor):
+    p = predictor.predict_one(b"not an image", "bad.png")
+    assert p.error and p.domain is None and p.in_domain is None
+
+
+def _with_pediatric(tiny_model, tmp_path, arrays_update: dict, drop: tuple[str, ...] = ()):
+    from pneumo.modelfile import save_model_file
+
+    mf = load_model_file(tiny_model)
+    guard = mf.meta.domain_guard
+    ped = {k.replace("domain_", "pediatric_"): v for k, v in mf.arrays.items()}
+    arrays = {k: v for k, v in {**mf.arrays, **ped, **arrays_update}.items() if k not in drop}
+    meta = mf.meta.model_copy(update={"domain_guard": guard.model_copy(update={"pediatric": guard})})
+    return save_model_file(tmp_path / "m.pneumo", mf.model_copy(update={"meta": meta, "arrays": arrays}))
+
+
+def test_a_pediatric_guard_reads_its_own_arrays(tiny_model, tmp_path):
+    # The same statistics under both names: every image typical or not_pediatric, none unusual.
+    pred = Predictor.load(_with_pediatric(tiny_model, tmp_path, {}))
+    checker = ((np.indices((96, 96)).sum(0) // 12) % 2 * 255).astype(np.uint8)
+    preds = list(pred.predict_sources([(f"f{i}", _png(i)) for i in range(6)] + [("c", encode_png(checker))]))
+    assert {p.domain for p in preds} <= {"typical", "not_pediatric"}
+    assert all(p.in_domain == (p.domain != "not_pediatric") for p in preds)
+
+
+@pytest.mark.parametrize(("update", "drop"), [({}, ("pediatric_components",)), ({"pediatric_scale": np.zeros(2)}, ())])
+def test_a_pediatric_guard_with_broken_arrays_is_refused(tiny_model, tmp_path, update, drop):
+    path = _with_pediatric(tiny_model, tmp_path, update, drop)
+    with pytest.raises(ModelFileError, match="pediatric_") as exc:
+        Predictor.load(path)
+    assert str(path) in str(exc.value) and "\n" not in str(exc.value)
 
 
 # The seam between training and inference: what predict, serve, the DICOM node, batch and adapt load must not pull
@@ -211,6 +271,7 @@ INFERENCE_PATH = [
     "pneumo.imaging",
     "pneumo.preprocess",
     "pneumo.domain",
+    "pneumo.domain_fit",  # refitting the guard onto a model file needs its ONNX graph only, no torch
     "pneumo.cam",
     "pneumo.serve.app",
     "pneumo.serve.analysis",

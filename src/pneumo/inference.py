@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from pneumo.decision import check_threshold, decide
-from pneumo.domain import domain_check
+from pneumo.domain import check_guard_arrays, classify_domain
 from pneumo.imaging import ImageLoadError, load_image
 from pneumo.modelfile import ModelFile, ModelFileError, load_model_file, load_onnx_file, onnx_session
 from pneumo.preprocess import averaged_views, to_input
@@ -36,12 +36,19 @@ class Prediction(BaseModel):
     probability: float | None = None
     prediction: str | None = None  # str, not labels.Decision: the DICOM writers refuse unknown ones themselves
     threshold: float = Field(description="operating threshold: at or above it the decision is PNEUMONIA")
+    # str, not a Literal: the batch writers type columns from these annotations (pneumo.domain.DOMAINS are the values)
+    domain: str | None = Field(
+        default=None,
+        description="typical; unusual_acquisition (a pediatric chest X-ray framed or exposed unlike the validation "
+        "films: the result stands, with a note); not_pediatric (not a pediatric chest X-ray: do not rely on the "
+        "result); null on error rows and for models without a domain guard",
+    )
     in_domain: bool | None = Field(
-        default=None, description="false: the image is unlike the validation X-rays; do not rely on it"
+        default=None, description="false (domain not_pediatric): not like a pediatric chest X-ray; do not rely on it"
     )
     domain_score: float | None = Field(
         default=None,
-        description="share of validation X-rays that lie further from the training images than this one "
+        description="share of held-out pediatric X-rays that lie further from the training images than this one "
         "(near 1: typical; 0: stranger than all of them)",
     )
     error: str | None = None
@@ -68,7 +75,7 @@ class Predictor:
     """Calibrated pneumonia probabilities, decisions and domain checks from one loaded model."""
 
     def __init__(self, model: ModelFile, *, threshold: float | None = None, threads: int | None = None):
-        self.session = onnx_session(model.onnx, source=f"{model.path}: model.onnx", threads=threads)
+        self.session = onnx_session(model.onnx, source=f"{model.path}: model.onnx", threads=threads, meta=model.meta)
         self.model = model
         self.meta = model.meta
         self.threshold = self.meta.threshold if threshold is None else check_threshold(threshold)
@@ -76,6 +83,9 @@ class Predictor:
         # The site's REFER band belongs to the site's operating point: an explicit threshold means two-way decisions.
         self.refer = self.meta.site.refer if self.meta.site is not None and threshold is None else None
         names = {o.name for o in self.session.get_outputs()}
+        if self.meta.domain_guard is not None and model.arrays:  # refused here, not as a silent wrong answer later
+            check_guard_arrays(self.meta.domain_guard, model.arrays, feature_dim=self.meta.feature_dim or None,
+                               source=model.path or "model")  # fmt: skip
         self.outputs = ["logits", "features"] + (["subtype_logits"] if "subtype_logits" in names else [])
 
     @classmethod
@@ -123,9 +133,9 @@ class Predictor:
         log_odds = pneumonia_log_odds(logits)
         subtypes = subtype_probabilities(logits, m.temperature, m.calibration_bias, sub) if m.has_subtypes else None
         if m.domain_guard is not None and self.model.arrays:
-            in_domain, score = domain_check(features, m.domain_guard, self.model.arrays)
+            domain, in_domain, score = classify_domain(features, m.domain_guard, self.model.arrays)
         else:
-            in_domain, score = [None] * len(names), [None] * len(names)
+            domain = in_domain = score = [None] * len(names)
         out = []
         for i, name in enumerate(names):
             p = float(prob[i])
@@ -138,6 +148,7 @@ class Predictor:
                 probability=p,
                 prediction=self.decide(p),
                 threshold=self.threshold,
+                domain=None if domain[i] is None else str(domain[i]),
                 in_domain=None if in_domain[i] is None else bool(in_domain[i]),
                 domain_score=None if score[i] is None else float(score[i]),
                 refer_low=None if self.refer is None else self.refer.low,

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.decision import flip_rate, is_positive
+from pneumo.domain import domain_rates
 from pneumo.inference import Predictor
 from pneumo.labels import SUBTYPE_INDEX
 from pneumo.lungs import LungMaskError, LungSource
@@ -56,7 +57,15 @@ __all__ = [
 
 # Lower is worse for these, higher for the others: the worst case takes each figure from its own worst condition.
 HIGHER_IS_BETTER = ("accuracy", "sensitivity", "specificity", "roc_auc", "bacterial_vs_viral")
-LOWER_IS_BETTER = ("ece", "decisions_flipped", "mean_abs_change", "flagged_out_of_domain", "subtype_flipped")
+LOWER_IS_BETTER = (
+    "ece",
+    "decisions_flipped",
+    "mean_abs_change",
+    "flagged_out_of_domain",
+    "flagged_not_pediatric",
+    "flagged_unusual_acquisition",
+    "subtype_flipped",
+)
 WORST = "worst case"
 NOTES = "notes"  # results key: what was left out and why (lung checks without the atlas or the masks)
 
@@ -230,6 +239,7 @@ def _summary(
     m = binary_metrics(y, prob, threshold)
     out = {k: float(m[k]) for k in ("accuracy", "sensitivity", "specificity", "roc_auc", "ece")}
     out["flagged_out_of_domain"] = float(np.mean([p.in_domain is False for p in preds]))
+    out.update(domain_rates(preds))  # the two answers: not a pediatric chest X-ray / an unusual acquisition
     if base is not None:
         out["mean_abs_change"] = float(np.mean(np.abs(prob - base)))
         out["decisions_flipped"] = flip_rate(is_positive(prob, threshold), is_positive(base, threshold))
@@ -250,7 +260,7 @@ def _summary(
 def format_table(results: dict[str, dict]) -> str:
     """A markdown table of :func:`shifted_validation` results, the worst case first and in bold."""
     cols = ["accuracy", "sensitivity", "specificity", "roc_auc", "ece", "mean_abs_change", "decisions_flipped"]
-    cols.append("flagged_out_of_domain")
+    cols += ["flagged_not_pediatric", "flagged_unusual_acquisition"]
     cols += [c for c in ("bacterial_vs_viral", "subtype_flipped") if any(c in r for r in results.values())]
     lines = ["| condition | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for name, r in results.items():
