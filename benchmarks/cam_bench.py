@@ -49,7 +49,7 @@ def agreement(original: Path, exported: Path, images: list[Path]) -> dict:
     from pneumo.modelfile import load_model_file
 
     old, new = Predictor.load(original), Predictor.load(exported)
-    mapper, grad_cam = HeatMapper(new), GradCam(load_model_file(original))
+    mapper, grad_cam = HeatMapper(new, "cam"), GradCam(load_model_file(original))
     assert mapper.method == "onnx-cam"
     max_err, mean_err, corr, prob, flat = [], [], [], [], 0
     for path in images:

@@ -336,14 +336,14 @@ def test_sc_with_a_real_heat_map(fullres_dir, predictor):
     for jpeg in sorted((fullres_dir / "PNEUMONIA").glob("*.jpeg")):
         data = _jpeg_as_chest_cr(jpeg)
         cam = analyser.heatmap(load_image(data, predictor.size, name=jpeg.name))
-        if cam is not None and cam.max() > 0.5:
+        if cam is not None and cam.max() > 0.7:
             break
     else:
         pytest.fail("no pneumonia X-ray of the val split gave a heat map")
     res = analyser.analyse(data, jpeg.name)
     px = res.sc.pixel_array.astype(int)
     xray = px[-load_display_image(data, SC_MAX_SIDE).shape[0] :]  # the X-ray fills the SC under the text band
-    hot = resize_map(cam, xray.shape[:2]) > 0.6
+    hot = resize_map(cam, xray.shape[:2]) > 0.6  # the map is on an absolute scale: hot regions above 0.6
     colour = xray.max(axis=2) - xray.min(axis=2)
     # Where the map is hot the overlay tints the gray X-ray; where it is cold the pixels stay (nearly) gray.
     assert np.median(colour[hot]) > 40 and np.median(colour[~hot]) < np.median(colour[hot]) / 2

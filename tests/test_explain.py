@@ -104,7 +104,10 @@ def test_occlusion_map_is_absolute_a_confident_normal_shows_nothing():
     the 16 cells bright (z = +1, P = 0.98), a window (2 x 2 occlusion cells of 8 px: one of the net's 16-px cells)
     over bright pixels under the mean grey (+1) drops the pneumonia logit by (2 - 1) / 16, the calibrated odds by
     4 / 16: a heat of exactly 0.25 on the absolute scale, whatever the image's own range."""
+    from pneumo.occlusion import OcclusionGrid
+
     explainer = Explainer(_brightness_model(temperature=0.25))
+    explainer.images._mapper.grid = OcclusionGrid(span=2)  # the golden value below is derived for 2 x 2-cell windows
     normal = _square(1, 1)
     assert explainer.predictor.predict_arrays([normal], ["n"])[0].probability < 0.01
     assert explainer.heatmap(normal).max() == 0.0

@@ -30,7 +30,8 @@ def _image(seed: int = 0) -> np.ndarray:
 
 
 def test_grid_geometry_and_occluded_copies():
-    grid = OcclusionGrid()
+    assert (OcclusionGrid().cells, OcclusionGrid().span, OcclusionGrid().positions) == (8, 1, 8)  # the default
+    grid = OcclusionGrid(span=2)
     assert (grid.cells, grid.span, grid.positions) == (8, 2, 7)
     np.testing.assert_array_equal(grid.edges(SIZE), np.arange(0, SIZE + 1, 8))
     x = _image()
@@ -46,7 +47,7 @@ def test_grid_geometry_and_occluded_copies():
 
 
 def test_a_cell_is_the_mean_of_the_windows_covering_it():
-    grid = OcclusionGrid()
+    grid = OcclusionGrid(span=2)
     drops = np.zeros((7, 7))
     drops[0, 0] = 1.0  # only the top-left window matters
     cells = grid.cell_means(drops)
@@ -122,7 +123,8 @@ def test_mapper_batches_the_copies_as_single_runs_would(tiny_model):
     m = predictor.meta
     z = np.array([pneumonia_log_odds(predictor.session.run(["logits"], {"image": c[None]})[0])[0] for c in copies])
     z = np.maximum(z / m.temperature + m.calibration_bias, np.log(FLOOR / (1 - FLOOR)))
-    expected = OcclusionGrid().cell_means((z[0] - z[1:]).reshape(7, 7))
+    n = OcclusionGrid().positions
+    expected = OcclusionGrid().cell_means((z[0] - z[1:]).reshape(n, n))
     np.testing.assert_allclose(got, expected, atol=1e-4)
     h = mapper.heatmap(image, (90, 70))
     assert h.shape == (90, 70) and h.dtype == np.float32 and h.min() >= 0 and h.max() <= 1

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from pneumo import __version__
+from pneumo._version import __version__
 
 app = typer.Typer(
     help="Pneumonia detection in pediatric chest X-rays: inspect data, train, evaluate, predict, explain, serve.\n\n"
@@ -60,6 +60,11 @@ ModelOpt = Annotated[
 ThresholdOpt = Annotated[
     float | None, typer.Option(help="Decision threshold, 0-1 (PNEUMONIA at or above it)" + _default(_MODEL_THRESHOLD))
 ]
+
+
+class HeatMethod(StrEnum):
+    occlusion = "occlusion"
+    cam = "cam"
 
 
 class Task(StrEnum):
@@ -657,10 +662,17 @@ def explain(
     images: Annotated[list[str], typer.Argument(help="Image files, folders or globs")],
     output: Annotated[Path, typer.Option("--output", "-o", "--out", help="Folder for the overlay PNGs")],
     model: ModelOpt = None,
+    method: Annotated[
+        HeatMethod,
+        typer.Option(
+            help="occlusion: the drop in calibrated pneumonia log-odds when each 16-px region is hidden, on one "
+            "absolute scale; cam: the class activation map, scaled to its own maximum",
+        ),
+    ] = HeatMethod.occlusion,
 ) -> None:
     """Heat maps over the X-ray, with probability and decision, one PNG per image.
 
-    Example: pneumo explain scan.jpeg -o heatmaps/
+    Example: pneumo explain scan.jpeg -o heatmaps/ --method occlusion
     """
     from pneumo.explain import explain_files
     from pneumo.predict_io import expand_inputs
@@ -668,7 +680,7 @@ def explain(
     files, missing = expand_inputs(images)
     if missing or not files:
         _fail(UsageError(f"{(missing or images)[0]}: no such file, folder or matching glob"))
-    written, failures = _run(explain_files, files, output, model=model)
+    written, failures = _run(explain_files, files, output, model=model, method=HeatMethod(method).value)
     for p in written:
         out.print(f"wrote {p}", highlight=False)
     for msg in failures:

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from pneumo import __version__
+from pneumo._version import __version__
 from pneumo.atomic import atomic_open
 from pneumo.errors import ModelFileError
 from pneumo.labels import TASK_CLASSES

@@ -31,7 +31,7 @@ from pneumo.imaging import resize_map
 from pneumo.probability import pneumonia_log_odds
 
 CELLS = 8  # evidence grid per side
-SPAN = 2  # window side in cells: with CELLS = 8, a quarter of the image's side
+SPAN = 1  # window side in cells: one cell (16 px at 128 px); measured better on the lungs than 2 cells
 # The drop of the calibrated pneumonia log-odds drawn at the top of the colour scale: 1.0 is, e.g., P(pneumonia)
 # 0.73 -> 0.5 when the window is hidden. Measured on the bundled model (benchmarks/lung_maps.py prints it): the
 # hottest cell of a validation pneumonia image drops the odds by a median 0.4 and 1.0 at the 90th percentile; at

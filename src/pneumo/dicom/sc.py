@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless, generate_uid
 
-from pneumo import __version__
+from pneumo._version import __version__
 from pneumo.dicom.sr import MANUFACTURER, SERIES_DESCRIPTION
 from pneumo.inference import Prediction
 from pneumo.labels import NORMAL, PNEUMONIA, REFER

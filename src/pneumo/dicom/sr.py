@@ -34,7 +34,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from pneumo import __version__, labels
+from pneumo import labels
+from pneumo._version import __version__
 from pneumo.inference import Prediction
 from pneumo.modelfile import ModelMeta
 

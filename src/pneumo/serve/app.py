@@ -25,7 +25,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pneumo import __version__
+from pneumo._version import __version__
 from pneumo.analysis import log_exception
 from pneumo.errors import ConfigError
 from pneumo.inference import Prediction, Predictor

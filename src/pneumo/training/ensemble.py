@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import compose, helper
 
-from pneumo import __version__
+from pneumo._version import __version__
 from pneumo.config import TrainConfig
 from pneumo.errors import ModelFileError
 from pneumo.inference import Predictor

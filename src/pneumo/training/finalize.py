@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pneumo import __version__, atomic
+from pneumo import atomic
+from pneumo._version import __version__
 from pneumo.calibration import (
     OperatingRule,
     choose_threshold,
