@@ -326,3 +326,16 @@ def test_table_marks_out_of_domain_decisions_in_the_decision_cell():
     for name in ("kid.png", "no-guard.png"):
         assert "DO NOT RELY" not in cells_of(name) and "unusual" not in cells_of(name)
     assert "ok 0.01" in cells_of("kid.png")
+
+
+def test_a_glob_through_a_link_loop_predicts_each_file_once(tmp_path):
+    from pneumo.predict_io import expand_inputs
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "x.png").write_bytes(b"x")
+    (folder / "loop").symlink_to(folder, target_is_directory=True)
+    files, missing = expand_inputs([str(folder / "**" / "*.png")])
+    assert files == [folder / "x.png"] and missing == []
+    files, _ = expand_inputs([str(folder), str(folder / "loop" / "x.png")])
+    assert files == [folder / "x.png"]

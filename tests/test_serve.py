@@ -510,3 +510,20 @@ def test_a_real_server_on_ipv6_loopback_answers_the_page(tiny_model):
         assert server.url.startswith("http://[::1]:")
         assert httpx.get(server.url).status_code == 200
         assert httpx.get(server.url + "api/v1/model").json()["name"] == "tiny-binary"
+
+
+def test_a_port_in_use_is_refused_before_serving_is_announced(caplog):
+    import logging
+    import socket
+
+    from pneumo.errors import InputError
+    from pneumo.serve.app import run_server
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with caplog.at_level(logging.INFO), pytest.raises(InputError, match=rf"cannot serve on 127\.0\.0\.1:{port}"):
+            run_server("127.0.0.1", port)
+    assert "serving on" not in caplog.text
+    assert InputError.exit_code == 2

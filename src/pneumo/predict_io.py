@@ -4,9 +4,11 @@ table output."""
 from __future__ import annotations
 
 import csv
+import errno
 import glob
 import json
 import math
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -61,7 +63,27 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
                 missing.append(item)
         else:
             missing.append(item)
-    return list(dict.fromkeys(files)), missing
+    return _unique_files(files), missing
+
+
+def _unique_files(files: Sequence[Path]) -> list[Path]:
+    """Each file once, by where it really is: a glob or folder walk through a link loop (``dir/loop -> dir``)
+    reaches one file by many paths (``dir/x.png``, ``dir/loop/x.png``, ``dir/loop/loop/x.png``...). The shortest
+    path stands for the file, at the place of its first occurrence; a path too deep in links to open is dropped."""
+    keys: list = []
+    best: dict = {}
+    for f in files:
+        try:
+            st = os.stat(f)
+            key = (st.st_dev, st.st_ino)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                continue  # the same file again, through too many links
+            key = os.path.realpath(f)  # a broken link or an unreadable path: the loader will say why
+        keys.append(key)
+        if key not in best or len(f.parts) < len(best[key].parts):
+            best[key] = f
+    return [best[k] for k in dict.fromkeys(keys)]
 
 
 def _cell(value) -> str:

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pneumo._version import __version__
 from pneumo.analysis import log_exception
-from pneumo.errors import ConfigError
+from pneumo.errors import ConfigError, InputError
 from pneumo.inference import Prediction, Predictor
 from pneumo.labels import Decision
 from pneumo.modelfile import ModelMeta, measured_on_label, public_meta_json
@@ -331,6 +331,23 @@ def _return_large_buffers_to_os(mmap_threshold: int = 8 * 2**20, trim_threshold:
         pass
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse, in one line and before anything says "serving on", a host and port that cannot be bound (another
+    server there, or an address this machine does not have); uvicorn binds the same address right after."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a TIME_WAIT socket is no obstacle
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            shown = f"[{host}]" if ":" in host else host
+            raise InputError(
+                f"cannot serve on {shown}:{port}: {exc.strerror or exc} (is another server there? choose --port)"
+            ) from exc
+
+
 def run_server(
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -346,6 +363,7 @@ def run_server(
     e.g. a reverse proxy's name); a request must arrive within the limits of ``slow_client_protocol``."""
     import uvicorn
 
+    check_port_free(host, port)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     _return_large_buffers_to_os()
     hosts = served_hosts(host, allow_hosts)
