@@ -4,7 +4,6 @@ table output."""
 from __future__ import annotations
 
 import csv
-import errno
 import glob
 import json
 import math
@@ -67,19 +66,14 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
 
 
 def _unique_files(files: Sequence[Path]) -> list[Path]:
-    """Each file once, by where it really is: a glob or folder walk through a link loop (``dir/loop -> dir``)
+    """Each file once, by the folder it really is in: a glob or folder walk through a link loop (``dir/loop -> dir``)
     reaches one file by many paths (``dir/x.png``, ``dir/loop/x.png``, ``dir/loop/loop/x.png``...). The shortest
-    path stands for the file, at the place of its first occurrence; a path too deep in links to open is dropped."""
-    keys: list = []
-    best: dict = {}
+    path stands for the file, at the place of its first occurrence. The file's own link is not followed, so a broken
+    or looping link still gets its row (and the loader's reason)."""
+    keys: list[tuple[str, str]] = []
+    best: dict[tuple[str, str], Path] = {}
     for f in files:
-        try:
-            st = os.stat(f)
-            key = (st.st_dev, st.st_ino)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                continue  # the same file again, through too many links
-            key = os.path.realpath(f)  # a broken link or an unreadable path: the loader will say why
+        key = (os.path.realpath(f.parent), f.name)
         keys.append(key)
         if key not in best or len(f.parts) < len(best[key].parts):
             best[key] = f
