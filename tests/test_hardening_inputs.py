@@ -145,19 +145,24 @@ from pneumo.imaging import load_image, load_image_and_display, probe_image  # no
 J2K, JPEG_BASELINE = "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.50"
 
 
+def _refused_calls(monkeypatch, owner, name: str, what: str) -> list:
+    """``owner.name`` replaced by a spy that records each call and fails it: the list of calls made."""
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError(f"{what} ran")
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls
+
+
 @pytest.fixture
 def no_decoding(monkeypatch):
     """Every DICOM pixel decoder call, recorded and refused: a check that runs after one has already paid."""
     import pydicom.pixels
 
-    calls = []
-
-    def spy(*args, **kwargs):
-        calls.append(args)
-        raise AssertionError("a DICOM pixel decoder ran")
-
-    monkeypatch.setattr(pydicom.pixels, "pixel_array", spy)
-    return calls
+    return _refused_calls(monkeypatch, pydicom.pixels, "pixel_array", "a DICOM pixel decoder")
 
 
 # --- item 2: the codestream's own size, before any decoder ---
@@ -223,13 +228,7 @@ def test_the_node_and_dicom_out_refuse_the_codestream_bomb_from_the_header(no_de
 def no_ghostscript(monkeypatch):
     from PIL import EpsImagePlugin
 
-    calls = []
-
-    def spy(*args, **kwargs):
-        calls.append(args)
-        raise AssertionError("Ghostscript ran")
-
-    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", spy)
+    calls = _refused_calls(monkeypatch, EpsImagePlugin, "Ghostscript", "Ghostscript")
     monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
     return calls
 
