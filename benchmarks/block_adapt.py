@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo.adapt import adapt_site
+from pneumo.adapt.site import adapt_site
 from pneumo.data import patient_sequence, read_split_csv
-from pneumo.evaluation_run import select_records
+from pneumo.evaluation.metrics import binary_metrics, block_figures
+from pneumo.evaluation.run import select_records
 from pneumo.inference import Predictor
-from pneumo.metrics import binary_metrics, block_figures
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from site_adapt import link_folder

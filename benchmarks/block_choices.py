@@ -6,7 +6,8 @@
 For each set of test-time content scales (the model file's own calibration and threshold kept) and for each
 threshold rule the model file records (its `validation.operating_point.rules`), on the validation rows of the split:
 accuracy, ROC AUC, sensitivity, specificity, ECE (10 bins), and the worst held-out block's specificity and
-sensitivity (`pneumo.metrics.block_figures`). Made with `pneumo data split DATA --by blocks`, the validation rows are
+sensitivity (`pneumo.evaluation.metrics.block_figures`). Made with `pneumo data split DATA --by blocks`, the validation
+rows are
 whole acquisition periods the model did not train on. Prints a markdown table; asserts nothing.
 """
 
@@ -19,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.data import read_split_csv
-from pneumo.evaluation_run import binary_targets, select_records
+from pneumo.evaluation.metrics import binary_metrics, block_figures
+from pneumo.evaluation.run import binary_targets, select_records
 from pneumo.imaging import load_image
 from pneumo.inference import Predictor, open_model
-from pneumo.metrics import binary_metrics, block_figures
 
 
 def figures(y: np.ndarray, prob: np.ndarray, blocks: list[str], threshold: float) -> dict:

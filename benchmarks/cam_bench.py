@@ -42,8 +42,8 @@ print(time.perf_counter() - t0, "torch" in sys.modules)
 
 def agreement(original: Path, exported: Path, images: list[Path]) -> dict:
     """ONNX map against Grad-CAM on the original file's PyTorch twin, both at the input size."""
-    from pneumo.cam import HeatMapper
-    from pneumo.grad_cam import GradCam
+    from pneumo.explain.cam import HeatMapper
+    from pneumo.explain.grad_cam import GradCam
     from pneumo.imaging import load_image
     from pneumo.inference import Predictor
     from pneumo.modelfile import load_model_file
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="requests per client")
     args = ap.parse_args(argv)
 
-    from pneumo.cam import CAM_OUTPUT
+    from pneumo.explain.cam import CAM_OUTPUT
     from pneumo.inference import Predictor
     from pneumo.modelfile import resolve_model_path
     from pneumo.training.export import export_model

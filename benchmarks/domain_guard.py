@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from pneumo.data import make_split, read_split_csv
 from pneumo.domain import domain_rates
+from pneumo.evaluation.shifts import SUITE, encode_png, gray8, perturbed_png
 from pneumo.imaging import ImageLoadError, load_image, probe_image
 from pneumo.inference import Predictor
-from pneumo.ood import ADULT_CHEST_DICOMS, adult_chest_radiographs, photographs, synthetic
-from pneumo.shifts import SUITE, encode_png, gray8, perturbed_png
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the reference images that are not pediatric chest X-rays
+from ood import ADULT_CHEST_DICOMS, adult_chest_radiographs, photographs, synthetic  # noqa: E402
+
 ZOOMS = ("zoom 0.8 (margin)", "zoom 1.25 (cropped)")
 
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from pneumo.evaluation_run import binary_targets, select_records
+from pneumo.evaluation.robustness import CONTROLS, PERTURBATIONS, shifted_validation
+from pneumo.evaluation.run import binary_targets, select_records
 from pneumo.inference import Predictor
-from pneumo.robustness import CONTROLS, PERTURBATIONS, shifted_validation
 
 ZOOMS = ("zoom 0.8 (margin)", "zoom 1.25 (cropped)")
 OCCLUSION = ("border masked 15%", "markers masked")
@@ -75,7 +76,8 @@ def figures(results: dict, ood_flagged: float | None) -> list[tuple[str, float, 
 def ood_rate(predictor: Predictor, folder: Path | None) -> tuple[float, int] | None:
     if folder is None:
         try:
-            from pneumo.ood import adult_chest_radiographs
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            from ood import adult_chest_radiographs
 
             samples = list(adult_chest_radiographs())
         except ImportError:  # pydicom-data is a dev extra

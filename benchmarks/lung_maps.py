@@ -14,7 +14,7 @@ occlusion map and the old class activation map, side by side):
 Maps are measured on the frame the network sees (the model's input size; the masks squashed to it, which keeps
 area shares), on the positive evidence before the colour scale clips it. The map is never cut to the lungs.
 
-Then the lung checks of the shift suite (:func:`pneumo.robustness.lung_checks`): AUC clean, with the lungs
+Then the lung checks of the shift suite (:func:`pneumo.evaluation.robustness.lung_checks`): AUC clean, with the lungs
 hidden (low is right) and with only the lungs shown (near clean is right).
 
     python benchmarks/lung_maps.py --folder ../shared/data/chest_xray_fullres/val
@@ -30,13 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo.cam import CAM, METHODS, OCCLUSION, HeatMapper
-from pneumo.evaluation_run import binary_targets, select_records
+from pneumo.evaluation.robustness import lung_checks
+from pneumo.evaluation.run import binary_targets, select_records
+from pneumo.explain.cam import CAM, METHODS, OCCLUSION, HeatMapper
+from pneumo.explain.occlusion import FULL_SCALE, OcclusionGrid
 from pneumo.imaging import load_image, resize_map
 from pneumo.inference import Predictor
 from pneumo.lungs import LungMaskError, LungSource, hottest_inside, mass_inside
-from pneumo.occlusion import FULL_SCALE, OcclusionGrid
-from pneumo.robustness import lung_checks
 
 
 def measure_maps(predictor: Predictor, paths, y, lungs: LungSource, methods, limit: int | None, grid=None, seed=0):

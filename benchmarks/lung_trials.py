@@ -5,7 +5,8 @@
 The held-out protocol of the lung-reading measurement, with the atlas standing in for per-image masks: the atlas
 (framed as the 224-px training copies are) above 0.3, grown by 4 % of the side, filled with the image's mean grey
 ("lungs hidden") or everything else filled ("only the lungs"), on the validation rows of the split: the suite's own
-lung checks (:func:`pneumo.robustness.lung_checks`) with a grown region. ``pneumo robustness`` reports them with the
+lung checks (:func:`pneumo.evaluation.robustness.lung_checks`) with a grown region. ``pneumo robustness`` reports them
+with the
 atlas not grown; the grown region hides more of the lungs' edges. Prints one line per model; asserts nothing.
 """
 
@@ -14,10 +15,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pneumo.evaluation_run import binary_targets, select_records
+from pneumo.evaluation.robustness import lung_checks
+from pneumo.evaluation.run import binary_targets, select_records
 from pneumo.inference import Predictor
 from pneumo.lungs import ATLAS_LEVEL, LungSource
-from pneumo.robustness import lung_checks
 
 
 def main() -> None:

@@ -3,7 +3,8 @@ suite at several margins, to tell a border shortcut from the lungs' periphery.
 
     python benchmarks/occlusion_margins.py [--model M] [--data ../shared/data] [--split-csv split.csv]
 
-The suite's own conditions use a 15 % margin (``pneumo.shifts.BORDER``); here the central box hidden leaves 10, 5
+The suite's own conditions use a 15 % margin (``pneumo.evaluation.shifts.BORDER``); here the central box hidden leaves
+10, 5
 and 2 % of each side, and the border hidden is 5 and 10 % deep. Validation rows of the split (made with seed 0
 when none is given). Prints the AUC per condition; asserts nothing.
 """
@@ -14,10 +15,10 @@ import argparse
 from pathlib import Path
 
 from pneumo.data import make_split
-from pneumo.evaluation_run import binary_targets, select_records
+from pneumo.evaluation.robustness import shifted_validation
+from pneumo.evaluation.run import binary_targets, select_records
+from pneumo.evaluation.shifts import BORDER, hide_box
 from pneumo.inference import Predictor
-from pneumo.robustness import shifted_validation
-from pneumo.shifts import BORDER, hide_box
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,8 @@
 """Site adaptation on real data: does ``pneumo adapt`` restore the operating point at a "new site"?
 
 The new site: the patient-grouped validation split of the training data under the worst perturbation of the shift
-suite (``pneumo.robustness``: by default the worst geometric shift the model file records, ``--screen`` runs the
+suite (``pneumo.evaluation.robustness``: by default the worst geometric shift the model file records, ``--screen`` runs
+the
 whole suite to find it, ``--perturbation`` names one), plus the 16 original-size images of the official val split.
 Half of its patients (stratified) are the site's labelled sample: ``pneumo adapt`` runs on them; the other half are
 the site's future studies: sensitivity, specificity and ECE there, base model as shipped against the site file,
@@ -25,14 +26,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pneumo.adapt import adapt_site
+from pneumo.adapt.site import adapt_site
 from pneumo.data import make_split, scan_dataset, split_dataset
-from pneumo.evaluate import bootstrap_ci
-from pneumo.evaluation_run import select_records
+from pneumo.evaluation.metrics import binary_metrics
+from pneumo.evaluation.report import bootstrap_ci
+from pneumo.evaluation.robustness import PERTURBATIONS
+from pneumo.evaluation.run import select_records
 from pneumo.imaging import load_image
 from pneumo.inference import Predictor
-from pneumo.metrics import binary_metrics
-from pneumo.robustness import PERTURBATIONS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,7 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--split-csv", type=Path, default=Path("/work/split.csv"))
     ap.add_argument("--model", type=Path, default=None)
-    ap.add_argument("--perturbation", default=None, help="a condition of pneumo.robustness [default: the worst]")
+    ap.add_argument(
+        "--perturbation", default=None, help="a condition of pneumo.evaluation.robustness [default: the worst]"
+    )
     ap.add_argument("--screen", action="store_true", help="find the worst condition by running the whole suite")
     ap.add_argument("--refer-error", type=float, default=None, help="with --refer [default: 1 - target]")
     ap.add_argument("--refer", action="store_true")

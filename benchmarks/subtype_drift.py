@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.data import parse_kermany_name, patient_number, read_split_csv
+from pneumo.evaluation.metrics import says_viral
 from pneumo.inference import Predictor
-from pneumo.metrics import says_viral
 
 
 def recall_by_period(names, subtypes, p_bacterial, p_viral, edges) -> list[tuple[str, int, int, float, float]]:

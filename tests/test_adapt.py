@@ -16,11 +16,21 @@ from PIL import Image
 from pydantic import ValidationError
 from scipy.stats import beta, norm
 
-from pneumo.calibration import choose_threshold
+from pneumo.adapt.fit import (
+    SiteFit,
+    conformal_band,
+    cross_validate,
+    exact_lower_bound,
+    figures_with_intervals,
+    fit_site,
+    positives_needed,
+    sample_size_warning,
+)
 from pneumo.cli import main
 from pneumo.decision import NORMAL_CODE, PNEUMONIA_CODE, REFER_CODE, decision_codes
+from pneumo.evaluation.calibration import choose_threshold
+from pneumo.evaluation.metrics import expected_calibration_error, operating_point
 from pneumo.labels import DECISIONS
-from pneumo.metrics import expected_calibration_error, operating_point
 from pneumo.modelfile import (
     BASE,
     SITE,
@@ -34,16 +44,6 @@ from pneumo.modelfile import (
     save_site_file,
 )
 from pneumo.probability import sigmoid
-from pneumo.site_fit import (
-    SiteFit,
-    conformal_band,
-    cross_validate,
-    exact_lower_bound,
-    figures_with_intervals,
-    fit_site,
-    positives_needed,
-    sample_size_warning,
-)
 
 TARGET = 0.98
 
@@ -285,7 +285,7 @@ def test_cli_writes_site_file_and_report(adapted):
 def test_a_missing_extra_is_one_line_naming_it_before_any_image_is_read(adapted, tiny_model, tmp_path, monkeypatch):
     import importlib.util
 
-    from pneumo.adapt import adapt_site
+    from pneumo.adapt.site import adapt_site
     from pneumo.errors import MissingExtraError
 
     find_spec = importlib.util.find_spec
@@ -329,7 +329,7 @@ def test_provenance_round_trips(adapted, tiny_model):
 
 
 def test_site_fit_is_the_library_fit_on_the_onnx_scores(adapted, tiny_model):
-    from pneumo.adapt_report import base_predictor, score_site
+    from pneumo.adapt.report import base_predictor, score_site
 
     _, _, predictor = base_predictor(tiny_model)
     s = score_site(adapted["site_dir"], predictor)
@@ -423,8 +423,8 @@ def test_adapting_a_site_file_starts_from_its_base(adapted, tmp_path, tiny_model
 
 
 def test_patients_from_a_csv_when_names_carry_none(tiny_model, tmp_path):
-    from pneumo.adapt import adapt_site
-    from pneumo.adapt_report import base_predictor, score_site
+    from pneumo.adapt.report import base_predictor, score_site
+    from pneumo.adapt.site import adapt_site
 
     rng = np.random.default_rng(3)
     rows = ["path,patient_id"]
@@ -490,7 +490,7 @@ BAD_SITES = ["missing folder", "no class folders", "one class", "one patient per
 
 @pytest.mark.parametrize("kind", BAD_SITES)
 def test_adapt_input_errors_are_one_line_usage_errors(kind, tiny_model, tmp_path):
-    from pneumo.adapt import AdaptError, adapt_site
+    from pneumo.adapt.site import AdaptError, adapt_site
     from pneumo.errors import InputError, PneumoError
 
     site, extra = _bad_site(kind, tmp_path)

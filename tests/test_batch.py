@@ -23,7 +23,7 @@ from conftest import xray
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from pneumo.batch import MODEL_COLUMNS, BatchError, read_results, run_batch  # noqa: E402
+from pneumo.batch.run import MODEL_COLUMNS, BatchError, read_results, run_batch  # noqa: E402
 from pneumo.cli import main  # noqa: E402
 from pneumo.predict_io import columns  # noqa: E402
 

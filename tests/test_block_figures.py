@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pneumo.metrics import block_figures
+from pneumo.evaluation.metrics import block_figures
 
 
 def test_block_figures_per_block_and_worst() -> None:

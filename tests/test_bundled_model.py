@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ood import adult_chest_radiographs, photographs, synthetic
+from pneumo.evaluation.shifts import FRAMING_CHECKS, TRAINING_CHECKS
 from pneumo.inference import Predictor
 from pneumo.modelfile import bundled_model_path, load_model_file, read_meta
-from pneumo.ood import adult_chest_radiographs, photographs, synthetic
-from pneumo.shifts import FRAMING_CHECKS, TRAINING_CHECKS
 
 REPO = Path(__file__).resolve().parents[1]
 

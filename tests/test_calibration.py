@@ -11,9 +11,9 @@ import scipy.special
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pneumo.calibration import choose_threshold, fit_calibration
 from pneumo.errors import ConfigError, DataError
-from pneumo.metrics import expected_calibration_error, operating_point, reliability_bins
+from pneumo.evaluation.calibration import choose_threshold, fit_calibration
+from pneumo.evaluation.metrics import expected_calibration_error, operating_point, reliability_bins
 from pneumo.probability import calibrated_probability, softmax
 
 
@@ -162,7 +162,8 @@ def test_operating_point_counts():
 
 
 def test_calibration_import_stays_light():
-    code = "import sys, pneumo.calibration; print(sorted({'matplotlib', 'sklearn', 'torch'} & set(sys.modules)))"
+    light = "print(sorted({'matplotlib', 'sklearn', 'torch'} & set(sys.modules)))"
+    code = f"import sys, pneumo.evaluation.calibration; {light}"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -183,7 +184,7 @@ def test_pneumonia_log_odds_is_one_formula_for_numpy_and_torch():
 
 
 def test_worst_case_threshold_keeps_the_largest_margin_in_the_worst_condition():
-    from pneumo.calibration import choose_threshold_worst_case, worst_case_rates
+    from pneumo.evaluation.calibration import choose_threshold_worst_case, worst_case_rates
 
     # 10 pneumonia, 10 normal. Clean: positives 0.55..1.0, negatives 0.0..0.45. Zoomed: the lowest positive
     # falls to 0.5 and the two highest negatives rise to 0.62 and 0.72. With both targets 0.8, by hand, the
@@ -203,7 +204,7 @@ def test_worst_case_threshold_keeps_the_largest_margin_in_the_worst_condition():
 
 
 def test_worst_case_threshold_refuses_one_class_and_bad_targets():
-    from pneumo.calibration import choose_threshold_worst_case
+    from pneumo.evaluation.calibration import choose_threshold_worst_case
 
     with pytest.raises(DataError):
         choose_threshold_worst_case(np.ones(4), {"clean": np.linspace(0, 1, 4)}, 0.9, 0.9)

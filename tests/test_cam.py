@@ -1,4 +1,4 @@
-"""pneumo.cam: occlusion maps are the default, for every graph and without torch; the old class activation map
+"""pneumo.explain.cam: occlusion maps are the default, for every graph and without torch; the old class activation map
 (method "cam") is Grad-CAM computed without torch; the overlay fades in smoothly; model files without the map fall
 back to PyTorch Grad-CAM for method "cam"."""
 
@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pneumo import cam as cam_mod
-from pneumo.cam import (
+from pneumo.explain import cam as cam_mod
+from pneumo.explain.cam import (
     ALPHA_FLOOR,
     ALPHA_MAX,
     CAM,
@@ -28,7 +28,7 @@ from pneumo.cam import (
     overlay_alpha,
     overlay_rgb,
 )
-from pneumo.grad_cam import GradCam
+from pneumo.explain.grad_cam import GradCam
 from pneumo.imaging import resize_map
 from pneumo.inference import Predictor
 from pneumo.modelfile import (
@@ -369,10 +369,10 @@ def test_server_falls_back_with_a_note_when_torch_is_missing(old_model_file, mon
     activation map, the analyser leaves it out and says what to do."""
     from fastapi.testclient import TestClient
 
-    from pneumo.analysis import ImageAnalyser
+    from pneumo.explain.analyser import ImageAnalyser
     from pneumo.serve.app import create_app
 
-    monkeypatch.setitem(sys.modules, "pneumo.grad_cam", None)  # any import of it now raises ImportError
+    monkeypatch.setitem(sys.modules, "pneumo.explain.grad_cam", None)  # any import of it now raises ImportError
     buf = io.BytesIO()
     Image.fromarray((_images(1)[0] * 255).astype(np.uint8)).save(buf, "PNG")
     files = {"file": ("x.png", buf.getvalue(), "image/png")}

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pneumo.compare import compare_runs, format_markdown, write_comparison, write_csv
+from pneumo.evaluation.compare import compare_runs, format_markdown, write_comparison, write_csv
 from pneumo.modelfile import ModelFile, ModelFileError, ModelMeta, Preprocessing, save_model_file
 
 
@@ -112,7 +112,7 @@ def test_missing_model_is_an_actionable_error(tmp_path):
 def test_rates_carry_wilson_intervals_from_their_counts(tmp_path):
     """With the counts known (n, n_pos, n_neg), accuracy, sensitivity and specificity show their 95 % Wilson
     interval in the Markdown cell and as columns of the CSV; 20 of 20 pneumonia caught is not "1.000-1.000"."""
-    from pneumo.evaluate import proportion_ci
+    from pneumo.evaluation.report import proportion_ci
 
     d = tmp_path / "eval_small"
     d.mkdir()

@@ -22,8 +22,8 @@ from pneumo.decision import (
     is_positive,
 )
 from pneumo.errors import ConfigError, PneumoError
-from pneumo.evaluate import compute_evaluation
-from pneumo.metrics import binary_metrics, confusion
+from pneumo.evaluation.metrics import binary_metrics, confusion
+from pneumo.evaluation.report import compute_evaluation
 
 probabilities = st.floats(0.0, 1.0, allow_nan=False)
 

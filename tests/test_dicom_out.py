@@ -43,14 +43,14 @@ def outputs(dicom_dir, predictor, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def site(predictor, dicom_dir, tmp_path_factory):
-    """A real site file (``pneumo.adapt``'s fit and REFER band, ``pneumo.modelfile``'s site format over the bundled
+    """A real site file (``pneumo.adapt.site``'s fit and REFER band, ``pneumo.modelfile``'s site format over the bundled
     model) whose band is centred on the network's log-odds of RG1_J2KI.dcm, and the SR + SC of both chest CRs
     made through it. The site sample is synthetic log-odds (seeded): 300 normal images one unit below that value,
     300 pneumonia images one unit above, unit spread. At alpha 0.05 the band spans about +-0.64 log-odds units
     (the 5 % / 95 % quantiles of the two classes, 1 - 1.645), so RG1 lies deep inside it: REFER."""
-    from pneumo.adapt_report import base_predictor
+    from pneumo.adapt.fit import figures_with_intervals, fit_site
+    from pneumo.adapt.report import base_predictor
     from pneumo.modelfile import ReferBand, SiteBase, SiteCalibration, SiteFigures, SiteSample, save_site_file
-    from pneumo.site_fit import figures_with_intervals, fit_site
 
     alpha, target = 0.05, 0.95
     z0 = predictor.predict_one((dicom_dir / CHEST[0]).read_bytes(), CHEST[0]).log_odds

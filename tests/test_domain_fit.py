@@ -12,9 +12,9 @@ import pytest
 from conftest import encode_png, xray
 from pneumo.domain import DOMAINS, NOT_PEDIATRIC, domain_rates
 from pneumo.domain_fit import FIT_CONDITIONS, refit_domain_guard
+from pneumo.evaluation.shifts import SUITE, perturbed_png
 from pneumo.inference import Predictor
 from pneumo.modelfile import ModelFileError, load_model_file
-from pneumo.shifts import SUITE, perturbed_png
 
 N_TRAIN, N_VAL = 30, 12
 

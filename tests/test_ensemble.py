@@ -12,9 +12,9 @@ from pneumo.cli import main
 from pneumo.config import TrainConfig
 from pneumo.data import scan_dataset, split_dataset, write_split_csv
 from pneumo.errors import ModelFileError
+from pneumo.evaluation.shifts import TRAINING_CHECKS
 from pneumo.inference import Predictor
 from pneumo.modelfile import load_model_file
-from pneumo.shifts import TRAINING_CHECKS
 from pneumo.training.ensemble import build_ensemble
 from pneumo.training.train import fit
 from test_train import make_dataset

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 from sklearn.metrics import average_precision_score, brier_score_loss, f1_score, roc_auc_score
 
-from pneumo.evaluate import (
+from pneumo.evaluation.metrics import CI_METRICS, binary_metrics, expected_calibration_error, weighted_metrics
+from pneumo.evaluation.report import (
     PROPORTIONS,
     bootstrap_ci,
     classification_report_text,
@@ -22,7 +23,6 @@ from pneumo.evaluate import (
     proportion_ci,
     write_evaluation,
 )
-from pneumo.metrics import CI_METRICS, binary_metrics, expected_calibration_error, weighted_metrics
 
 PREDICT_COLUMNS = ["path", "probability", "prediction", "threshold"]  # predict's first columns
 
@@ -214,9 +214,9 @@ def test_shift_suite_behind_the_robustness_command(tiny_model, tmp_path, capsys)
     from conftest import xray
     from pneumo.cli import main
     from pneumo.data import make_split
-    from pneumo.evaluation_run import shift_suite
+    from pneumo.evaluation.robustness import format_table, shifted_validation
+    from pneumo.evaluation.run import shift_suite
     from pneumo.inference import Predictor
-    from pneumo.robustness import format_table, shifted_validation
 
     root, extra = tmp_path / "data", tmp_path / "more" / "fullres"
     for i, label in enumerate(["NORMAL", "PNEUMONIA"] * 4):
@@ -296,7 +296,7 @@ def test_subtype_accuracy_interval_is_wilson():
 def test_gallery_counts_binary_mistakes_not_subtype_errors(tmp_path, monkeypatch):
     """A subtype model that gets the NORMAL / PNEUMONIA decision right on every image but calls every bacterial
     image viral: the gallery's "N mistakes" is 0, as the binary accuracy says, not the subtype errors."""
-    from pneumo import plots
+    from pneumo.evaluation import plots
 
     seen = {}
 

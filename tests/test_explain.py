@@ -1,4 +1,5 @@
-"""pneumo.explain: heat maps (occlusion by default, the old class activation map by name) are well-formed and lie
+"""pneumo.explain.explainer: heat maps (occlusion by default, the old class activation map by name) are well-formed and
+lie
 on what pushes towards pneumonia; occlusion maps are absolute; ``pneumo explain`` writes one PNG per readable
 image."""
 
@@ -10,9 +11,9 @@ import torch
 from PIL import Image
 
 from conftest import dicom_bytes
-from pneumo.cam import CAM, METHODS
 from pneumo.cli import main
-from pneumo.explain import Explainer
+from pneumo.explain.cam import CAM, METHODS
+from pneumo.explain.explainer import Explainer
 from pneumo.modelfile import ModelFile, ModelMeta, Preprocessing
 from pneumo.training.export import build_model_file
 from pneumo.training.models import create_model
@@ -104,7 +105,7 @@ def test_occlusion_map_is_absolute_a_confident_normal_shows_nothing():
     the 16 cells bright (z = +1, P = 0.98), a window (2 x 2 occlusion cells of 8 px: one of the net's 16-px cells)
     over bright pixels under the mean grey (+1) drops the pneumonia logit by (2 - 1) / 16, the calibrated odds by
     4 / 16: a heat of exactly 0.25 on the absolute scale, whatever the image's own range."""
-    from pneumo.occlusion import OcclusionGrid
+    from pneumo.explain.occlusion import OcclusionGrid
 
     explainer = Explainer(_brightness_model(temperature=0.25))
     explainer.images._mapper.grid = OcclusionGrid(span=2)  # the golden value below is derived for 2 x 2-cell windows

@@ -272,13 +272,13 @@ INFERENCE_PATH = [
     "pneumo.preprocess",
     "pneumo.domain",
     "pneumo.domain_fit",  # refitting the guard onto a model file needs its ONNX graph only, no torch
-    "pneumo.cam",
+    "pneumo.explain.cam",
     "pneumo.serve.app",
     "pneumo.serve.analysis",
     "pneumo.dicom.node",
     "pneumo.dicom.analysis",
-    "pneumo.batch",
-    "pneumo.adapt",
+    "pneumo.batch.run",
+    "pneumo.adapt.site",
 ]
 TRAINING_ONLY = ("torch", "lightning", "timm", "pytorch_grad_cam", "pneumo.training")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pneumo.evaluation.shifts import FRAMING_CHECKS, TRAINING_CHECKS
 from pneumo.modelfile import (
     ARRAYS,
     BORDER_HIDDEN_CHECK,
@@ -25,7 +26,6 @@ from pneumo.modelfile import (
     resolve_model_path,
     save_model_file,
 )
-from pneumo.shifts import FRAMING_CHECKS, TRAINING_CHECKS
 
 
 def _model(**meta) -> ModelFile:

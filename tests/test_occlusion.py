@@ -1,4 +1,4 @@
-"""pneumo.occlusion: occluded copies, the per-cell mean over windows, the drop in calibrated log-odds with its
+"""pneumo.explain.occlusion: occluded copies, the per-cell mean over windows, the drop in calibrated log-odds with its
 floor, and the absolute heat scale; HeatMapper's occlusion map matches running each copy on its own."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pneumo.occlusion import FLOOR, FULL_SCALE, OcclusionGrid, evidence, heat
+from pneumo.explain.occlusion import FLOOR, FULL_SCALE, OcclusionGrid, evidence, heat
 
 SIZE = 64
 
@@ -107,7 +107,7 @@ def test_heat_is_absolute_not_scaled_to_each_map():
 def test_mapper_batches_the_copies_as_single_runs_would(tiny_model):
     """HeatMapper's one batched run gives what running every occluded copy on its own through the predictor's
     session gives (ONNX Runtime batch and single runs agree to float32 rounding)."""
-    from pneumo.cam import HeatMapper
+    from pneumo.explain.cam import HeatMapper
     from pneumo.inference import Predictor
     from pneumo.preprocess import to_input
     from pneumo.probability import pneumonia_log_odds

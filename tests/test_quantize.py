@@ -14,8 +14,8 @@ pytest.importorskip("onnxruntime.quantization")
 onnx = pytest.importorskip("onnx")
 
 from pneumo.cli import main  # noqa: E402
+from pneumo.evaluation.metrics import binary_metrics  # noqa: E402
 from pneumo.inference import Predictor, open_model  # noqa: E402
-from pneumo.metrics import binary_metrics  # noqa: E402
 from pneumo.modelfile import ModelFileError, load_model_file  # noqa: E402
 from pneumo.quantize import ParityBounds, QuantizationError, calibration_paths, quantize_model  # noqa: E402
 

@@ -8,13 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from pneumo.evaluation_run import evaluate_folder, select_records
-from pneumo.imaging import load_image
-from pneumo.inference import Predictor
-from pneumo.lungs import LungMaskError, LungSource, grow, load_mask, place_atlas
-from pneumo.metrics import binary_metrics
-from pneumo.ood import photographs, synthetic
-from pneumo.robustness import (
+from ood import photographs, synthetic
+from pneumo.evaluation.metrics import binary_metrics
+from pneumo.evaluation.robustness import (
     CONTROLS,
     GEOMETRY,
     LUNG_CHECKS,
@@ -26,6 +22,10 @@ from pneumo.robustness import (
     shifted_validation,
     worst_case,
 )
+from pneumo.evaluation.run import evaluate_folder, select_records
+from pneumo.imaging import load_image
+from pneumo.inference import Predictor
+from pneumo.lungs import LungMaskError, LungSource, grow, load_mask, place_atlas
 
 
 def _xray_like(seed: int, size: int = 96) -> Image.Image:

@@ -241,7 +241,7 @@ def test_explain_returns_a_heatmap_png_the_size_of_the_image(client, how):
     assert heat.mode == "RGBA" and heat.size == decode_b64_png(body["image"]).size == (240, 160)
     # The map as the library draws it for the same image: the server adds no scaling of its own (heat maps are on
     # the library's scale, on which a confident normal may show nothing at all).
-    from pneumo.cam import heatmap_rgba
+    from pneumo.explain.cam import heatmap_rgba
 
     analyser = client.app.state.analyser
     drawn = analyser.images.analyse_decoded(*analyser.decode(png_bytes(160, 240), "x.png"), "x.png", heatmap=True)
@@ -267,9 +267,9 @@ def test_an_upload_is_decoded_once_for_prediction_display_and_heat_map(client, m
 
 
 def test_explain_without_torch_still_gives_a_heat_map(tiny_model, monkeypatch):
-    """The tiny model's graph has the class activation map: heat maps need neither torch nor pneumo.grad_cam
+    """The tiny model's graph has the class activation map: heat maps need neither torch nor pneumo.explain.grad_cam
     (the fallback for graphs without it is tested in test_cam.py)."""
-    for name in ("torch", "pytorch_grad_cam", "pneumo.grad_cam"):
+    for name in ("torch", "pytorch_grad_cam", "pneumo.explain.grad_cam"):
         monkeypatch.setitem(sys.modules, name, None)  # any import of it now raises ImportError
     body = post(TestClient(create_app(tiny_model)), png_bytes(), data={"explain": "true"}).json()
     assert body["heatmap"] is not None and body["explain_error"] is None

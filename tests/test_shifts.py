@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from pneumo.inference import Predictor
-from pneumo.robustness import predict_perturbed
-from pneumo.shifts import (
+from pneumo.evaluation.robustness import predict_perturbed
+from pneumo.evaluation.shifts import (
     BORDER,
     CONTROLS,
     FRAMING_CHECKS,
@@ -28,6 +27,7 @@ from pneumo.shifts import (
     marker_mask,
     only_lungs,
 )
+from pneumo.inference import Predictor
 
 
 def _chest(

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo.calibration import OperatingRule
 from pneumo.config import TrainConfig
+from pneumo.evaluation.calibration import OperatingRule
+from pneumo.evaluation.shifts import TRAINING_CHECKS, checked_copies
 from pneumo.inference import Predictor
 from pneumo.modelfile import load_model_file
-from pneumo.shifts import TRAINING_CHECKS, checked_copies
 from pneumo.training.train import balanced_indices, class_weights, fit
 
 N_PER_CLASS = 24

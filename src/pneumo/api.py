@@ -25,7 +25,7 @@ from pneumo.errors import ImageLoadError, InputError
 from pneumo.inference import Prediction, Predictor, open_model
 
 if TYPE_CHECKING:
-    from pneumo.explain import Explainer
+    from pneumo.explain.explainer import Explainer
     from pneumo.modelfile import ModelMeta
 
 Image = str | os.PathLike | bytes | np.ndarray
@@ -123,7 +123,7 @@ class Model:
         """The heat map of one image (a path or the file's bytes): float in [0, 1] at the display image's shape
         (aspect ratio kept, the longer side at most 512 px), what ``pneumo explain`` lays over the X-ray; high
         where the image pushed the model towards pneumonia."""
-        from pneumo.explain import Explainer
+        from pneumo.explain.explainer import Explainer
 
         with self._lock:  # the heat-map model loads once, on first use
             if self._explainer is None:

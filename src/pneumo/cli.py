@@ -469,7 +469,7 @@ def evaluate(
 
     Example: pneumo evaluate chest_xray --split test -o eval/
     """
-    from pneumo.evaluation_run import evaluate_folder
+    from pneumo.evaluation.run import evaluate_folder
 
     threshold = _threshold(threshold)
     split_name = None if split is None else split.value
@@ -493,7 +493,7 @@ def compare(
 
     Example: pneumo compare runs/* -o comparison.md --csv comparison.csv
     """
-    from pneumo.compare import compare_runs, format_markdown, write_csv
+    from pneumo.evaluation.compare import compare_runs, format_markdown, write_csv
 
     rows = _run(compare_runs, runs)
     table = format_markdown(rows)
@@ -620,7 +620,7 @@ def batch(
 
     Example: pneumo batch archive/ manifest.csv -o results.parquet --resume
     """
-    from pneumo.batch import run_batch
+    from pneumo.batch.run import run_batch
 
     threshold = _threshold(threshold)
     bar = None
@@ -674,7 +674,7 @@ def explain(
 
     Example: pneumo explain scan.jpeg -o heatmaps/ --method occlusion
     """
-    from pneumo.explain import explain_files
+    from pneumo.explain.explainer import explain_files
     from pneumo.predict_io import expand_inputs
 
     files, missing = expand_inputs(images)
@@ -770,8 +770,8 @@ def robustness(
 
     Example: pneumo robustness chest_xray --split-csv split.csv -o robustness.json
     """
-    from pneumo.evaluation_run import shift_suite
-    from pneumo.robustness import format_table
+    from pneumo.evaluation.robustness import format_table
+    from pneumo.evaluation.run import shift_suite
 
     results = _run(shift_suite, data_dir, split_csv, model=model, extra=extra or (), tta=tta, out_json=out_json)
     print(format_table(results))
@@ -805,7 +805,7 @@ def adapt(
 
     Example: pneumo adapt site_sample/ -o site.pneumo --report site_report/
     """
-    from pneumo.adapt import adapt_site
+    from pneumo.adapt.site import adapt_site
 
     if folds < 2:
         _fail(UsageError(f"--folds must be at least 2, got {folds}"))

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, Field, model_validator
 
 from pneumo.atomic import write_text
-from pneumo.calibration import OperatingRule
+from pneumo.evaluation.calibration import OperatingRule
 from pneumo.modelfile import DEFAULT_IMAGE_SIZE, Preprocessing
 
 

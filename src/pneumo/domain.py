@@ -2,7 +2,8 @@
 
 - ``not_pediatric``: not a pediatric chest X-ray at all (a photograph, a document, an adult film, another body
   part). The result is withheld. The *pediatric guard* answers it: fitted on training X-rays under the framing
-  shifts of the suite (:mod:`pneumo.shifts`: zoomed out with a margin, zoomed in, squeezed, moved, cropped), so a
+  shifts of the suite (:mod:`pneumo.evaluation.shifts`: zoomed out with a margin, zoomed in, squeezed, moved, cropped),
+  so a
   child's film framed differently still counts as a child's film (:mod:`pneumo.domain_fit` fits it onto an
   existing model file).
 - ``unusual_acquisition``: a pediatric chest X-ray, but framed or exposed unlike the validation films. The result

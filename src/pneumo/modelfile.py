@@ -298,7 +298,8 @@ def _lung_lines(checks: Any) -> list[str]:
     return lines
 
 
-# The check of pneumo.shifts.TRAINING_CHECKS that hides the image border (a name, not an import: the inference
+# The check of pneumo.evaluation.shifts.TRAINING_CHECKS that hides the image border (a name, not an import: the
+# inference
 # path does not load the perturbation suite); tests/test_modelfile.py checks that the suite still has it.
 BORDER_HIDDEN_CHECK = "border masked 15%"
 _CONDITION_WORDS = {"clean": "clean validation"}

@@ -29,11 +29,11 @@ import numpy as np
 from pneumo.atomic import write_bytes
 from pneumo.data import scan_dataset
 from pneumo.errors import PneumoError
-from pneumo.evaluation_run import select_records
+from pneumo.evaluation.metrics import binary_metrics
+from pneumo.evaluation.run import select_records
 from pneumo.imaging import ImageLoadError, load_image
 from pneumo.inference import Prediction, Predictor
 from pneumo.labels import BINARY_CLASSES
-from pneumo.metrics import binary_metrics
 from pneumo.modelfile import Quantization, load_model_file, save_model_file
 from pneumo.predict_io import expand_inputs
 from pneumo.preprocess import to_input

@@ -1,6 +1,7 @@
 """From one DICOM instance (bytes) to its two result instances: checks, prediction, heat map, SR and SC.
 
-The pixels are decoded once (:class:`pneumo.analysis.ImageAnalyser`, :mod:`pneumo.imaging`) from the instance's own
+The pixels are decoded once (:class:`pneumo.explain.analyser.ImageAnalyser`, :mod:`pneumo.imaging`) from the instance's
+own
 bytes, exactly as ``pneumo predict`` decodes a file, so the probability in the SR is the one ``pneumo predict``
 prints for the same file.
 """
@@ -19,8 +20,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from pneumo.analysis import ImageAnalyser, ImageAnalysis
 from pneumo.errors import PneumoError
+from pneumo.explain.analyser import ImageAnalyser, ImageAnalysis
 from pneumo.imaging import ImageLoadError, check_dicom_codestream
 from pneumo.inference import Prediction, Predictor
 
@@ -162,7 +163,8 @@ def _evidence(ds: Dataset) -> Dataset:
 
 class DicomAnalyser:
     """Turns chest CR / DX instances into SR + SC results with one loaded Predictor (thread-safe). Decoding,
-    prediction and the fail-soft heat map are :class:`pneumo.analysis.ImageAnalyser`'s; an SC without the heat map
+    prediction and the fail-soft heat map are :class:`pneumo.explain.analyser.ImageAnalyser`'s; an SC without the heat
+    map
     says so."""
 
     def __init__(self, predictor: Predictor, *, heatmaps: bool = True):

@@ -4,7 +4,7 @@ result burnt in above it, ``BurnedInAnnotation`` YES, in the source's study.
 The text band sits above the X-ray rather than on it, so no text hides any of the lungs. The result line is red
 for PNEUMONIA, green for NORMAL and amber for REFER (a site's REFER band: neither decision backed, a reader must
 decide), so a referred study never looks like a normal one. Drawing needs numpy and
-Pillow only; the overlay is :mod:`pneumo.cam`'s, so it looks as on the web page.
+Pillow only; the overlay is :mod:`pneumo.explain.cam`'s, so it looks as on the web page.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ DECISION_COLOURS = {PNEUMONIA: _RED, NORMAL: _GREEN, REFER: _AMBER}
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray | None) -> np.ndarray:
-    """The gray X-ray ([0, 1], H x W) with the heat map composited over it (``pneumo.cam``'s colours and smooth
+    """The gray X-ray ([0, 1], H x W) with the heat map composited over it (``pneumo.explain.cam``'s colours and smooth
     opacity, as on the web page and in ``pneumo explain``), H x W x 3 uint8."""
     if heatmap is None:
         return np.repeat(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2)
-    from pneumo.cam import overlay_rgb
+    from pneumo.explain.cam import overlay_rgb
 
     return overlay_rgb(image, heatmap)
 

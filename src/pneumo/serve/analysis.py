@@ -1,6 +1,7 @@
 """One upload -> prediction, the X-ray as PNG for the browser (DICOM included) and, when asked, a heat map.
 
-Runs in a worker thread. Decoding, prediction and the heat map are :class:`pneumo.analysis.ImageAnalyser`'s, as for
+Runs in a worker thread. Decoding, prediction and the heat map are :class:`pneumo.explain.analyser.ImageAnalyser`'s, as
+for
 ``pneumo explain`` and the DICOM results: the same ONNX path and the same decoding as ``pneumo predict``.
 """
 
@@ -13,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pneumo.analysis import ImageAnalyser
-from pneumo.cam import heatmap_rgba
+from pneumo.explain.analyser import ImageAnalyser
+from pneumo.explain.cam import heatmap_rgba
 from pneumo.imaging import ImageLoadError, maybe_headerless_dicom, sniff_format
 from pneumo.inference import Prediction, Predictor
 from pneumo.serve.upload import unsupported_reason
@@ -47,14 +48,14 @@ def gray_png(image: np.ndarray) -> bytes:
 
 def heatmap_rgba_png(cam: np.ndarray) -> bytes:
     """A [0, 1] heat map as a transparent RGBA PNG to lay over the X-ray: jet colours, opacity rising smoothly
-    with heat (:func:`pneumo.cam.heatmap_rgba`, numpy only)."""
+    with heat (:func:`pneumo.explain.cam.heatmap_rgba`, numpy only)."""
     buf = io.BytesIO()
     Image.fromarray(heatmap_rgba(cam), mode="RGBA").save(buf, "PNG", compress_level=3)
     return buf.getvalue()
 
 
 class Analyser:
-    """The web page's side of :class:`pneumo.analysis.ImageAnalyser`: uploads refused by name before decoding,
+    """The web page's side of :class:`pneumo.explain.analyser.ImageAnalyser`: uploads refused by name before decoding,
     the X-ray and the heat map as PNGs. Heat maps fail soft, with a reason the page shows."""
 
     def __init__(self, predictor: Predictor):

@@ -26,8 +26,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pneumo._version import __version__
-from pneumo.analysis import log_exception
 from pneumo.errors import ConfigError, InputError
+from pneumo.explain.analyser import log_exception
 from pneumo.inference import Prediction, Predictor
 from pneumo.labels import Decision
 from pneumo.modelfile import ModelMeta, measured_on_label, public_meta_json

@@ -11,19 +11,18 @@ import torch
 
 from pneumo import atomic
 from pneumo._version import __version__
-from pneumo.calibration import (
+from pneumo.config import TrainConfig
+from pneumo.data import SplitData
+from pneumo.decision import flip_rate, is_positive
+from pneumo.domain import fit_domain_guard
+from pneumo.evaluation.calibration import (
     OperatingRule,
     choose_threshold,
     choose_threshold_worst_case,
     fit_calibration,
     worst_case_rates,
 )
-from pneumo.config import TrainConfig
-from pneumo.data import SplitData
-from pneumo.decision import flip_rate, is_positive
-from pneumo.domain import fit_domain_guard
-from pneumo.labels import TASK_CLASSES
-from pneumo.metrics import (
+from pneumo.evaluation.metrics import (
     bacterial_vs_viral_accuracy,
     binary_metrics,
     block_figures,
@@ -31,9 +30,10 @@ from pneumo.metrics import (
     operating_point,
     says_viral,
 )
+from pneumo.evaluation.shifts import FRAMING_CHECKS, TRAINING_CHECKS, checked_copies
+from pneumo.labels import TASK_CLASSES
 from pneumo.modelfile import ModelMeta, onnx_session, save_model_file, without_paths
 from pneumo.probability import calibrated_probability, subtype_probabilities
-from pneumo.shifts import FRAMING_CHECKS, TRAINING_CHECKS, checked_copies
 from pneumo.training.export import build_model_file
 from pneumo.training.models import PneumoNet, count_parameters
 
@@ -81,7 +81,7 @@ def _onnx_ms_per_image(onnx_bytes: bytes, image_size: int, batch: int = 16, repe
 def validation_metrics(y_bin: np.ndarray, prob: np.ndarray, threshold: float, n_boot: int = 500) -> dict:
     """Point metrics plus 95 % intervals (Wilson for the proportions, bootstrap for the rest), flattened for the
     model file."""
-    from pneumo.evaluate import confidence_intervals
+    from pneumo.evaluation.report import confidence_intervals
 
     m = binary_metrics(y_bin, prob, threshold)
     out = {k: v for k, v in m.items() if isinstance(v, int | float)}
@@ -92,7 +92,8 @@ def validation_metrics(y_bin: np.ndarray, prob: np.ndarray, threshold: float, n_
 
 def geometry_shift_summary(y: np.ndarray, clean_prob: np.ndarray, shifted: dict, temperature: float, bias: float,
                            threshold: float) -> dict:  # fmt: skip
-    """Per check of validation (:data:`pneumo.shifts.TRAINING_CHECKS`): AUC, sensitivity, specificity, ECE and
+    """Per check of validation (:data:`pneumo.evaluation.shifts.TRAINING_CHECKS`): AUC, sensitivity, specificity, ECE
+    and
     decision flips against the clean images; and the worst case over the checks (lowest AUC, sensitivity,
     specificity; highest ECE and flips)."""
 
@@ -113,7 +114,8 @@ def choose_operating_threshold(y: np.ndarray, probs: dict[str, np.ndarray], rule
 
     - ``pooled``: the highest threshold with ``target_sensitivity`` on all conditions pooled;
     - ``worst_case``: the largest margin to both targets in the worst framing condition
-      (:func:`pneumo.calibration.choose_threshold_worst_case` over clean and :data:`pneumo.shifts.FRAMING_CHECKS`).
+      (:func:`pneumo.evaluation.calibration.choose_threshold_worst_case` over clean and
+      :data:`pneumo.evaluation.shifts.FRAMING_CHECKS`).
     """
     y = np.asarray(y)
     framing = {k: p for k, p in probs.items() if k == "clean" or k in FRAMING_CHECKS}
@@ -144,7 +146,8 @@ def fit_operating_point(
     shifted_sub: dict[str, np.ndarray] | None = None,
 ) -> tuple[float, float, float, dict]:
     """Temperature, bias, threshold and the validation figures of a model (or an ensemble) from its validation
-    logits, subtype logits (or None) and the logits of the checked copies (:data:`pneumo.shifts.TRAINING_CHECKS`:
+    logits, subtype logits (or None) and the logits of the checked copies
+    (:data:`pneumo.evaluation.shifts.TRAINING_CHECKS`:
     framing shifts and the border hidden); with ``shifted_sub``, the subtype logits of those copies, the bacterial /
     viral split is measured under each check too (``geometry_shift``: ``bacterial_vs_viral`` and
     ``subtype_flipped`` against the clean images).

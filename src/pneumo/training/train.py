@@ -27,9 +27,9 @@ from pneumo import atomic
 from pneumo.config import TrainConfig
 from pneumo.data import SplitData, patient_number, read_split_csv, scan_dataset, split_dataset
 from pneumo.errors import DataError
+from pneumo.evaluation.shifts import TRAINING_CHECKS
 from pneumo.labels import PNEUMONIA, SUBTYPE_INDEX, TASK_CLASSES
 from pneumo.probability import pneumonia_log_odds
-from pneumo.shifts import TRAINING_CHECKS
 from pneumo.training.augment import augment_batch, lung_field, normalize_batch
 from pneumo.training.cache import build_cache
 from pneumo.training.models import create_model, set_transfer_mode
@@ -41,7 +41,8 @@ MONITOR = "val_auc_worst"  # clean validation rewards the framing shortcut; the 
 class CachedImages(torch.utils.data.Dataset):
     """Index -> (uint8 image tensor C x H x W, target); augmentation happens later, on whole batches.
 
-    With ``copies`` (each N x H x W, :func:`pneumo.shifts.checked_copies`), channel 0 is the image and channel k
+    With ``copies`` (each N x H x W, :func:`pneumo.evaluation.shifts.checked_copies`), channel 0 is the image and
+    channel k
     its copy under the k-th check."""
 
     def __init__(self, split: SplitData, indices: np.ndarray | None = None, copies: Sequence[np.ndarray] = ()):

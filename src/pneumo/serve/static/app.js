@@ -83,7 +83,7 @@ async function loadModelInfo() {
   for (const card of document.querySelectorAll('#results > [data-state="done"]')) showCalibration(card);
 }
 
-// The checks of the model file (pneumo.shifts), in a clinician's words. Unknown names are shown as recorded.
+// The checks of the model file (pneumo.evaluation.shifts), in a clinician's words. Unknown names are shown as recorded.
 const CONDITIONS = {
   clean: "as they are",
   "zoom 0.8": "zoomed out to 0.8, dark margin",

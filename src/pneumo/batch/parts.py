@@ -1,5 +1,5 @@
-"""The output format of ``pneumo batch``, shared by its engines (:mod:`pneumo.batch` runs the local one and the run
-itself, :mod:`pneumo.batch_ray` the Ray one): the inputs, the Arrow schema of a row and the writer of the atomic
+"""The output format of ``pneumo batch``, shared by its engines (:mod:`pneumo.batch.run` runs the local one and the run
+itself, :mod:`pneumo.batch.ray_engine` the Ray one): the inputs, the Arrow schema of a row and the writer of the atomic
 Parquet part files. Both engines import it; it imports neither.
 """
 
@@ -23,7 +23,7 @@ from pneumo.predict_io import columns
 
 MODEL_COLUMNS = ["model_name", "model_sha256"]
 # Parquet key-value metadata of every part: the settings its rows were predicted with (JSON), which a resume must
-# match (pneumo.batch.done_paths).
+# match (pneumo.batch.run.done_paths).
 SETTINGS_KEY = b"pneumo_settings"
 PART_PREFIX = "part-"
 _ARROW_TYPES = {str: pa.string(), float: pa.float64(), bool: pa.bool_()}

@@ -1,5 +1,5 @@
 """Calibration and operating points: temperature and bias fitting and threshold choice (counting and ECE are
-:mod:`pneumo.metrics`).
+:mod:`pneumo.evaluation.metrics`).
 
 Everything here works on plain numpy arrays and needs only numpy and scipy, because training imports it to set the
 temperature and threshold that travel in the model file.

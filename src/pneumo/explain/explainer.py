@@ -1,11 +1,14 @@
 """Heat maps over the X-ray: ``pneumo explain``.
 
 The probability and decision shown come from the same ONNX path as ``pneumo predict``, so an overlay never
-disagrees with a prediction. The map (:class:`pneumo.cam.HeatMapper`) is by default occlusion sensitivity through
+disagrees with a prediction. The map (:class:`pneumo.explain.cam.HeatMapper`) is by default occlusion sensitivity
+through
 ONNX Runtime (no torch): how much hiding each region lowers the calibrated pneumonia log-odds, on an absolute scale
-whose top (dark red) is a drop of :data:`pneumo.occlusion.FULL_SCALE` or more, so a confident normal shows (almost)
+whose top (dark red) is a drop of :data:`pneumo.explain.occlusion.FULL_SCALE` or more, so a confident normal shows
+(almost)
 nothing. ``method="cam"`` gives the old class activation map (each map scaled to its own maximum; Grad-CAM on the
-PyTorch twin, :mod:`pneumo.grad_cam`, for graphs without it). Either way the map shows what pushed the model towards
+PyTorch twin, :mod:`pneumo.explain.grad_cam`, for graphs without it). Either way the map shows what pushed the model
+towards
 pneumonia, for binary and subtype models alike, wherever it lies: it is never cut to the lungs.
 """
 
@@ -17,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo.analysis import ImageAnalyser, ImageAnalysis
-from pneumo.cam import OCCLUSION, heatmap_rgba
+from pneumo.explain.analyser import ImageAnalyser, ImageAnalysis
+from pneumo.explain.cam import OCCLUSION, heatmap_rgba
 from pneumo.imaging import ImageLoadError
 from pneumo.inference import Predictor, open_model
 from pneumo.labels import PNEUMONIA
@@ -26,7 +29,7 @@ from pneumo.modelfile import ModelFile, load_model_file
 
 
 class Explainer:
-    """Loads a model file once; explains images from paths or bytes (:class:`pneumo.analysis.ImageAnalyser`, not
+    """Loads a model file once; explains images from paths or bytes (:class:`pneumo.explain.analyser.ImageAnalyser`, not
     fail-soft: ``pneumo explain`` exists for the heat map)."""
 
     def __init__(self, model: ModelFile, method: str = OCCLUSION):
@@ -54,7 +57,7 @@ def overlay_png(
     exp: ImageAnalysis, *, show_heatmap: bool = True, title: str | None = None, scale: str | None = None
 ) -> bytes:
     """The X-ray with the heat map over it and the probability and decision above it, as PNG bytes; ``scale``
-    (what the top of the colour scale means, :attr:`pneumo.cam.HeatMapper.scale`) is written under the title."""
+    (what the top of the colour scale means, :attr:`pneumo.explain.cam.HeatMapper.scale`) is written under the title."""
     from matplotlib.figure import Figure
 
     p = exp.prediction
@@ -84,7 +87,7 @@ def explain_files(
     files: Sequence[Path], output: Path, model: str | Path | None = None, method: str = OCCLUSION
 ) -> tuple[list[Path], list[str]]:
     """Write ``<stem>_gradcam.png`` (the name kept from when the map was Grad-CAM) for each file into ``output``,
-    the heat map by ``method`` (:data:`pneumo.cam.METHODS`); returns (written, one-line failures)."""
+    the heat map by ``method`` (:data:`pneumo.explain.cam.METHODS`); returns (written, one-line failures)."""
     explainer = Explainer.load(model, method)
     output.mkdir(parents=True, exist_ok=True)
     written, failures, used = [], [], set()

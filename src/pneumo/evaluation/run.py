@@ -12,11 +12,11 @@ import numpy as np
 from pneumo import atomic
 from pneumo.data import ImageRecord, read_split_csv, scan_dataset
 from pneumo.errors import DataError
-from pneumo.evaluate import write_evaluation
+from pneumo.evaluation.metrics import block_figures
+from pneumo.evaluation.report import write_evaluation
 from pneumo.imaging import load_image
 from pneumo.inference import Predictor
 from pneumo.labels import BINARY_CLASSES, SUBTYPE_INDEX, TASK_CLASSES
-from pneumo.metrics import block_figures
 from pneumo.modelfile import meta_json
 
 GALLERY_SIZE = 128  # pixels per gallery tile; the gallery needs thumbnails, not the network input
@@ -134,10 +134,11 @@ def shift_suite(
     tta: bool = False,
     out_json: Path | None = None,
 ) -> dict[str, dict]:
-    """``pneumo robustness``: :func:`pneumo.robustness.shifted_validation` on the ``val`` rows of ``split_csv``
+    """``pneumo robustness``: :func:`pneumo.evaluation.robustness.shifted_validation` on the ``val`` rows of
+    ``split_csv``
     (with their subtypes) and on each ``extra`` labelled folder, reported as ``parent/name``; the results are
     also written to ``out_json`` when given."""
-    from pneumo.robustness import shifted_validation
+    from pneumo.evaluation.robustness import shifted_validation
 
     recs, _ = select_records(Path(data_dir), "val", Path(split_csv))
     extras = {}

@@ -13,7 +13,7 @@ written as ``predict`` writes them (:func:`pneumo.errors.visible`).
 Rows carry every column of ``pneumo predict`` (the same values, errors included), then the extra columns of a
 manifest, then ``model_name`` and ``model_sha256``. The engines differ only in who runs the work: ``local`` is the
 decode-overlapped ONNX Runtime path of ``predict`` (:meth:`Predictor.predict_sources`); ``ray`` is in
-:mod:`pneumo.batch_ray`. Their common output format (schema, part writer) is :mod:`pneumo.batch_parts`.
+:mod:`pneumo.batch.ray_engine`. Their common output format (schema, part writer) is :mod:`pneumo.batch.parts`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pneumo.batch_parts import (
+from pneumo.batch.parts import (
     MODEL_COLUMNS,
     SETTINGS_KEY,
     BatchInputs,
@@ -358,7 +358,7 @@ def _run_locked(
         if engine == "local":
             run_local(predictor, batch_inputs, todo, writer, batch_size=batch_size, tta=tta, progress=tick)
         else:
-            from pneumo.batch_ray import run_ray
+            from pneumo.batch.ray_engine import run_ray
 
             run_ray(
                 predictor,

@@ -1,4 +1,4 @@
-"""The statistics of ``pneumo adapt`` (:mod:`pneumo.adapt`): refit the calibration, the operating threshold and,
+"""The statistics of ``pneumo adapt`` (:mod:`pneumo.adapt.site`): refit the calibration, the operating threshold and,
 optionally, a REFER band on a hospital's own labelled sample, with honest figures.
 
 Why: a threshold chosen on one site's validation data does not hold at another (different prevalence, exposure,
@@ -7,8 +7,9 @@ framing); departments are told to validate locally. Everything here goes through
 
 Honesty of the figures:
 
-- the sample is split k-fold **by patient**; calibration (temperature and bias, :func:`pneumo.calibration.
-  fit_calibration`), threshold (:func:`pneumo.calibration.choose_threshold`) and band are fitted on k-1 folds and
+- the sample is split k-fold **by patient**; calibration (temperature and bias, :func:`pneumo.evaluation.calibration.
+  fit_calibration`), threshold (:func:`pneumo.evaluation.calibration.choose_threshold`) and band are fitted on k-1
+  folds and
   measured on the held-out fold; the figures pool the held-out folds;
 - 95 % intervals are a bootstrap over **patients** (images of one patient are not independent), resampled within
   each class of patient so the class mix stays the sample's;
@@ -33,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from pneumo.calibration import choose_threshold, fit_calibration
 from pneumo.decision import NORMAL_CODE, PNEUMONIA_CODE, REFER_CODE, decision_codes
 from pneumo.errors import InputError
+from pneumo.evaluation.calibration import choose_threshold, fit_calibration
 from pneumo.probability import sigmoid
 
 
@@ -191,7 +192,7 @@ def weighted_figures(
 ) -> dict[str, Any]:
     """Sensitivity, specificity, ROC and PR AUC, ECE, Brier and, for three-way decisions, the referred share and
     the miss and false-alarm rates of the confident calls; one value per row of ``weights`` (case weights)."""
-    from pneumo.metrics import weighted_metrics
+    from pneumo.evaluation.metrics import weighted_metrics
 
     y = np.asarray(y).astype(bool)
     w = np.atleast_2d(weights)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from pneumo.metrics import expected_calibration_error, operating_point, reliability_bins
+from pneumo.evaluation.metrics import expected_calibration_error, operating_point, reliability_bins
 
 DPI = 120
 WRONG = "#c62828"

@@ -3,12 +3,14 @@
 :class:`HeatMapper` is the one entry point for ``pneumo explain``, the web page and the DICOM Secondary Capture. Its
 methods (:data:`METHODS`):
 
-- ``"occlusion"`` (the default, :mod:`pneumo.occlusion`): the drop in calibrated pneumonia log-odds when a window of
+- ``"occlusion"`` (the default, :mod:`pneumo.explain.occlusion`): the drop in calibrated pneumonia log-odds when a
+window of
   a quarter of the side is hidden under the image's mean grey, on an 8 x 8 grid, for any ONNX graph (no torch). The
-  scale is **absolute**: 1.0 (dark red, the top of the colour scale) is a drop of :data:`pneumo.occlusion.FULL_SCALE`
+  scale is **absolute**: 1.0 (dark red, the top of the colour scale) is a drop of
+  :data:`pneumo.explain.occlusion.FULL_SCALE`
   (1.0) log-odds or more, e.g. P(pneumonia) 0.73 -> 0.5 when the region is hidden; 0.5 (yellow-green) is half of
   that; the overlay is transparent below ``ALPHA_FLOOR`` (0.15 of it). Odds are counted from P = 0.05 up
-  (:data:`pneumo.occlusion.FLOOR`), so an image called normal with P below 0.05 shows nothing; the map is never
+  (:data:`pneumo.explain.occlusion.FLOOR`), so an image called normal with P below 0.05 shows nothing; the map is never
   cut to the lungs. 49 network runs in one batch per map.
 - ``"cam"``: the class activation map, the old method, a 4 x 4 grid at 128 px, each map min-max scaled to its
   own maximum (full red is only "the hottest cell of this image"). Kept for comparison (``benchmarks/lung_maps.py``).
@@ -22,7 +24,8 @@ weights that made the prediction, ``.onnx`` files written by ``pneumo export`` c
 be read without torch (``safetensors`` is not an inference dependency).
 
 :class:`HeatMapper` is the one entry point for ``pneumo explain``, the web page and the DICOM Secondary Capture:
-the ONNX map when the graph has it, else PyTorch Grad-CAM on the model file's weights (:class:`pneumo.grad_cam.GradCam`,
+the ONNX map when the graph has it, else PyTorch Grad-CAM on the model file's weights
+(:class:`pneumo.explain.grad_cam.GradCam`,
 older model files and architectures without the pooling head). The colour map and the overlay's opacity live here
 too, so every picture of a heat map looks the same.
 """
@@ -33,11 +36,11 @@ import threading
 
 import numpy as np
 
+from pneumo.explain.occlusion import FULL_SCALE, OcclusionGrid, evidence, heat
 from pneumo.graph_names import CAM_OUTPUT
 from pneumo.imaging import resize_map
 from pneumo.inference import Predictor
 from pneumo.modelfile import ModelFile, ModelFileError, load_model_file
-from pneumo.occlusion import FULL_SCALE, OcclusionGrid, evidence, heat
 from pneumo.preprocess import to_input
 
 OCCLUSION, CAM = "occlusion", "cam"
@@ -144,7 +147,7 @@ class HeatMapper:
                 self._fallback()
 
     def evidence(self, image: np.ndarray) -> np.ndarray:
-        """The occlusion evidence of one image at the model's input size (:func:`pneumo.occlusion.evidence`:
+        """The occlusion evidence of one image at the model's input size (:func:`pneumo.explain.occlusion.evidence`:
         ``cells`` x ``cells``, the drop in calibrated pneumonia log-odds per cell, signed), on the unaltered view."""
         x = to_input([image], self.predictor.meta.preprocessing)[0]
         session, meta = self.predictor.session, self.predictor.meta
@@ -174,7 +177,7 @@ class HeatMapper:
 
     def _fallback(self):
         if self._grad_cam is None:
-            from pneumo.grad_cam import GradCam
+            from pneumo.explain.grad_cam import GradCam
 
             self._grad_cam = GradCam(self._with_weights(self.predictor.model))
         return self._grad_cam

@@ -1,9 +1,11 @@
 """One image through the model: decode once, predict, and a heat map that may fail without costing the prediction.
 
-The service behind ``pneumo explain`` (:mod:`pneumo.explain`), the web page (:mod:`pneumo.serve.analysis`) and the
+The service behind ``pneumo explain`` (:mod:`pneumo.explain.explainer`), the web page (:mod:`pneumo.serve.analysis`)
+and the
 DICOM results (:mod:`pneumo.dicom.analysis`, ``pneumo predict --dicom-out``, the DICOM node). One opening of the
 source gives the network input and the display image (:func:`pneumo.imaging.load_image_and_display`); the
-probability comes from the same ONNX path as ``pneumo predict``; the heat map from :class:`pneumo.cam.HeatMapper`
+probability comes from the same ONNX path as ``pneumo predict``; the heat map from
+:class:`pneumo.explain.cam.HeatMapper`
 (occlusion sensitivity on an absolute scale by default; ``method="cam"`` for the old class activation map), at the
 display image's shape.
 
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo.cam import OCCLUSION, HeatMapper
+from pneumo.explain.cam import OCCLUSION, HeatMapper
 from pneumo.imaging import DISPLAY_MAX, load_image_and_display
 from pneumo.inference import Prediction, Predictor, Source
 from pneumo.modelfile import ModelFileError
@@ -42,7 +44,7 @@ SWITCHED_OFF = "heat maps are switched off"
 class ImageAnalysis:
     """What one image gave: the prediction, the display image (aspect ratio kept, [0, 1]) and, when asked for and
     possible, the heat map at the display image's shape ([0, 1]; on the absolute scale of
-    :class:`pneumo.cam.HeatMapper` for occlusion maps); ``heatmap_error`` says why it is missing."""
+    :class:`pneumo.explain.cam.HeatMapper` for occlusion maps); ``heatmap_error`` says why it is missing."""
 
     prediction: Prediction
     image: np.ndarray
@@ -55,7 +57,8 @@ class ImageAnalyser:
 
     ``max_side`` bounds the display image; ``heatmaps=False`` never makes one (nor loads what it needs); with
     ``fail_soft`` (the default) a heat map that cannot be made is logged to ``log`` and left out, without it the
-    exception propagates. ``method`` is the heat-map method (:data:`pneumo.cam.METHODS`). What the heat maps need
+    exception propagates. ``method`` is the heat-map method (:data:`pneumo.explain.cam.METHODS`). What the heat maps
+    need
     (torch and the weights, for the class activation map of graphs without it) is loaded on first use, once, or up
     front with :meth:`prepare`."""
 
@@ -73,7 +76,7 @@ class ImageAnalyser:
         self.max_side = max_side
         self.heatmaps = heatmaps
         self.fail_soft = fail_soft
-        self.log = log or logging.getLogger("pneumo.analysis")
+        self.log = log or logging.getLogger("pneumo.explain.analyser")
         self._mapper = HeatMapper(predictor, method) if heatmaps else None
         self._lock = threading.Lock()
         self._ready = False
@@ -81,13 +84,15 @@ class ImageAnalyser:
 
     @property
     def method(self) -> str | None:
-        """``"occlusion"``, ``"onnx-cam"`` or ``"grad-cam"`` (:attr:`pneumo.cam.HeatMapper.method`); None without
+        """``"occlusion"``, ``"onnx-cam"`` or ``"grad-cam"`` (:attr:`pneumo.explain.cam.HeatMapper.method`); None
+        without
         heat maps."""
         return None if self._mapper is None else self._mapper.method
 
     @property
     def scale(self) -> str | None:
-        """What the top of the colour scale means (:attr:`pneumo.cam.HeatMapper.scale`); None without heat maps."""
+        """What the top of the colour scale means (:attr:`pneumo.explain.cam.HeatMapper.scale`); None without heat
+        maps."""
         return None if self._mapper is None else self._mapper.scale
 
     def decode(self, source: Source, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -131,7 +136,7 @@ class ImageAnalyser:
             return None, FAILED
 
     def prepare(self) -> bool:
-        """Whether heat maps can be made, finding out once (:meth:`pneumo.cam.HeatMapper.prepare`); when not,
+        """Whether heat maps can be made, finding out once (:meth:`pneumo.explain.cam.HeatMapper.prepare`); when not,
         :attr:`unavailable` says why (fail-soft) or the exception propagates."""
         if self._mapper is None:
             return False

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from pneumo.batch_parts import BatchInputs, PartWriter, Progress, has_refer, predictions_table
+from pneumo.batch.parts import BatchInputs, PartWriter, Progress, has_refer, predictions_table
 from pneumo.imaging import ImageLoadError, load_image
 from pneumo.inference import Prediction, Predictor
 from pneumo.modelfile import ModelFile, Preprocessing

@@ -1,6 +1,6 @@
 """The run behind ``pneumo adapt``: score the site sample through the base model's ONNX graph, cross-validate, fit on
 the whole sample, write the site file and the report (report.txt, metrics.json, predictions.csv, reliability
-diagrams before / after, ROC with both operating points). The statistics live in :mod:`pneumo.site_fit`."""
+diagrams before / after, ROC with both operating points). The statistics live in :mod:`pneumo.adapt.fit`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,15 @@ from typing import Any
 import numpy as np
 
 from pneumo import atomic
+from pneumo.adapt.fit import (
+    AdaptError,
+    cross_validate,
+    figures_with_intervals,
+    fit_site,
+    refer_warnings,
+    sample_size_warning,
+    sha256_hex,
+)
 from pneumo.data import parse_kermany_name, scan_dataset
 from pneumo.decision import NORMAL_CODE, PNEUMONIA_CODE, REFER_CODE, decision_codes
 from pneumo.labels import BINARY_CLASSES, DECISIONS
@@ -29,15 +38,6 @@ from pneumo.modelfile import (
     save_site_file,
 )
 from pneumo.probability import sigmoid
-from pneumo.site_fit import (
-    AdaptError,
-    cross_validate,
-    figures_with_intervals,
-    fit_site,
-    refer_warnings,
-    sample_size_warning,
-    sha256_hex,
-)
 
 OOD_WARN_SHARE = 0.05  # above this share of the sample outside the validated domain, say so
 
@@ -153,7 +153,7 @@ def run_adaptation(
     batch_size: int,
     patients_csv: Path | None = None,
 ) -> AdaptResult:
-    """See :func:`pneumo.adapt.adapt_site`."""
+    """See :func:`pneumo.adapt.site.adapt_site`."""
     if not 0.0 < target_sensitivity < 1.0:
         raise AdaptError(f"--target-sensitivity must be between 0 and 1, got {target_sensitivity}")
     if refer_error is not None and not 0.0 < refer_error < 0.5:
@@ -257,7 +257,7 @@ def _fmt(f: dict[str, float]) -> str:
 
 def report_text(r: AdaptResult, s: SiteScores, cv, before_prob: np.ndarray, before_dec: np.ndarray) -> str:
     """report.txt: the evaluation layout (scikit-learn's report and the summary lines) before and after."""
-    from pneumo.evaluate import classification_report_text
+    from pneumo.evaluation.report import classification_report_text
 
     site, base = r.site, r.site.base
     names = ("Healthy", "Pneumonia")
@@ -332,7 +332,7 @@ def plot_roc_operating_points(y: np.ndarray, prob: np.ndarray, points: dict[str,
     from matplotlib.figure import Figure
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    from pneumo.plots import _save
+    from pneumo.evaluation.plots import _save
 
     fig = Figure(figsize=(5.5, 5.5))
     ax = fig.add_subplot()
@@ -354,9 +354,9 @@ def write_report(
     out_dir: Path, r: AdaptResult, s: SiteScores, cv, before_prob: np.ndarray, before_dec: np.ndarray, final
 ) -> dict[str, Any]:
     """report.txt, metrics.json, predictions.csv, reliability_before.png, reliability_after.png, roc.png."""
-    from pneumo import plots
-    from pneumo.evaluate import _jsonable
-    from pneumo.metrics import operating_point
+    from pneumo.evaluation import plots
+    from pneumo.evaluation.metrics import operating_point
+    from pneumo.evaluation.report import _jsonable
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {

@@ -2,16 +2,16 @@
 band on a hospital's own labelled sample, with honest figures, and write a site model file.
 
 The statistics (cross-validation by patient, bootstrap intervals, the conformal REFER band, the sample-size warning)
-live in :mod:`pneumo.site_fit`, the run and its report in :mod:`pneumo.adapt_report`; this module is the entry point.
+live in :mod:`pneumo.adapt.fit`, the run and its report in :mod:`pneumo.adapt.report`; this module is the entry point.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pneumo.adapt_report import run_adaptation
+from pneumo.adapt.fit import DEFAULT_FOLDS, AdaptError
+from pneumo.adapt.report import run_adaptation
 from pneumo.errors import MissingExtraError
-from pneumo.site_fit import DEFAULT_FOLDS, AdaptError
 
 __all__ = ["AdaptError", "adapt_site"]
 
@@ -33,10 +33,10 @@ def adapt_site(
     patients_csv: str | Path | None = None,
 ):
     """``pneumo adapt``: score the site sample through the base model's ONNX graph, cross-validate, fit on the whole
-    sample, write the site file (and the report). Returns the :class:`pneumo.adapt_report.AdaptResult`.
+    sample, write the site file (and the report). Returns the :class:`pneumo.adapt.report.AdaptResult`.
 
     Raises :class:`~pneumo.errors.MissingExtraError` naming the ``adapt`` extra when its packages are missing,
-    before any image is read, and :class:`~pneumo.site_fit.AdaptError` (a usage error: one line, exit 2) for a
+    before any image is read, and :class:`~pneumo.adapt.fit.AdaptError` (a usage error: one line, exit 2) for a
     site sample or an option that cannot be used as given."""
     import importlib.util
 

@@ -4,7 +4,8 @@ Binary truth ``y`` is 1 for pneumonia; ``prob`` is the probability of pneumonia;
 ``prob >= threshold``. The subtype task adds ``y_class`` (index into ``class_names``) and ``probs`` (N x C).
 
 The counting itself (metrics at a threshold, for the point estimate and every bootstrap resample) is
-:mod:`pneumo.metrics`. Intervals (:func:`confidence_intervals`): the rates that are proportions of a fixed count
+:mod:`pneumo.evaluation.metrics`. Intervals (:func:`confidence_intervals`): the rates that are proportions of a fixed
+count
 (accuracy, sensitivity, specificity, precision, NPV) get Wilson score intervals, which stay honest at small n and
 at 0 or 1 (a bootstrap of 20 pneumonia images that were all caught is "1.000-1.000"; Wilson says 0.839-1.000);
 AUCs, F1, ECE and Brier get the class-stratified percentile bootstrap.
@@ -24,8 +25,8 @@ import numpy as np
 
 from pneumo import atomic
 from pneumo.decision import decision_codes
+from pneumo.evaluation.metrics import CI_METRICS, binary_metrics, confusion, prepare, reliability_bins, weighted_metrics
 from pneumo.labels import BINARY_CLASSES, NORMAL, PNEUMONIA
-from pneumo.metrics import CI_METRICS, binary_metrics, confusion, prepare, reliability_bins, weighted_metrics
 
 DISPLAY_NAMES = {NORMAL: "Healthy", PNEUMONIA: "Pneumonia", "BACTERIA": "Bacterial", "VIRUS": "Viral"}
 # Proportions of a count fixed by the test set (or by the predictions, for precision and NPV): the metric name,
@@ -367,7 +368,7 @@ def write_evaluation(
     """:func:`compute_evaluation` (same keyword arguments), written as ``report.txt``, ``metrics.json``,
     ``predictions.csv`` and PNG plots into ``out_dir``; ``images`` (2-D arrays aligned with ``paths``) adds a
     gallery. Returns what ``metrics.json`` holds."""
-    from pneumo import plots
+    from pneumo.evaluation import plots
 
     ev = compute_evaluation(**evaluation)
     metrics, rows = ev.metrics, ev.rows

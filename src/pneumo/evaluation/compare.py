@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumo import atomic
-from pneumo.evaluate import proportion_ci
+from pneumo.evaluation.report import proportion_ci
 from pneumo.modelfile import SUFFIX, ModelFileError, ModelMeta, read_meta
 
 MISSING = "—"

@@ -1,9 +1,11 @@
-"""Running the shift suite (:mod:`pneumo.shifts`): how a model holds up when framing, acquisition or what lies
+"""Running the shift suite (:mod:`pneumo.evaluation.shifts`): how a model holds up when framing, acquisition or what
+lies
 outside the lungs changes, and its worst case.
 
 Each perturbation is applied to the decoded validation image, which is then re-encoded and sent through the
 same loader and predictor a user's file goes through. The conditions and their families are declared in
-:mod:`pneumo.shifts`; the controls (the lung box hidden) are reported beside the others, never in the worst case,
+:mod:`pneumo.evaluation.shifts`; the controls (the lung box hidden) are reported beside the others, never in the worst
+case,
 because there a low AUC is right.
 
 The lung checks (:func:`lung_checks`: the lungs hidden, and everything but the lungs hidden) are reported beside the
@@ -27,11 +29,8 @@ import numpy as np
 
 from pneumo.decision import flip_rate, is_positive
 from pneumo.domain import domain_rates
-from pneumo.inference import Predictor
-from pneumo.labels import SUBTYPE_INDEX
-from pneumo.lungs import LungMaskError, LungSource
-from pneumo.metrics import bacterial_vs_viral_accuracy, binary_metrics, reliability_bins, says_viral
-from pneumo.shifts import (
+from pneumo.evaluation.metrics import bacterial_vs_viral_accuracy, binary_metrics, reliability_bins, says_viral
+from pneumo.evaluation.shifts import (
     ACQUISITION,
     CONTROLS,
     GEOMETRY,
@@ -42,6 +41,9 @@ from pneumo.shifts import (
     lung_png,
     perturbed_png,
 )
+from pneumo.inference import Predictor
+from pneumo.labels import SUBTYPE_INDEX
+from pneumo.lungs import LungMaskError, LungSource
 
 __all__ = [
     "ACQUISITION",

@@ -1,0 +1,1 @@
+"""Archive-scale prediction (`pneumo batch`) into a resumable Parquet dataset."""

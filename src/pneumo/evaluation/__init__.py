@@ -1,0 +1,1 @@
+"""Evaluation: metrics, intervals, plots, the shift suite, reports and comparisons."""

@@ -1,0 +1,1 @@
+"""Heat maps: occlusion sensitivity and class activation maps, and one image analysed with its map."""
