@@ -57,7 +57,7 @@ def main() -> None:
     rows: dict[str, dict] = {}
     for views in args.views or ["1.0", "0.8,0.9,1.0"]:
         scales = [float(s) for s in views.split(",")]
-        pre = model.meta.preprocessing.model_copy(update={"tta": [] if scales == [1.0] else scales})
+        pre = model.meta.preprocessing.model_copy(update={"content_scales": [] if scales == [1.0] else scales})
         variant = model.model_copy(update={"meta": model.meta.model_copy(update={"preprocessing": pre})})
         predictor = Predictor(variant)
         prob = np.array([p.probability for p in predictor.predict_arrays(images, names)])

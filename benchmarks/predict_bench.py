@@ -107,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     ort_ips = model_only_ort(model)
     print(f"model-only ONNX Runtime:   {ort_ips:9.1f} network passes/s")
     if n_views > 1:  # the network runs once per test-time view; the guard's view is one of them
-        print(f"  with the model's {n_views} test-time views {m.preprocessing.tta}: {ort_ips / n_views:9.1f} images/s")
+        print(
+            f"  with the model's {n_views} test-time views {m.preprocessing.content_scales}: "
+            f"{ort_ips / n_views:9.1f} images/s"
+        )
         ort_ips /= n_views
     eager_ips = None
     if model.weights is not None:

@@ -78,7 +78,7 @@ def test_predict_equals_the_cli_row(model, images, tmp_path):
     for result in model.predict_many(paths):
         _assert_same(result, rows[result.path])
     tta_rows = _cli_rows(paths, tmp_path, "--tta")
-    _assert_same(model.predict(paths[0], tta=True), tta_rows[str(paths[0])])
+    _assert_same(model.predict(paths[0], mirror=True), tta_rows[str(paths[0])])
 
 
 def test_predict_equals_the_cli_row_on_real_xrays(model, fullres_dir, tmp_path):

@@ -257,7 +257,7 @@ def test_resume_with_other_settings_is_refused(tiny_model, tmp_path):
     with pytest.raises(BatchError, match=r"written with --threshold 0.3, not --threshold 0.6"):
         run_batch([str(src)], out, model=tiny_model, threshold=0.6, resume=True)
     with pytest.raises(BatchError, match=r"written with no --tta, not --tta"):
-        run_batch([str(src)], out, model=tiny_model, threshold=0.3, tta=True, resume=True)
+        run_batch([str(src)], out, model=tiny_model, threshold=0.3, mirror=True, resume=True)
     with pytest.raises(BatchError, match=r"written with --threshold 0.3, not --threshold 0.5"):
         run_batch([str(src)], out, model=tiny_model, resume=True)  # the model's own threshold is another one
     assert run_batch([str(src)], out, model=tiny_model, threshold=0.3, resume=True).skipped == 4

@@ -148,7 +148,7 @@ def test_negative_evidence_is_cut_before_scaling():
 def test_tta_model_maps_the_unaltered_view():
     """A model that averages test-time views for its probability is explained on the image as it is (scale 1.0),
     the view Grad-CAM has always been given."""
-    meta = _meta().model_copy(update={"preprocessing": Preprocessing(image_size=SIZE, tta=[0.8, 0.9, 1.0])})
+    meta = _meta().model_copy(update={"preprocessing": Preprocessing(image_size=SIZE, content_scales=[0.8, 0.9, 1.0])})
     model = build_model_file(_net(), meta, {})
     mapper, image = HeatMapper(Predictor(model), CAM), _images(1, seed=3)[0]
     ref = GradCam(model).heatmap(image)

@@ -32,7 +32,7 @@ def members(tmp_path_factory) -> tuple[Path, Path, list[Path]]:
         cfg = TrainConfig(
             data_dir=data, out=root / f"m{seed}", arch="cnn-small", pretrained=False, image_size=32, epochs=1,
             batch_size=8, threads=1, cache_dir=root / "cache", split_csv=split, seed=seed, subtype_head=True,
-            tta=[0.9, 1.0],
+            content_scales=[0.9, 1.0],
         )  # fmt: skip
         runs.append(fit(cfg))
     return data, split, runs

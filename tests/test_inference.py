@@ -86,7 +86,7 @@ def test_tta_averages_logits_with_the_mirror(tiny_model, predictor):
     mirrored = _reference(tiny_model, [encode_png((img[:, ::-1] * 255).round().astype(np.uint8))])
     m = predictor.meta
     expected = calibrated_probability((logits + mirrored) / 2, m.temperature, m.calibration_bias)[0]
-    assert predictor.predict_one(src, "x", tta=True).probability == pytest.approx(expected, abs=1e-5)
+    assert predictor.predict_one(src, "x", mirror=True).probability == pytest.approx(expected, abs=1e-5)
     assert predictor.predict_one(src, "x").probability != pytest.approx(expected, abs=1e-7)
 
 
@@ -103,7 +103,7 @@ def test_decision_at_the_threshold_is_pneumonia(tiny_model, predictor):
 
 
 def test_test_time_scales_average_logits_and_match_training_side(tiny_model, tmp_path):
-    """A model file with ``preprocessing.tta`` averages the logits of its content scales, exactly as the
+    """A model file with ``preprocessing.content_scales`` averages the logits of its content scales, exactly as the
     training side's calibration sees them (``finalize.infer_batches``); the domain guard reads the image as is."""
     import torch
 
@@ -113,7 +113,7 @@ def test_test_time_scales_average_logits_and_match_training_side(tiny_model, tmp
     from pneumo.training.finalize import infer_batches
 
     mf = load_model_file(tiny_model)
-    pre = mf.meta.preprocessing.model_copy(update={"tta": [0.8, 1.0]})
+    pre = mf.meta.preprocessing.model_copy(update={"content_scales": [0.8, 1.0]})
     tta_path = save_model_file(tmp_path / "tta.pneumo", mf.model_copy(update={"meta": mf.meta.model_copy(
         update={"preprocessing": pre})}))  # fmt: skip
     plain, tta = Predictor.load(tiny_model), Predictor.load(tta_path)

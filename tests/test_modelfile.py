@@ -132,7 +132,7 @@ def test_invalid_meta(tmp_path, meta):
     [("threshold", "NaN"), ("threshold", 2.0), ("threshold", 0.0), ("temperature", 0), ("temperature", "Infinity"),
      ("calibration_bias", "NaN"), ("preprocessing.std", 0), ("preprocessing.mean", "NaN"),
      ("preprocessing.image_size", 0), ("preprocessing.image_size", -5), ("preprocessing.image_size", 20000),
-     ("preprocessing.tta", [0.0]), ("domain_guard.cutoff", "NaN")],
+     ("preprocessing.content_scales", [0.0]), ("domain_guard.cutoff", "NaN")],
 )  # fmt: skip
 def test_unsafe_meta_values_are_refused_with_one_line(tmp_path, field, value):
     """A value that would silently turn results into NORMAL (or crash, or exhaust memory) refuses the file."""
@@ -288,3 +288,15 @@ def test_figures_summary_gives_the_worst_block_and_the_lung_checks():
         "lungs hidden 0.859, with only the lungs shown 0.971, clean 0.991 (block validation, atlas lungs;" in ln
         for ln in lines
     ), lines
+
+
+def test_content_scales_written_as_tta_before_the_rename_still_load(tmp_path):
+    """Model files made before the rename name the test-time content scales ``tta``: they load unchanged."""
+    import json
+
+    meta = json.loads(_model().meta.model_dump_json())
+    meta["preprocessing"].pop("content_scales")
+    meta["preprocessing"]["tta"] = [0.8, 1.0]
+    meta["domain_guard"] = None
+    path = _zip(tmp_path / "m.pneumo", {META: json.dumps(meta).encode()})
+    assert load_model_file(path).meta.preprocessing.content_scales == [0.8, 1.0]

@@ -74,7 +74,7 @@ def test_to_input_rejects_wrong_size(shape):
     ],
 )
 def test_averaged_views(tta, n_views, expected):
-    cfg = Preprocessing(image_size=32, tta=tta)
+    cfg = Preprocessing(image_size=32, content_scales=tta)
     assert averaged_views(cfg, n_views) == expected
     if n_views is None:
         assert all(views(cfg)[i] in (tta or [1.0]) for i in expected)

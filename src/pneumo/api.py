@@ -101,23 +101,23 @@ class Model:
     def __repr__(self) -> str:
         return f"<pneumo.Model {self.name} {self.meta.version}, threshold {self.threshold:.4f}>"
 
-    def predict(self, image: Image, *, tta: bool = False) -> Prediction:
+    def predict(self, image: Image, *, mirror: bool = False) -> Prediction:
         """One image (a path, the file's bytes, or an array) -> its :class:`Prediction`, the row ``pneumo
         predict`` writes for it. ``tta`` as ``pneumo predict --tta``. Raises :class:`pneumo.errors.ImageLoadError`
         when the image cannot be read (:meth:`predict_many` returns an error row instead)."""
         name, source = _source(image, 0)
-        result = self.predictor.predict_one(source, name, tta=tta)
+        result = self.predictor.predict_one(source, name, mirror=mirror)
         if result.error:
             raise ImageLoadError(result.error)
         return result
 
-    def predict_many(self, images: Iterable[Image], *, tta: bool = False, batch_size: int = 64) -> list[Prediction]:
+    def predict_many(self, images: Iterable[Image], *, mirror: bool = False, batch_size: int = 64) -> list[Prediction]:
         """Many images (paths, bytes or arrays, mixed) -> one :class:`Prediction` each, in order; an unreadable
         image gets a row whose ``error`` says why, as in ``pneumo predict``. Decoding overlaps inference."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
         sources = (_source(image, i) for i, image in enumerate(images))
-        return list(self.predictor.predict_sources(sources, batch_size=batch_size, tta=tta))
+        return list(self.predictor.predict_sources(sources, batch_size=batch_size, mirror=mirror))
 
     def explain(self, image: str | os.PathLike | bytes) -> np.ndarray:
         """The heat map of one image (a path or the file's bytes): float in [0, 1] at the display image's shape

@@ -459,7 +459,7 @@ def evaluate(
     ] = None,
     split_csv: Annotated[Path | None, typer.Option(help="Evaluate the 'val' rows of a `pneumo data split` CSV")] = None,
     threshold: ThresholdOpt = None,
-    tta: Annotated[bool, typer.Option("--tta", help="Average with the mirrored image")] = False,
+    mirror: Annotated[bool, typer.Option("--tta", help="Average with the mirrored image")] = False,
 ) -> None:
     """Evaluate a model on labelled images: report, metrics with 95 % intervals, plots and a gallery.
 
@@ -475,7 +475,7 @@ def evaluate(
     split_name = None if split is None else split.value
     result = _run(
         evaluate_folder, data_dir, out_dir, model=model, split=split_name, split_csv=split_csv, threshold=threshold,
-        tta=tta,
+        mirror=mirror,
     )  # fmt: skip
     out.print(result["report"], highlight=False)
     out.print(f"wrote {out_dir}", highlight=False)
@@ -522,7 +522,7 @@ def predict(
         typer.Option("--format", help="csv or json" + _default("from the --output name; csv for '-'")),
     ] = None,
     threshold: ThresholdOpt = None,
-    tta: Annotated[
+    mirror: Annotated[
         bool, typer.Option("--tta", help="Test-time augmentation (average with the mirrored image)")
     ] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per ONNX Runtime call")] = 64,
@@ -566,7 +566,7 @@ def predict(
         return track(stream, total=total, description="predicting", console=err, transient=True)
 
     to_file = output is not None and output != STDOUT
-    run = _run(predict_files, files, model=model, threshold=threshold, tta=tta, batch_size=batch_size,
+    run = _run(predict_files, files, model=model, threshold=threshold, mirror=mirror, batch_size=batch_size,
                dicom_out=dicom_out, output=Path(output) if to_file else None, fmt=kind,
                progress=progress)  # fmt: skip
     results = run.results
@@ -606,7 +606,7 @@ def batch(
         bool, typer.Option("--resume", help="Continue OUT: skip inputs already in committed parts")
     ] = False,
     threshold: ThresholdOpt = None,
-    tta: Annotated[
+    mirror: Annotated[
         bool, typer.Option("--tta", help="Test-time augmentation (average with the mirrored image)")
     ] = False,
     actors: Annotated[
@@ -647,7 +647,7 @@ def batch(
 
     try:
         result = _run(run_batch, inputs, output, model=model, engine=engine.value, address=address,
-                      batch_size=batch_size, part_size=part_size, resume=resume, threshold=threshold, tta=tta,
+                      batch_size=batch_size, part_size=part_size, resume=resume, threshold=threshold, mirror=mirror,
                       actors=actors, on_start=on_start, progress=progress)  # fmt: skip
     finally:
         if bar is not None:
@@ -763,7 +763,7 @@ def robustness(
         list[Path] | None, typer.Option(help="More labelled folders to report, e.g. original-size images")
     ] = None,
     out_json: Annotated[Path | None, typer.Option("--output", "-o", "--out", help="Write the results as JSON")] = None,
-    tta: Annotated[bool, typer.Option("--tta", help="Also average with the mirror images")] = False,
+    mirror: Annotated[bool, typer.Option("--tta", help="Also average with the mirror images")] = False,
 ) -> None:
     """The shift suite: metrics under zoom, squeeze, translation, exposure, contrast, blur, sharpening, JPEG,
     resolution loss and noise, the worst case over them first; the bacterial / viral split too, for a subtype model.
@@ -773,7 +773,7 @@ def robustness(
     from pneumo.evaluation.robustness import format_table
     from pneumo.evaluation.run import shift_suite
 
-    results = _run(shift_suite, data_dir, split_csv, model=model, extra=extra or (), tta=tta, out_json=out_json)
+    results = _run(shift_suite, data_dir, split_csv, model=model, extra=extra or (), mirror=mirror, out_json=out_json)
     print(format_table(results))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AliasChoices, BaseModel, Field, model_validator
 
 from pneumo.atomic import write_text
 from pneumo.evaluation.calibration import OperatingRule
@@ -72,7 +72,11 @@ class TrainConfig(BaseModel):
     transfer: Literal["full", "top", "linear"] = "full"
     image_size: int = DEFAULT_IMAGE_SIZE
     normalization: Literal["none", "equalize"] = "equalize"
-    tta: list[float] = Field(default_factory=list, description="test-time content scales recorded in the model file")
+    content_scales: list[float] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("content_scales", "tta"),  # "tta" in configs written before the rename
+        description="test-time content scales recorded in the model file",
+    )
     epochs: int = 6
     batch_size: int = 32
     lr: float = 1e-3
@@ -118,7 +122,9 @@ class TrainConfig(BaseModel):
         return OperatingRule(self.threshold_rule, self.target_sensitivity, self.target_specificity)
 
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing(image_size=self.image_size, normalization=self.normalization, tta=self.tta)
+        return Preprocessing(
+            image_size=self.image_size, normalization=self.normalization, content_scales=self.content_scales
+        )
 
     def dump(self, path: Path) -> None:
         write_text(path, yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))

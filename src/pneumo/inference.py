@@ -96,16 +96,18 @@ class Predictor:
         outs = self.session.run(self.outputs, {"image": batch})
         return outs[0], outs[1], outs[2] if len(outs) > 2 else None
 
-    def predict_arrays(self, images: Sequence[np.ndarray], names: Sequence[str], tta: bool = False) -> list[Prediction]:
+    def predict_arrays(
+        self, images: Sequence[np.ndarray], names: Sequence[str], mirror: bool = False
+    ) -> list[Prediction]:
         """Predict images already decoded at the model's input size (2-D, [0, 1])."""
         if not images:
             return []
-        return self._predict_inputs(to_input(list(images), self.meta.preprocessing, tta=True), names, tta)
+        return self._predict_inputs(to_input(list(images), self.meta.preprocessing, content_scales=True), names, mirror)
 
     def network_outputs(self, x: np.ndarray, mirror: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Logits and subtype logits averaged over the model's test-time views (and their mirror images with
         ``mirror``), and the domain features of the image as it is. ``x`` is N x V x H x W from ``to_input(...,
-        tta=True)``."""
+        content_scales=True)``."""
         n, v = x.shape[:2]
         logits, features, sub = self._run(x.reshape(n * v, 1, *x.shape[2:]))
         if mirror:  # the model was trained with horizontal flips, so the mirror views are in-distribution too
@@ -125,9 +127,9 @@ class Predictor:
         """NORMAL / PNEUMONIA at the threshold; with a REFER band, NORMAL below it, PNEUMONIA above, REFER in it."""
         return decide(p, self.threshold, None if self.refer is None else (self.refer.low, self.refer.high))
 
-    def _predict_inputs(self, x: np.ndarray, names: Sequence[str], tta: bool) -> list[Prediction]:
+    def _predict_inputs(self, x: np.ndarray, names: Sequence[str], mirror: bool) -> list[Prediction]:
         """Predict a prepared batch (N x V x H x W, normalised as the model expects)."""
-        logits, features, sub = self.network_outputs(x, mirror=tta)
+        logits, features, sub = self.network_outputs(x, mirror=mirror)
         m = self.meta
         prob = calibrated_probability(logits, m.temperature, m.calibration_bias)
         log_odds = pneumonia_log_odds(logits)
@@ -167,10 +169,10 @@ class Predictor:
             img = load_image(source, self.size, name=name)
         except ImageLoadError as exc:
             return name, None, str(exc)
-        return name, to_input([img], self.meta.preprocessing, tta=True)[0], None
+        return name, to_input([img], self.meta.preprocessing, content_scales=True)[0], None
 
     def predict_sources(
-        self, sources: Iterable[tuple[str, Source]], *, batch_size: int = 64, workers: int = 2, tta: bool = False
+        self, sources: Iterable[tuple[str, Source]], *, batch_size: int = 64, workers: int = 2, mirror: bool = False
     ) -> Iterator[Prediction]:
         """Decode and predict ``(name, path-or-bytes)`` pairs, yielding one result per input in input order.
 
@@ -188,10 +190,10 @@ class Predictor:
                 pending = submit_batch()  # the next batch decodes while this one is on the network
                 good = [(n, x) for n, x, err in decoded if err is None]
                 batch = np.stack([g[1] for g in good]) if good else None
-                preds = iter(self._predict_inputs(batch, [g[0] for g in good], tta) if good else [])
+                preds = iter(self._predict_inputs(batch, [g[0] for g in good], mirror) if good else [])
                 for name, _, err in decoded:
                     yield next(preds) if err is None else Prediction(path=name, threshold=self.threshold, error=err)
 
-    def predict_one(self, source: Source, name: str, tta: bool = False) -> Prediction:
+    def predict_one(self, source: Source, name: str, mirror: bool = False) -> Prediction:
         """Predict a single path or in-memory file."""
-        return next(self.predict_sources([(name, source)], batch_size=1, workers=1, tta=tta))
+        return next(self.predict_sources([(name, source)], batch_size=1, workers=1, mirror=mirror))

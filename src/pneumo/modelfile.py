@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, Field, ValidationError, model_validator
 
 from pneumo._version import __version__
 from pneumo.atomic import atomic_open
@@ -64,7 +64,8 @@ class Preprocessing(BaseModel):
     normalization: Literal["none", "equalize"] = "equalize"
     mean: Finite = 0.5
     std: Annotated[float, Field(ge=1e-3, allow_inf_nan=False)] = 0.25
-    tta: list[ContentScale] = Field(
+    content_scales: list[ContentScale] = Field(
+        validation_alias=AliasChoices("content_scales", "tta"),  # "tta" in files made before the rename
         default_factory=list,
         max_length=8,
         description="content scales whose logits are averaged at prediction (padded when < 1); empty: none",

@@ -180,7 +180,7 @@ def predict_files(
     *,
     model: str | Path | None = None,
     threshold: float | None = None,
-    tta: bool = False,
+    mirror: bool = False,
     batch_size: int = 64,
     dicom_out: Path | None = None,
     output: Path | None = None,
@@ -199,14 +199,16 @@ def predict_files(
     predictor = Predictor.load(model, threshold=threshold)
     notes: list[str] = []
     if dicom_out is None:
-        stream = predictor.predict_sources(((str(f), f) for f in files), batch_size=batch_size, tta=tta)
+        stream = predictor.predict_sources(((str(f), f) for f in files), batch_size=batch_size, mirror=mirror)
     else:  # each DICOM input read and decoded once, for its row, its SR and its SC
         from pneumo.dicom import require
 
         require()
         from pneumo.dicom.outputs import predict_with_dicom_outputs
 
-        stream = predict_with_dicom_outputs(files, predictor, dicom_out, batch_size=batch_size, tta=tta, notes=notes)
+        stream = predict_with_dicom_outputs(
+            files, predictor, dicom_out, batch_size=batch_size, mirror=mirror, notes=notes
+        )
     results = list(stream if progress is None else progress(stream, len(files)))
     subtypes = predictor.meta.has_subtypes
     if output is not None:

@@ -57,29 +57,29 @@ def rescale_content(img: np.ndarray, sx: float, sy: float) -> np.ndarray:
 
 def views(cfg: Preprocessing) -> list[float]:
     """The content scales the network sees for one image: 1.0 (the image as is, which the domain guard reads)
-    first, then the other test-time scales of ``cfg.tta``."""
-    return [1.0, *[s for s in dict.fromkeys(cfg.tta) if s != 1.0]]
+    first, then the other test-time scales of ``cfg.content_scales``."""
+    return [1.0, *[s for s in dict.fromkeys(cfg.content_scales) if s != 1.0]]
 
 
 def averaged_views(cfg: Preprocessing, n_views: int | None = None) -> list[int]:
-    """Indices into :func:`views` whose logits are averaged at prediction: the scales of ``cfg.tta``, or the
+    """Indices into :func:`views` whose logits are averaged at prediction: the scales of ``cfg.content_scales``, or the
     image as it is (index 0) when there are none. With ``n_views`` only the first ``n_views`` views are at hand
-    (a batch prepared without ``tta`` has one). Prediction and the training side's calibration both average
+    (a batch prepared without ``content_scales`` has one). Prediction and the training side's calibration both average
     through this, so the probabilities a threshold was chosen on are the ones predict gives."""
     scales = views(cfg)[:n_views]
-    return [i for i, s in enumerate(scales) if s in cfg.tta] or [0]
+    return [i for i, s in enumerate(scales) if s in cfg.content_scales] or [0]
 
 
-def to_input(images: np.ndarray | list[np.ndarray], cfg: Preprocessing, *, tta: bool = False) -> np.ndarray:
+def to_input(images: np.ndarray | list[np.ndarray], cfg: Preprocessing, *, content_scales: bool = False) -> np.ndarray:
     """Images already at ``cfg.image_size`` (H x W in [0, 1], or uint8) -> float32 batch N x 1 x H x W.
 
-    With ``tta`` the batch is N x V x H x W instead: one channel per content scale of :func:`views`."""
+    With ``content_scales`` the batch is N x V x H x W instead: one channel per content scale of :func:`views`."""
     batch = []
     for img in images:
         x = np.asarray(img)
         x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
         if x.shape != (cfg.image_size, cfg.image_size):
             raise ValueError(f"image is {x.shape}, the model expects {cfg.image_size}x{cfg.image_size}")
-        scaled = [x if s == 1.0 else rescale_content(x, s, s) for s in (views(cfg) if tta else [1.0])]
+        scaled = [x if s == 1.0 else rescale_content(x, s, s) for s in (views(cfg) if content_scales else [1.0])]
         batch.append(np.stack([(normalize_intensity(v, cfg) - cfg.mean) / cfg.std for v in scaled]))
     return np.stack(batch).astype(np.float32)

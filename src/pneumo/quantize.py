@@ -169,7 +169,7 @@ def _views(predictor: Predictor, paths: Sequence[Path]) -> np.ndarray:
             continue  # an unreadable calibration image teaches nothing; the rest still calibrate
     if not imgs:
         return np.zeros((0, 1, predictor.size, predictor.size), dtype=np.float32)
-    x = to_input(imgs, predictor.meta.preprocessing, tta=True)
+    x = to_input(imgs, predictor.meta.preprocessing, content_scales=True)
     return x.reshape(-1, 1, *x.shape[2:])
 
 
@@ -269,10 +269,10 @@ def measure_parity(fp32: Predictor, int8: Predictor, paths: Sequence[Path], labe
                 continue
         if not imgs:
             continue
-        x = to_input(imgs, fp32.meta.preprocessing, tta=True)
+        x = to_input(imgs, fp32.meta.preprocessing, content_scales=True)
         names = [str(paths[i]) for i in idx]
-        p32 += fp32._predict_inputs(x, names, tta=False)
-        p8 += int8._predict_inputs(x, names, tta=False)
+        p32 += fp32._predict_inputs(x, names, mirror=False)
+        p8 += int8._predict_inputs(x, names, mirror=False)
         keep += idx
     ok = [j for j, (a, b) in enumerate(zip(p32, p8, strict=True)) if a.error is None and b.error is None]
     if not ok:

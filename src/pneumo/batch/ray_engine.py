@@ -44,7 +44,7 @@ def decode_batch(batch: dict[str, np.ndarray], preprocessing: str) -> dict[str, 
         except ImageLoadError as exc:
             errors.append(str(exc))
             continue
-        x[j] = to_input([img], pre, tta=True)[0]
+        x[j] = to_input([img], pre, content_scales=True)[0]
         errors.append("")
     return {"index": batch["index"], "path": batch["path"], "x": x, "error": np.array(errors, dtype=object)}
 
@@ -52,7 +52,7 @@ def decode_batch(batch: dict[str, np.ndarray], preprocessing: str) -> dict[str, 
 class OnnxPredictorActor:
     """A Ray actor holding one ONNX Runtime session; turns decoded batches into ``predict`` rows."""
 
-    def __init__(self, model_ref: list, threshold: float | None, threads: int, tta: bool):
+    def __init__(self, model_ref: list, threshold: float | None, threads: int, mirror: bool):
         import ray
 
         # The model travels through the object store once, not inside every actor's constructor arguments;
@@ -61,13 +61,13 @@ class OnnxPredictorActor:
         self.predictor = Predictor(model, threshold=threshold, threads=threads)
         self.subtypes = model.meta.has_subtypes
         self.refer = has_refer(self.predictor)
-        self.tta = tta
+        self.mirror = mirror
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         names = [str(n) for n in batch["path"]]
         errors = [str(e) for e in batch["error"]]
         ok = [j for j, e in enumerate(errors) if not e]
-        good = iter(self.predictor._predict_inputs(batch["x"][ok], [names[j] for j in ok], self.tta) if ok else [])
+        good = iter(self.predictor._predict_inputs(batch["x"][ok], [names[j] for j in ok], self.mirror) if ok else [])
         threshold = self.predictor.threshold
         preds = [
             next(good) if not e else Prediction(path=names[j], threshold=threshold, error=e)
@@ -98,7 +98,7 @@ def run_ray(
     writer: PartWriter,
     *,
     batch_size: int,
-    tta: bool,
+    mirror: bool,
     progress: Progress,
     address: str | None = None,
     actors: int | None = None,
@@ -137,7 +137,7 @@ def run_ray(
                 "model_ref": [ray.put(mf.model_copy(update={"weights": None}))],
                 "threshold": threshold,  # as the user gave it: None keeps a site's REFER band, as locally
                 "threads": THREADS_PER_ACTOR,
-                "tta": tta,
+                "mirror": mirror,
             },
             compute=ray.data.ActorPoolStrategy(size=pool),
             num_cpus=1,

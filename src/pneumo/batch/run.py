@@ -261,12 +261,14 @@ def run_local(
     writer: PartWriter,
     *,
     batch_size: int,
-    tta: bool,
+    mirror: bool,
     progress: Progress,
 ) -> None:
     """The ``predict`` path: decoding overlapped with ONNX Runtime in one process."""
     paths = inputs.paths
-    stream = predictor.predict_sources(((paths[i], inputs.sources[i]) for i in todo), batch_size=batch_size, tta=tta)
+    stream = predictor.predict_sources(
+        ((paths[i], inputs.sources[i]) for i in todo), batch_size=batch_size, mirror=mirror
+    )
     chunk: list[Prediction] = []
     start = 0
     for pred in stream:
@@ -292,7 +294,7 @@ def run_batch(
     part_size: int = 1024,
     resume: bool = False,
     threshold: float | None = None,
-    tta: bool = False,
+    mirror: bool = False,
     actors: int | None = None,
     on_start: Callable[[int], None] | None = None,
     progress: Progress | None = None,
@@ -318,8 +320,8 @@ def run_batch(
     batch_inputs = collect_inputs(inputs)
     with output_lock(output):
         return _run_locked(predictor, mf, sha, batch_inputs, output, engine=engine, address=address,
-                           batch_size=batch_size, part_size=part_size, resume=resume, threshold=threshold, tta=tta,
-                           actors=actors, on_start=on_start, progress=progress)  # fmt: skip
+                           batch_size=batch_size, part_size=part_size, resume=resume, threshold=threshold,
+                           mirror=mirror, actors=actors, on_start=on_start, progress=progress)  # fmt: skip
 
 
 def _run_locked(
@@ -335,14 +337,14 @@ def _run_locked(
     part_size: int,
     resume: bool,
     threshold: float | None,
-    tta: bool,
+    mirror: bool,
     actors: int | None,
     on_start: Callable[[int], None] | None,
     progress: Progress | None,
 ) -> BatchResult:
     """The run, with the output's lock held."""
     subtypes = mf.meta.has_subtypes
-    settings = {"threshold": float(predictor.threshold), "tta": bool(tta)}
+    settings = {"threshold": float(predictor.threshold), "tta": bool(mirror)}
     if committed_parts(output) and not resume:
         raise BatchError(f"{output}: already holds results; pass --resume to continue it or choose a new --output")
     done = done_paths(output, sha, settings) if resume else set()
@@ -356,7 +358,7 @@ def _run_locked(
     if todo:
         output.mkdir(parents=True, exist_ok=True)
         if engine == "local":
-            run_local(predictor, batch_inputs, todo, writer, batch_size=batch_size, tta=tta, progress=tick)
+            run_local(predictor, batch_inputs, todo, writer, batch_size=batch_size, mirror=mirror, progress=tick)
         else:
             from pneumo.batch.ray_engine import run_ray
 
@@ -366,7 +368,7 @@ def _run_locked(
                 todo,
                 writer,
                 batch_size=batch_size,
-                tta=tta,
+                mirror=mirror,
                 progress=tick,
                 address=address,
                 actors=actors,

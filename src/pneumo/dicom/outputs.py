@@ -16,7 +16,7 @@ def predict_with_dicom_outputs(
     out_dir: Path,
     *,
     batch_size: int = 64,
-    tta: bool = False,
+    mirror: bool = False,
     heatmaps: bool = True,
     notes: list[str] | None = None,
 ) -> Iterator[Prediction]:
@@ -39,10 +39,10 @@ def predict_with_dicom_outputs(
         others = [
             (str(f), f if data is None else data) for f, data in zip(chunk, read, strict=True) if not _dicom(data)
         ]
-        predicted = predictor.predict_sources(others, batch_size=batch_size, tta=tta)
+        predicted = predictor.predict_sources(others, batch_size=batch_size, mirror=mirror)
         for f, data in zip(chunk, read, strict=True):
             if _dicom(data):
-                yield _analyse(analyser, f, data, out_dir, used, notes, tta)
+                yield _analyse(analyser, f, data, out_dir, used, notes, mirror)
             else:
                 row = next(predicted)
                 skipped += row.error is None
@@ -64,7 +64,7 @@ def _dicom(data: bytes | None) -> bool:
 
 
 def _analyse(
-    analyser: DicomAnalyser, path: Path, data: bytes, out_dir: Path, used: set[str], notes: list[str], tta: bool
+    analyser: DicomAnalyser, path: Path, data: bytes, out_dir: Path, used: set[str], notes: list[str], mirror: bool
 ) -> Prediction:
     """One DICOM input's row; its SR and SC written when it is a chest radiograph that could be predicted."""
     name = str(path)
@@ -73,7 +73,7 @@ def _analyse(
         net_input, display = images.decode(data, name)
     except ImageLoadError as exc:  # the row predict gives an unreadable file
         return Prediction(path=name, threshold=analyser.predictor.threshold, error=str(exc))
-    analysis = images.analyse_decoded(net_input, display, name, heatmap=False, tta=tta)
+    analysis = images.analyse_decoded(net_input, display, name, heatmap=False, mirror=mirror)
     pred = analysis.prediction
     if pred.error:
         return pred

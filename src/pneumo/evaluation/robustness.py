@@ -72,7 +72,7 @@ WORST = "worst case"
 NOTES = "notes"  # results key: what was left out and why (lung checks without the atlas or the masks)
 
 
-def predict_perturbed(predictor: Predictor, paths: Sequence[Path], perturb: Perturb | None, tta: bool = False):
+def predict_perturbed(predictor: Predictor, paths: Sequence[Path], perturb: Perturb | None, mirror: bool = False):
     """Probabilities for every path after ``perturb`` (``None``: the file as it is)."""
 
     def source(p: Path):
@@ -80,14 +80,14 @@ def predict_perturbed(predictor: Predictor, paths: Sequence[Path], perturb: Pert
             return str(p), p
         return str(p), perturbed_png(p, perturb)
 
-    preds = list(predictor.predict_sources((source(p) for p in paths), batch_size=32, tta=tta))
+    preds = list(predictor.predict_sources((source(p) for p in paths), batch_size=32, mirror=mirror))
     return np.array([p.probability for p in preds]), preds
 
 
-def predict_lungs(predictor: Predictor, paths: Sequence[Path], name: str, lungs: LungSource, tta: bool = False):
+def predict_lungs(predictor: Predictor, paths: Sequence[Path], name: str, lungs: LungSource, mirror: bool = False):
     """Probabilities for every path under the lung check ``name``, on the lung regions ``lungs`` gives."""
     sources = ((str(p), lung_png(p, name, lungs)) for p in paths)
-    preds = list(predictor.predict_sources(sources, batch_size=32, tta=tta))
+    preds = list(predictor.predict_sources(sources, batch_size=32, mirror=mirror))
     return np.array([p.probability for p in preds]), preds
 
 
@@ -97,7 +97,7 @@ def lung_checks(
     y: np.ndarray,
     lungs: LungSource,
     *,
-    tta: bool = False,
+    mirror: bool = False,
     base: np.ndarray | None = None,
 ) -> dict:
     """The lung checks on one labelled set: ``{"lungs": what the region is, "n": images, "clean": ..., "lungs
@@ -109,21 +109,21 @@ def lung_checks(
     y = np.asarray(y)
     clean_preds = None
     if base is None:
-        base, clean_preds = predict_perturbed(predictor, paths, None, tta)
+        base, clean_preds = predict_perturbed(predictor, paths, None, mirror)
     out: dict = {"lungs": lungs.describe(), "n": len(y)}
     if clean_preds is not None:
         out["clean"] = _summary(y, base, predictor.threshold, None, clean_preds)
     for name in LUNG_CHECKS:
-        prob, preds = predict_lungs(predictor, paths, name, lungs, tta)
+        prob, preds = predict_lungs(predictor, paths, name, lungs, mirror)
         out[name] = _summary(y, prob, predictor.threshold, base, preds)
     return out
 
 
 def _lung_rows(
-    predictor: Predictor, paths, y, lungs: LungSource, base: np.ndarray, tta: bool, prefix: str = ""
+    predictor: Predictor, paths, y, lungs: LungSource, base: np.ndarray, mirror: bool, prefix: str = ""
 ) -> dict[str, dict]:
     """The lung checks as rows of the results: ``"<prefix>lungs hidden (atlas)"`` and so on."""
-    checks = lung_checks(predictor, paths, y, lungs, tta=tta, base=base)
+    checks = lung_checks(predictor, paths, y, lungs, mirror=mirror, base=base)
     return {f"{prefix}{name} ({lungs.name})": {**checks[name], "lungs": checks["lungs"]} for name in LUNG_CHECKS}
 
 
@@ -144,7 +144,7 @@ def shifted_validation(
     paths: Sequence[Path],
     y: np.ndarray,
     *,
-    tta: bool = False,
+    mirror: bool = False,
     extra: dict | None = None,
     conditions: dict[str, Perturb] | None = None,
     subtypes: Sequence[str] | None = None,
@@ -167,19 +167,19 @@ def shifted_validation(
     is left out for want of the atlas or the masks is said under ``"notes"``."""
     y = np.asarray(y)
     sub = _subtype_codes(subtypes, len(y))
-    base, preds = predict_perturbed(predictor, paths, None, tta)
+    base, preds = predict_perturbed(predictor, paths, None, mirror)
     base_split = _subtype_split(preds)
     base_calls = None if base_split is None else says_viral(*base_split)
     per = {"clean": _summary(y, base, predictor.threshold, base, preds, sub, base_calls)}
     atlas_lungs, notes = _lung_sources(atlas)
-    lung_rows = {} if atlas_lungs is None else _lung_rows(predictor, paths, y, atlas_lungs, base, tta)
+    lung_rows = {} if atlas_lungs is None else _lung_rows(predictor, paths, y, atlas_lungs, base, mirror)
     for name, f in ({**PERTURBATIONS, **CONTROLS} if conditions is None else conditions).items():
-        prob, preds = predict_perturbed(predictor, paths, f, tta)
+        prob, preds = predict_perturbed(predictor, paths, f, mirror)
         per[name] = _summary(y, prob, predictor.threshold, base, preds, sub, base_calls)
     judged = {k: r for k, r in per.items() if k != "clean" and k not in CONTROLS}
     results = {WORST: worst_case(judged), "clean": per.pop("clean"), **lung_rows, **per}
     for name, (xpaths, xy, *xsub) in (extra or {}).items():
-        prob, preds = predict_perturbed(predictor, xpaths, None, tta)
+        prob, preds = predict_perturbed(predictor, xpaths, None, mirror)
         xcodes = _subtype_codes(xsub[0] if xsub else None, len(xy))
         results[name] = _summary(np.asarray(xy), prob, predictor.threshold, None, preds, xcodes)
         if atlas is False:
@@ -191,9 +191,9 @@ def shifted_validation(
                 raise
             notes.append(f"{name}: lung checks with the images' own masks left out: {exc}")
         else:
-            results.update(_lung_rows(predictor, xpaths, xy, masks, prob, tta, prefix=f"{name}: "))
+            results.update(_lung_rows(predictor, xpaths, xy, masks, prob, mirror, prefix=f"{name}: "))
         if atlas_lungs is not None:
-            results.update(_lung_rows(predictor, xpaths, xy, atlas_lungs, prob, tta, prefix=f"{name}: "))
+            results.update(_lung_rows(predictor, xpaths, xy, atlas_lungs, prob, mirror, prefix=f"{name}: "))
     if notes:
         results[NOTES] = notes
     return results

@@ -79,13 +79,13 @@ def evaluate_folder(
     split: str | None = None,
     split_csv: Path | None = None,
     threshold: float | None = None,
-    tta: bool = False,
+    mirror: bool = False,
 ) -> dict:
     """Predict every labelled image and write report.txt, metrics.json, predictions.csv and plots."""
     recs, described = select_records(Path(data_dir), split, split_csv)
     targets = binary_targets(recs, Path(data_dir))
     predictor = Predictor.load(model, threshold=threshold)
-    preds = list(predictor.predict_sources(((str(r.path), r.path) for r in recs), tta=tta))
+    preds = list(predictor.predict_sources(((str(r.path), r.path) for r in recs), mirror=mirror))
     keep = [i for i, p in enumerate(preds) if p.error is None]
     if not keep:
         raise DataError(f"{data_dir}: none of the {len(recs)} images could be read")
@@ -109,7 +109,7 @@ def evaluate_folder(
         y_class=y_class,
         images=images,
         predictions=[preds[i] for i in keep],
-        model_meta={**meta_json(meta), "evaluated_on": described, "tta": tta},
+        model_meta={**meta_json(meta), "evaluated_on": described, "tta": mirror},
     )
     block_of = {row.path: row.block for row in read_split_csv(split_csv) if row.block} if split_csv else {}
     if block_of:
@@ -131,7 +131,7 @@ def shift_suite(
     *,
     model: str | Path | None = None,
     extra: Sequence[Path] = (),
-    tta: bool = False,
+    mirror: bool = False,
     out_json: Path | None = None,
 ) -> dict[str, dict]:
     """``pneumo robustness``: :func:`pneumo.evaluation.robustness.shifted_validation` on the ``val`` rows of
@@ -149,7 +149,7 @@ def shift_suite(
     predictor = Predictor.load(model)
     y = binary_targets(recs, Path(data_dir))
     paths, subtypes = [r.path for r in recs], [r.subtype for r in recs]
-    results = shifted_validation(predictor, paths, y, tta=tta, extra=extras, subtypes=subtypes)
+    results = shifted_validation(predictor, paths, y, mirror=mirror, extra=extras, subtypes=subtypes)
     if out_json is not None:
         atomic.write_text(out_json, json.dumps(results, indent=2))
     return results

@@ -111,11 +111,11 @@ class ImageAnalyser:
         name: str,
         *,
         heatmap: bool = True,
-        tta: bool = False,
+        mirror: bool = False,
     ) -> ImageAnalysis:
-        """As :meth:`analyse`, for an image already decoded by :meth:`decode` (``tta``: as ``pneumo predict
+        """As :meth:`analyse`, for an image already decoded by :meth:`decode` (``mirror``: as ``pneumo predict
         --tta``). A prediction that failed (no finite probability) gets no heat map: there is nothing to explain."""
-        prediction = self.predictor.predict_arrays([net_input], [name], tta=tta)[0]
+        prediction = self.predictor.predict_arrays([net_input], [name], mirror=mirror)[0]
         result = ImageAnalysis(prediction=prediction, image=display)
         if heatmap and prediction.error is None:
             result.heatmap, result.heatmap_error = self.heatmap(net_input, display.shape)

@@ -87,7 +87,7 @@ def _validation_outputs(predictor: Predictor, images: np.ndarray, batch: int = 6
     logits, subs = [], []
     for i in range(0, len(images), batch):
         imgs = [im.astype(np.float32) / 255.0 for im in images[i : i + batch]]
-        lg, _, sub = predictor.network_outputs(to_input(imgs, pre, tta=True))
+        lg, _, sub = predictor.network_outputs(to_input(imgs, pre, content_scales=True))
         logits.append(lg)
         subs.append(sub)
     return np.concatenate(logits), None if subs[0] is None else np.concatenate(subs)
