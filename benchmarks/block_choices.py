@@ -63,8 +63,9 @@ def main() -> None:
         prob = np.array([p.probability for p in predictor.predict_arrays(images, names)])
         rows[f"views {views}, threshold in force"] = figures(y, prob, blocks, predictor.threshold)
         if scales == [1.0]:
-            for rule, op in model.meta.validation.get("operating_point", {}).get("rules", {}).items():
-                rows[f"views {views}, {rule} rule"] = figures(y, prob, blocks, float(op["threshold"]))
+            recorded = model.meta.validation.operating_point
+            for rule, op in ((recorded.rules if recorded else None) or {}).items():
+                rows[f"views {views}, {rule} rule"] = figures(y, prob, blocks, float(op.threshold))
     print(f"{args.model.name}: {described} ({len(y)} images)\n")
     cols = list(next(iter(rows.values())))
     print("| variant | " + " | ".join(cols) + " |")

@@ -1,15 +1,19 @@
 """Do the heat maps land on the lungs, and does the model need the lungs? Measured with lung masks.
 
 For each set of images (a labelled folder with a lung mask per image, e.g. the 16 originals; or the ``val`` rows
-of a split CSV, with the atlas placed as the training copies are framed), and for each heat-map method (the new
-occlusion map and the old class activation map, side by side):
+of a split CSV, with the atlas placed as the training copies are framed), and for each heat-map method (the
+occlusion map, the old class activation map, and with ``--occlusion`` the occlusion alternatives of
+:data:`VARIANTS`, side by side):
 
 - mass in lungs: the share of each pneumonia image's positive heat that lies on its lungs, averaged (a uniform
   map scores the lungs' share of the frame, printed beside it);
 - hottest in lungs: the share of pneumonia images whose hottest point lies on the lungs;
-- seconds per map (wall clock, this machine, as loaded as it is: say so when quoting it);
-- for the occlusion map, the peak heat (1 = the top of the absolute colour scale) of pneumonia and of NORMAL images:
-  a confident normal should show little. The old map is scaled to each image's maximum, so its peak is always 1.
+- visible: the share of pneumonia maps whose peak reaches the overlay's transparent floor (what a user sees at all);
+- seconds per map (wall clock, this machine, as loaded as it is: say so when quoting it; ``--threads 1`` for the
+  single-thread cost);
+- for the occlusion maps, the peak heat (1 = the top of the absolute colour scale) of pneumonia and of NORMAL
+  images: a confident normal should show little. The old map is scaled to each image's maximum, so its peak is
+  always 1.
 
 Maps are measured on the frame the network sees (the model's input size; the masks squashed to it, which keeps
 area shares), on the positive evidence before the colour scale clips it. The map is never cut to the lungs.
@@ -19,6 +23,8 @@ hidden (low is right) and with only the lungs shown (near clean is right).
 
     python benchmarks/lung_maps.py --folder ../shared/data/chest_xray_fullres/val
     python benchmarks/lung_maps.py --data ../shared/data/chest_xray --split /work/runs/blocks.csv --limit 150
+    python benchmarks/lung_maps.py --folder ../shared/data/chest_xray_fullres/val --no-auc --methods cam \
+        --occlusion occ16,occ32,ms16,ms8,occ16s8,occ16-blur,ms16-blur,fact8,fact8-blur
 """
 
 from __future__ import annotations
@@ -32,11 +38,77 @@ import numpy as np
 
 from pneumo.evaluation.robustness import lung_checks
 from pneumo.evaluation.run import binary_targets, select_records
-from pneumo.explain.cam import CAM, METHODS, OCCLUSION, HeatMapper
-from pneumo.explain.occlusion import FULL_SCALE, OcclusionGrid
+from pneumo.explain.cam import ALPHA_FLOOR, CAM, METHODS, OCCLUSION, HeatMapper
+from pneumo.explain.occlusion import BLUR, FLOOR, FULL_SCALE, MEAN, OcclusionGrid, evidence, filler
 from pneumo.imaging import load_image, resize_map
 from pneumo.inference import Predictor
 from pneumo.lungs import LungMaskError, LungSource, hottest_inside, mass_inside
+from pneumo.preprocess import to_input
+from pneumo.probability import pneumonia_log_odds
+
+# The occlusion alternatives measured against the default (issue 30): name -> (grids, filler) for the library's
+# sliding windows, or ("factorial", filler). 16/32: window side in px at 128 px (1 or 2 cells of 8 x 8); s8: stride
+# 8 px (a 16 x 16 grid); ms: both window sizes, each pixel the mean of the two.
+VARIANTS = {
+    "occ16": ((OcclusionGrid(8, 1),), MEAN),
+    "occ32": ((OcclusionGrid(8, 2),), MEAN),
+    "ms16": ((OcclusionGrid(8, 1), OcclusionGrid(8, 2)), MEAN),
+    "ms8": ((OcclusionGrid(16, 2), OcclusionGrid(16, 4)), MEAN),
+    "occ16s8": ((OcclusionGrid(16, 2),), MEAN),
+    "occ16-blur": ((OcclusionGrid(8, 1),), BLUR),
+    "ms16-blur": ((OcclusionGrid(8, 1), OcclusionGrid(8, 2)), BLUR),
+    "fact8": ("factorial", MEAN),
+    "fact8-blur": ("factorial", BLUR),
+}
+
+
+def hadamard(n: int) -> np.ndarray:
+    """Sylvester's Hadamard matrix of order ``n`` (a power of 2): +-1, orthogonal rows."""
+    h = np.ones((1, 1))
+    while h.shape[0] < n:
+        h = np.block([[h, h], [h, -h]])
+    return h
+
+
+def factorial_evidence(run, x, temperature, bias, cells: int = 8, fill: str = MEAN, floor: float = FLOOR):
+    """Occlusion as a two-level factorial design: the ``cells**2`` cells hidden by the rows of a Hadamard matrix
+    and their complements (fold-over: 2 x 64 runs at 8 x 8, half the cells hidden in each); a cell's evidence is
+    the mean calibrated log-odds (floored as the default map's) with it shown minus with it hidden. For a model
+    whose log-odds add up over cells this is exactly each cell's drop; redundant evidence, which a single hidden
+    cell cannot move, shows because half the others are hidden too. An alternative measured, not shipped."""
+    vis = hadamard(cells * cells) > 0
+    vis = np.concatenate([vis, ~vis])
+    x = np.asarray(x, dtype=np.float32)
+    grid = OcclusionGrid(cells)
+    ey, ex = grid.edges(x.shape[-2]), grid.edges(x.shape[-1])
+    hidden = ~vis.reshape(-1, cells, cells)  # runs x cells x cells
+    pix = np.zeros((len(vis), x.shape[-2], x.shape[-1]), dtype=bool)
+    for a in range(cells):
+        for b in range(cells):
+            pix[:, ey[a] : ey[a + 1], ex[b] : ex[b + 1]] = hidden[:, a, b, None, None]
+    patches = filler(x, fill)
+    batch = np.where(pix[:, None], patches[None], x[None]).astype(np.float32)
+    z = np.maximum(pneumonia_log_odds(np.asarray(run(batch))) / temperature + bias, np.log(floor / (1 - floor)))
+    shown = vis.astype(np.float64)
+    eff = (shown.T @ z) / shown.sum(0) - ((1 - shown).T @ z) / (1 - shown).sum(0)
+    return eff.reshape(cells, cells).astype(np.float32)
+
+
+def variant_evidence(predictor: Predictor, name: str):
+    """image (at the input size) -> occlusion evidence of the variant ``name`` (:data:`VARIANTS`), ONNX only."""
+    grids, fill = VARIANTS[name]
+    meta, session = predictor.meta, predictor.session
+
+    def run(batch):
+        return session.run(["logits"], {"image": batch})[0]
+
+    def evidence_of(image):
+        x = to_input([image], meta.preprocessing)[0]
+        if grids == "factorial":
+            return factorial_evidence(run, x, meta.temperature, meta.calibration_bias, fill=fill)
+        return evidence(run, x, meta.temperature, meta.calibration_bias, list(grids), fill=fill)
+
+    return evidence_of
 
 
 def measure_maps(predictor: Predictor, paths, y, lungs: LungSource, methods, limit: int | None, grid=None, seed=0):
@@ -51,12 +123,17 @@ def measure_maps(predictor: Predictor, paths, y, lungs: LungSource, methods, lim
     out = {"n_pneumonia": int((y[idx] == 1).sum()), "n_normal": int((y[idx] == 0).sum()),
            "lung_share": float(np.mean([m.mean() for m in masks.values()]))}  # fmt: skip
     for method in methods:
-        mapper = HeatMapper(predictor, method, grid)
+        if method in VARIANTS:
+            evidence_of = variant_evidence(predictor, method)
+        elif method == OCCLUSION:
+            evidence_of = HeatMapper(predictor, method, grid).evidence
+        else:
+            mapper = HeatMapper(predictor, method, grid)
         mass, hot, peaks, seconds = [], [], {0: [], 1: []}, []
         for i in idx:
             t = time.perf_counter()
-            if method == OCCLUSION:
-                ev = mapper.evidence(images[i])
+            if method == OCCLUSION or method in VARIANTS:
+                ev = evidence_of(images[i])
                 seconds.append(time.perf_counter() - t)
                 positive = np.maximum(resize_map(ev, (size, size)), 0) / FULL_SCALE
             else:
@@ -71,6 +148,7 @@ def measure_maps(predictor: Predictor, paths, y, lungs: LungSource, methods, lim
             else float("nan"),
             "hottest_in_lungs": float(np.mean([bool(h) for h in hot])),  # an empty map counts as a miss
             "empty_maps": sum(m is None for m in mass),
+            "visible": float(np.mean(np.array(peaks[1]) >= ALPHA_FLOOR)) if peaks[1] else float("nan"),
             "seconds_per_map": float(np.median(seconds)),
             "peak_pneumonia": np.percentile(peaks[1], [50, 90]).tolist() if peaks[1] else [],
             "peak_normal": np.percentile(peaks[0], [50, 90]).tolist() if peaks[0] else [],
@@ -85,15 +163,16 @@ def report(title: str, predictor, paths, y, sources: list[LungSource], methods, 
         m = measure_maps(predictor, paths, y, lungs, methods, limit, grid)
         print(f"\nlungs: {lungs.describe()} (mask for the maps: ungrown); lungs are {m['lung_share']:.3f} of the frame;"
               f" maps on {m['n_pneumonia']} pneumonia and {m['n_normal']} normal images")  # fmt: skip
-        print("| method | mass in lungs | hottest in lungs | empty maps | s/map | peak heat pneumonia p50/p90 | "
-              "peak heat normal p50/p90 | normals with peak >= 0.5 |")  # fmt: skip
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("| method | mass in lungs | hottest in lungs | empty maps | visible | s/map | "
+              "peak heat pneumonia p50/p90 | peak heat normal p50/p90 | normals with peak >= 0.5 |")  # fmt: skip
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for method in methods:
             r = m[method]
             pp, pn = (("/".join(f"{v:.2f}" for v in r[k]) or "—") for k in ("peak_pneumonia", "peak_normal"))
+            name = method if method in VARIANTS else HeatMapper(predictor, method).method
             print(
-                f"| {HeatMapper(predictor, method).method} | {r['mass_in_lungs']:.3f} | {r['hottest_in_lungs']:.3f} | "
-                f"{r['empty_maps']} | {r['seconds_per_map']:.3f} | {pp} | {pn} | {r['normal_peak_over_half']:.3f} |"
+                f"| {name} | {r['mass_in_lungs']:.3f} | {r['hottest_in_lungs']:.3f} | {r['empty_maps']} | "
+                f"{r['visible']:.3f} | {r['seconds_per_map']:.3f} | {pp} | {pn} | {r['normal_peak_over_half']:.3f} |"
             )
         if auc:
             checks = lung_checks(predictor, paths, y, lungs)
@@ -112,14 +191,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--masks", type=Path, default=None, help="per-image masks folder [default: ../shared/data/...]")
     ap.add_argument("--limit", type=int, default=None, help="maps on at most this many images per class")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    ap.add_argument("--occlusion", default="", help=f"occlusion alternatives to add, of {', '.join(VARIANTS)}")
+    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads [default: the predictor's]")
     ap.add_argument("--no-auc", dest="auc", action="store_false", help="skip the lung checks' AUC")
     ap.add_argument("--cells", type=int, default=OcclusionGrid().cells, help="occlusion grid per side")
     ap.add_argument("--span", type=int, default=OcclusionGrid().span, help="occluding window side, in cells")
     args = ap.parse_args(argv)
-    methods = [m for m in args.methods.split(",") if m]
+    methods = [m for m in args.methods.split(",") if m] + [v for v in args.occlusion.split(",") if v]
+    unknown = [m for m in methods if m not in METHODS and m not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown method(s) {', '.join(unknown)}")
     if not args.folder and not args.split:
         ap.error("give --folder and/or --data with --split")
-    predictor = Predictor.load(args.model)
+    predictor = Predictor.load(args.model, threads=args.threads)
     grid = OcclusionGrid(args.cells, args.span)
     print(f"model: {predictor.meta.name} ({predictor.meta.arch}, {predictor.size} px); occlusion: full scale "
           f"{FULL_SCALE:g} calibrated log-odds, {grid.cells} x {grid.cells} cells, window {grid.span} cells; "

@@ -49,10 +49,10 @@ def perturbed_png(path: Path, perturb) -> bytes:
 def recorded_worst(predictor: Predictor) -> str | None:
     """The model file's own worst geometric shift of validation (lowest specificity, then highest ECE), named as
     in the shift suite: e.g. ``zoom 1.25`` -> ``zoom 1.25 (cropped)``."""
-    shifts = {k: v for k, v in predictor.meta.validation.get("geometry_shift", {}).items() if k != "worst"}
+    shifts = {k: v for k, v in (predictor.meta.validation.geometry_shift or {}).items() if k != "worst"}
     if not shifts:
         return None
-    worst = min(shifts, key=lambda k: (shifts[k]["specificity"], -shifts[k]["ece"]))
+    worst = min(shifts, key=lambda k: (shifts[k].specificity, -shifts[k].ece))
     names = [n for n in PERTURBATIONS if n.split(" (")[0] == worst]
     return names[0] if names else None
 

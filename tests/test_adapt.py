@@ -506,3 +506,35 @@ def test_adapt_input_errors_are_one_line_usage_errors(kind, tiny_model, tmp_path
     text = stderr.getvalue()
     assert code == 2 and "Traceback" not in text and text.count("\n") == 1, text
     assert not (tmp_path / "s.pneumo").exists()
+
+
+def _bad_model(kind: str, tiny_model: Path, root: Path) -> Path:
+    """A base model that ``pneumo adapt`` cannot open, by kind."""
+    path = root / "bad.pneumo"
+    if kind == "not a model file":
+        path.write_bytes(b"not a zip at all")
+    elif kind == "no ONNX graph":
+        mf = load_model_file(tiny_model)
+        save_model_file(path, mf.model_copy(update={"onnx": None}))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["not a model file", "no ONNX graph"])
+def test_a_bad_base_model_is_the_model_file_error_every_command_gives(kind, tiny_model, tmp_path):
+    """The base model is opened as predict opens it (``inference.open_model``): one ModelFileError, exit 1."""
+    from pneumo.adapt.report import base_predictor
+    from pneumo.inference import open_model
+
+    bad = _bad_model(kind, tiny_model, tmp_path)
+    with pytest.raises(ModelFileError) as info:
+        base_predictor(bad)
+    with pytest.raises(ModelFileError) as same:
+        open_model(bad)
+    assert str(info.value) == str(same.value) and info.value.exit_code == 1
+    site = _write_site(tmp_path / "site")
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code = main(["adapt", str(site), "--out", str(tmp_path / "s.pneumo"), "--model", str(bad)])
+    text = stderr.getvalue()
+    assert code == 1 and "Traceback" not in text and text.count("\n") == 1, text
+    assert not (tmp_path / "s.pneumo").exists()

@@ -25,7 +25,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from pneumo.batch.run import MODEL_COLUMNS, BatchError, read_results, run_batch  # noqa: E402
 from pneumo.cli import main  # noqa: E402
-from pneumo.predict_io import columns  # noqa: E402
+from pneumo.inference import columns  # noqa: E402
 
 # Both engines run the same Predictor code on the same float32 inputs; only the batch composition differs,
 # which moves ONNX Runtime's float32 sums by a few ulps of values in [0, 1]: far below 1e-6.

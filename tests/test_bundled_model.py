@@ -29,24 +29,24 @@ def test_bundled_model_is_small_and_self_describing():
     assert meta.class_names[0] == "NORMAL" and meta.preprocessing.image_size >= 64
     assert 0.0 < meta.threshold < 1.0 and meta.temperature > 0
     # the threshold is the worst-case rule's: both targets held within a few points in the worst framing condition
-    op = meta.validation["operating_point"]
-    assert op["rule"] == "worst_case" and meta.threshold == op["rules"]["worst_case"]["threshold"]
-    worst_framing = op["rules"]["worst_case"]["worst_framing"]
-    assert worst_framing["sensitivity"] >= 0.95 and worst_framing["specificity"] >= 0.85
-    checks = meta.validation["geometry_shift"]
+    op = meta.validation.operating_point
+    assert op.rule == "worst_case" and meta.threshold == op.rules["worst_case"].threshold
+    worst_framing = op.rules["worst_case"].worst_framing
+    assert worst_framing.sensitivity >= 0.95 and worst_framing.specificity >= 0.85
+    checks = meta.validation.geometry_shift
     assert set(checks) == {"worst", *TRAINING_CHECKS}
-    assert all(checks[k]["roc_auc"] >= 0.98 for k in FRAMING_CHECKS)  # it ranks under every framing shift
-    assert checks["border masked 15%"]["roc_auc"] >= 0.975  # and does not read the frame's edges
+    assert all(checks[k].roc_auc >= 0.98 for k in FRAMING_CHECKS)  # it ranks under every framing shift
+    assert checks["border masked 15%"].roc_auc >= 0.975  # and does not read the frame's edges
     assert not meta.preprocessing.content_scales, (
         "one view: test-time content scales lowered specificity on new periods"
     )
     # chosen on acquisition blocks held out whole, and it says so with each block's figures and the worst block
-    assert meta.validation["measured_on"].startswith("internal validation (acquisition blocks)")
-    blocks = meta.validation["blocks"]
-    assert len(blocks["per_block"]) == 12 and blocks["worst_specificity"]["block"] in blocks["per_block"]
-    assert meta.validation["roc_auc"] >= 0.985
-    assert set(meta.validation["lung_checks"]) and all(
-        {"clean", "lungs_hidden", "only_lungs"} <= c.keys() for c in meta.validation["lung_checks"].values()
+    assert meta.validation.measured_on.startswith("internal validation (acquisition blocks)")
+    blocks = meta.validation.blocks
+    assert len(blocks.per_block) == 12 and blocks.worst_specificity.block in blocks.per_block
+    assert meta.validation.roc_auc >= 0.985
+    assert meta.validation.lung_checks and all(
+        None not in (c.clean, c.lungs_hidden, c.only_lungs) for c in meta.validation.lung_checks.values()
     )
     assert meta.domain_guard.pediatric is not None, "two answers: not pediatric / unusual acquisition"
     assert meta.domain_guard is not None and meta.domain_guard.validation_flag_rate <= 0.05

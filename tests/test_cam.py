@@ -388,5 +388,6 @@ def test_occlusion_is_the_default_and_methods_are_named():
     predictor = Predictor(build_model_file(_net(), _meta(), {}))
     assert METHODS[0] == "occlusion" and HeatMapper(predictor).method == "occlusion"
     assert "log-odds" in HeatMapper(predictor).scale and "own maximum" in HeatMapper(predictor, CAM).scale
+    assert "lowers the log-odds by 0.15" in HeatMapper(predictor).empty and HeatMapper(predictor, CAM).empty is None
     with pytest.raises(ValueError, match="unknown heat-map method"):
         HeatMapper(predictor, "lime")

@@ -4,13 +4,15 @@ inputs that cannot work."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 
 from conftest import xray
-from pneumo.cli import TRAIN_DEFAULTS, command, main
+from pneumo.choices import TRAIN_DEFAULTS
+from pneumo.cli import command, main
 
 
 def _commands():
@@ -72,7 +74,7 @@ def test_train_defaults_shown_are_the_configs():
     """The help shows TRAIN_DEFAULTS; training uses TrainConfig's: they must be the same."""
     from pneumo.config import TrainConfig
 
-    for name, shown in TRAIN_DEFAULTS.items():
+    for name, shown in dataclasses.asdict(TRAIN_DEFAULTS).items():
         assert TrainConfig.model_fields[name].default == shown, name
 
 

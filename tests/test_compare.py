@@ -82,7 +82,7 @@ def test_markdown_table(two_models):
 
 def test_csv_and_write_comparison(two_models, tmp_path):
     rows = write_comparison(two_models, tmp_path / "out" / "cmp.md", tmp_path / "out" / "cmp.csv")
-    assert (tmp_path / "out" / "cmp.md").read_text() == format_markdown(rows)
+    assert (tmp_path / "out" / "cmp.md").read_text() == format_markdown(rows) + "\n"
     with (tmp_path / "out" / "cmp.csv").open() as f:
         got = list(csv.DictReader(f))
     assert got[0]["name"] == "run_a" and float(got[0]["accuracy"]) == pytest.approx(0.91234)

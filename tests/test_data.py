@@ -13,18 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from pneumo.data import (
-    ImageRecord,
-    block_split,
-    make_split,
-    parse_kermany_name,
-    patient_number,
-    patient_sequence,
-    read_split_csv,
-    scan_dataset,
-    split_dataset,
-    write_split_csv,
-)
+from pneumo.data import block_split, make_split, patient_number, patient_sequence, split_dataset
+from pneumo.inputs import ImageRecord, parse_kermany_name, read_split_csv, scan_dataset, write_split_csv
 from pneumo.inspect_report import inspect_dataset, write_inspect_plots
 
 

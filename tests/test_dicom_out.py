@@ -419,7 +419,7 @@ def test_predict_dicom_out_reads_and_decodes_each_input_once(dicom_dir, tmp_path
 
     from PIL import Image
 
-    from pneumo import imaging
+    from pneumo.imaging import loader
 
     src = tmp_path / "in"
     src.mkdir()
@@ -427,7 +427,7 @@ def test_predict_dicom_out_reads_and_decodes_each_input_once(dicom_dir, tmp_path
         shutil.copy(dicom_dir / name, src / name)
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(src / "photo.png")
     opened, decoded = Counter(), Counter()
-    real_open, guarded = builtins.open, imaging._guarded
+    real_open, guarded = builtins.open, loader._guarded
 
     def counted_open(file, *args, **kwargs):
         if isinstance(file, str | Path) and Path(file).parent == src:
@@ -440,7 +440,7 @@ def test_predict_dicom_out_reads_and_decodes_each_input_once(dicom_dir, tmp_path
 
     monkeypatch.setattr(builtins, "open", counted_open)
     monkeypatch.setattr(io, "open", counted_open)  # pathlib's way in
-    monkeypatch.setattr(imaging, "_guarded", counted_guarded)
+    monkeypatch.setattr(loader, "_guarded", counted_guarded)
     out = tmp_path / "dicom-out"
     assert main(["predict", str(src), "--dicom-out", str(out), "-o", str(tmp_path / "rows.csv")]) == 0
     written = sorted(p.name for p in out.iterdir())

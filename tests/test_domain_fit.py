@@ -55,9 +55,9 @@ def test_refit_adds_the_pediatric_guard_and_keeps_everything_else(tiny_model, re
     for k, v in old.arrays.items():  # the acquisition guard's arrays, byte for byte
         np.testing.assert_array_equal(new.arrays[k], v)
     assert new.arrays["pediatric_components"].shape == (ped.components, new.meta.feature_dim)
-    record = new.meta.validation["domain"]
-    assert set(record["held_out_flagged_not_pediatric"]) == {"clean", *FIT_CONDITIONS}
-    assert {k: v for k, v in new.meta.validation.items() if k != "domain"} == old.meta.validation
+    record = new.meta.validation.domain
+    assert set(record.held_out_flagged_not_pediatric) == {"clean", *FIT_CONDITIONS}
+    assert new.meta.validation.model_dump(exclude={"domain"}) == old.meta.validation.model_dump()
 
 
 def _rate(predictor: Predictor, sources) -> float:

@@ -1,7 +1,6 @@
-"""pneumo.explain.explainer: heat maps (occlusion by default, the old class activation map by name) are well-formed and
-lie
-on what pushes towards pneumonia; occlusion maps are absolute; ``pneumo explain`` writes one PNG per readable
-image."""
+"""pneumo.explain.explainer: heat maps (occlusion by default, the old class activation map by name) are well-formed
+and lie on what pushes towards pneumonia; occlusion maps are absolute; ``pneumo explain`` writes one PNG per
+readable image."""
 
 from __future__ import annotations
 
@@ -90,8 +89,9 @@ def test_heatmap_lights_up_what_pushes_towards_pneumonia_and_follows_it(row, col
     on[row * CELL : (row + 1) * CELL, col * CELL : (col + 1) * CELL] = True
     # CAM: a one-hot cell upsampled bilinearly x16 keeps 9/16 of its mass inside the cell (3/4 per axis), more at
     # an edge, where the map is clamped: more than half the map on the 1/16 of the image that the square covers.
-    # Occlusion: a cell is the mean of the 2 x 2-cell windows over it, so an edge neighbour reads half the square's
-    # drop and a corner one a quarter; a quarter of the map on the square (a uniform map would put 1/16 there).
+    # Occlusion: one-cell windows (8 px here), so only the square's own four cells lower the odds when hidden; the
+    # bilinear resize spreads part of that past its edge: a quarter of the map on the square (a uniform map would put
+    # 1/16 there).
     share = float(cam[on].sum()) / max(float(cam.sum()), 1e-12)
     assert share > (0.5 if method == CAM else 0.25), f"{share:.1%} of the map lies on the square in ({row}, {col})"
     peak = np.unravel_index(np.argmax(cam), cam.shape)
@@ -117,6 +117,35 @@ def test_occlusion_map_is_absolute_a_confident_normal_shows_nothing():
     pneumonia[2 * CELL :, : 2 * CELL] = 0.3  # 4 dark cells, 12 bright
     assert explainer.predictor.predict_arrays([pneumonia], ["p"])[0].probability > 0.95
     assert explainer.heatmap(pneumonia).max() == pytest.approx(0.25, abs=1e-4)
+
+
+def test_an_empty_map_says_why_where_the_scale_would_be(explainer, monkeypatch):
+    """A map that draws nothing (an image the model is sure of, whose evidence no single region holds) gets the
+    mapper's note in its caption instead of the colour scale; a map with something drawn keeps the scale."""
+    from matplotlib.figure import Figure
+
+    from pneumo.explain.explainer import overlay_png
+
+    texts: list[str] = []
+    original = Figure.text
+    monkeypatch.setattr(Figure, "text", lambda self, x, y, s, **kw: texts.append(s) or original(self, x, y, s, **kw))
+    exp = explainer.explain(_png_bytes(_xray()), "x.png")
+    scale, empty = explainer.images.scale, explainer.images.empty
+    exp.heatmap = np.zeros_like(exp.heatmap)
+    overlay_png(exp, scale=scale, empty=empty)
+    assert empty in texts[0] and scale not in texts[0]
+    exp.heatmap[:10, :10] = 0.5
+    texts.clear()
+    overlay_png(exp, scale=scale, empty=empty)
+    assert scale in texts[0] and empty not in texts[0]
+
+
+def _png_bytes(img: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def test_explain_keeps_aspect_ratio_and_agrees_with_predict(explainer, tmp_path):

@@ -297,7 +297,7 @@ def guarded_client(tiny_model, tmp_path_factory):
     meta = mf.meta.model_copy(
         update={
             "data": {"data_dir": "/home/alice/secret/chest_xray/train", "train_images": 10},
-            "validation": {**mf.meta.validation, "measured_on": "internal validation: /home/alice/secret/split.csv"},
+            "validation": mf.meta.validation.updated(measured_on="internal validation: /home/alice/secret/split.csv"),
             "training": {"config": {"data_dir": "/home/alice/secret/chest_xray", "out": "/srv/runs/x", "epochs": 1}},
         }
     )
@@ -564,7 +564,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
     import torch
 
     from pneumo.config import TrainConfig
-    from pneumo.training.train import PneumoModule, _net_state, fit
+    from pneumo.training.train import PneumoModule, checkpoint_net_state, fit
 
     data = _train_folder(tmp_path / "ds", bad=0)
     base = {
@@ -590,7 +590,8 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
 
     # the same trajectory: every epoch's validation figures, and the weights of the model file (best epoch)
     assert _val_rows(tmp_path / "whole") == _val_rows(cfg.out)
-    a, b = _net_state(str(tmp_path / "whole/checkpoints/best.ckpt")), _net_state(str(cfg.out / "checkpoints/best.ckpt"))
+    a = checkpoint_net_state(str(tmp_path / "whole/checkpoints/best.ckpt"))
+    b = checkpoint_net_state(str(cfg.out / "checkpoints/best.ckpt"))
     assert a.keys() == b.keys()
     worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
     assert worst == 0.0, f"largest weight difference {worst}"

@@ -326,7 +326,7 @@ def test_permission_denied(tmp_path, monkeypatch):
     path = _save(tmp_path / "locked.png", Image.fromarray(_gradient()), "PNG")
     path.chmod(0)
     if os.access(path, os.R_OK):  # running as root: chmod does not stop us, so make open() refuse instead
-        monkeypatch.setattr(imaging, "open", _raise(PermissionError(13, "Permission denied")), raising=False)
+        monkeypatch.setattr(imaging.limits, "open", _raise(PermissionError(13, "Permission denied")), raising=False)
     for func in (load_image, probe_image):
         with pytest.raises(ImageLoadError, match=r"locked\.png: permission denied"):
             func(path)

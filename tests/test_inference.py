@@ -177,7 +177,8 @@ def test_csv_json_and_api_rows_are_the_fields_of_prediction(predictor, tmp_path)
     import csv
     import json
 
-    from pneumo.predict_io import columns, write_predictions
+    from pneumo.inference import columns
+    from pneumo.predict_io import write_predictions
     from pneumo.serve.app import PredictResponse
 
     row = [name for name, f in Prediction.model_fields.items() if not f.exclude]

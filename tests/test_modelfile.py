@@ -21,6 +21,7 @@ from pneumo.modelfile import (
     ModelFileError,
     ModelMeta,
     Preprocessing,
+    Validation,
     load_model_file,
     read_meta,
     resolve_model_path,
@@ -245,14 +246,14 @@ def test_figures_summary_of_an_old_model_file_says_nothing_new():
     """A model file from before both rules and the border-hidden check (as g2s1 recorded them: the pooled
     operating point only, four framing checks under their old names): its figures are said as before."""
     meta = read_meta(None)
-    v = {k: x for k, x in meta.validation.items() if k not in ("blocks", "lung_checks")}  # recorded since then
+    v = meta.validation.model_dump(exclude={"blocks", "lung_checks"})  # recorded since then
     op = v["operating_point"]
     v["operating_point"] = {"sensitivity": op["sensitivity"], "specificity": op["specificity"]}
     old_names = dict(
         zip(FRAMING_CHECKS, ("zoom 0.8", "zoom 1.25", "squeeze across 0.85", "squeeze down 0.85"), strict=True)
     )
     v["geometry_shift"] = {old_names.get(k, k): r for k, r in v["geometry_shift"].items() if k != BORDER_HIDDEN_CHECK}
-    meta = meta.model_copy(update={"validation": v})
+    meta = meta.model_copy(update={"validation": Validation.model_validate(v)})
     lines = meta.figures_summary()
     assert lines[0] == f"{meta.name} {meta.version}: threshold {meta.threshold:.4f}"
     assert lines[1].startswith("  sensitivity ") and lines[2].startswith("  worst case under framing shift: ")

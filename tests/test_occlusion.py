@@ -1,12 +1,14 @@
 """pneumo.explain.occlusion: occluded copies, the per-cell mean over windows, the drop in calibrated log-odds with its
-floor, and the absolute heat scale; HeatMapper's occlusion map matches running each copy on its own."""
+floor, the absolute heat scale, multi-scale windows and the blurred filler; through a real ONNX graph, the map is
+hottest where the graph reads and empty when nothing moves it, in one run per map; HeatMapper's occlusion map
+matches running each copy on its own."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pneumo.explain.occlusion import FLOOR, FULL_SCALE, OcclusionGrid, evidence, heat
+from pneumo.explain.occlusion import BLUR, FLOOR, FULL_SCALE, MEAN, OcclusionGrid, evidence, filler, heat
 
 SIZE = 64
 
@@ -128,3 +130,101 @@ def test_mapper_batches_the_copies_as_single_runs_would(tiny_model):
     np.testing.assert_allclose(got, expected, atol=1e-4)
     h = mapper.heatmap(image, (90, 70))
     assert h.shape == (90, 70) and h.dtype == np.float32 and h.min() >= 0 and h.max() <= 1
+
+
+def _onnx_run(region: tuple[slice, slice] | None, size: int = SIZE, weight: float = 4.0, offset: float = 0.0):
+    """A real ONNX graph run through ONNX Runtime: pneumonia logit = weight x the mean of the input over ``region``
+    (rows, columns) + offset, normal logit 0; with ``region=None`` the logits are constant (offset, whatever the
+    image). Returns (run, calls): each call's batch size is recorded."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    def const(name, values, dtype=TensorProto.INT64):
+        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, dtype, [len(values)], values))
+
+    r, c = region or (slice(0, size), slice(0, size))
+    nodes = [
+        const("starts", [r.start, c.start]),
+        const("ends", [r.stop, c.stop]),
+        const("axes", [2, 3]),
+        const("w", [0.0 if region is None else weight], TensorProto.FLOAT),
+        const("b", [offset], TensorProto.FLOAT),
+        helper.make_node("Slice", ["image", "starts", "ends", "axes"], ["patch"]),
+        helper.make_node("ReduceMean", ["patch"], ["m"], axes=[2, 3], keepdims=0),  # N x 1
+        helper.make_node("Mul", ["m", "w"], ["mw"]),
+        helper.make_node("Add", ["mw", "b"], ["pneu"]),
+        helper.make_node("Sub", ["pneu", "pneu"], ["zero"]),
+        helper.make_node("Concat", ["zero", "pneu"], ["logits"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "region",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 1, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    calls: list[int] = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        return session.run(["logits"], {"image": batch})[0]
+
+    return run, calls
+
+
+MULTI = [OcclusionGrid(8, 1), OcclusionGrid(8, 2)]
+
+
+@pytest.mark.parametrize(("grid", "fill"), [(None, MEAN), (MULTI, MEAN), (None, BLUR), ([OcclusionGrid(16, 2)], MEAN)])
+def test_an_onnx_graph_reading_one_region_is_hottest_there(grid, fill):
+    """Through ONNX Runtime, for the default and for the alternatives (multi-scale, blurred filler, a finer grid):
+    the hottest cell of the map lies on the one region the graph reads, and the map's mass is mostly there."""
+    region = (slice(8, 24), slice(40, 56))  # cells (1-2, 5-6) of the 8 x 8 grid: the bright "opacity"
+    run, _ = _onnx_run(region)
+    cells = evidence(run, _image(), grid=grid, floor=None, fill=fill)
+    k = cells.shape[0] // 8  # grid cells per eighth of the side
+    on = np.zeros(cells.shape, bool)
+    on[k : 3 * k, 5 * k : 7 * k] = True
+    assert on[np.unravel_index(np.argmax(cells), cells.shape)]
+    assert cells[on].sum() > 0.5 * np.maximum(cells, 0).sum()
+
+
+def test_a_constant_graph_gives_an_empty_map_and_one_run_per_map():
+    """Nothing moves a constant output: no evidence anywhere, an empty heat map, whatever the floor; and a map
+    costs one network run of 1 + 64 copies (1 + 64 + 49 for the two window sizes): the cost bound of a map."""
+    run, calls = _onnx_run(None, offset=3.0)  # P(pneumonia) 0.95: a confident image whose output nothing moves
+    for floor in (FLOOR, None):
+        cells = evidence(run, _image(), floor=floor)
+        assert np.all(cells == 0.0) and heat(cells, (SIZE, SIZE)).max() == 0.0
+    assert calls == [65, 65]
+    evidence(run, _image(), grid=MULTI)
+    assert calls[-1] == 1 + 64 + 49
+
+
+def test_multiscale_evidence_is_the_mean_of_each_grid_on_the_finest():
+    region = (slice(8, 24), slice(40, 56))
+    x = _image()
+    fine = evidence(_linear_run(region), x, grid=OcclusionGrid(16, 2), floor=None)
+    coarse = evidence(_linear_run(region), x, grid=OcclusionGrid(8, 1), floor=None)
+    both = evidence(_linear_run(region), x, grid=[OcclusionGrid(16, 2), OcclusionGrid(8, 1)], floor=None)
+    assert both.shape == (16, 16)
+    np.testing.assert_allclose(both, (fine + np.kron(coarse, np.ones((2, 2)))) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="do not nest"):
+        evidence(_linear_run(region), x, grid=[OcclusionGrid(8, 1), OcclusionGrid(6, 1)])
+
+
+def test_blurred_filler_keeps_local_brightness_and_drops_less_than_flat_grey():
+    x = _image()
+    blur = filler(x, BLUR)
+    assert blur.shape == x.shape and blur.dtype == np.float32
+    assert blur[0, 8:24, 40:56].mean() > x.mean() + 0.5  # the bright region stays brighter than the image's mean
+    assert blur.std() < x.std()  # texture gone
+    np.testing.assert_array_equal(filler(x, MEAN), np.full_like(x, x.mean()))
+    region = (slice(8, 24), slice(40, 56))
+    flat = evidence(_linear_run(region), x, floor=None)
+    soft = evidence(_linear_run(region), x, floor=None, fill=BLUR)
+    assert 0 < soft.max() < flat.max()
+    with pytest.raises(ValueError, match="unknown occlusion filler"):
+        filler(x, "noise")

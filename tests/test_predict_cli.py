@@ -226,7 +226,8 @@ def test_real_dicoms(dicom_dir, tiny_model, tmp_path):
 def test_predict_files_behind_the_predict_command(mixed, tiny_model, tmp_path):
     """``predict_files`` gives one result per file in input order at the threshold asked for, passes every result
     through the progress wrapper with the file count, and writes the file the command writes."""
-    from pneumo.predict_io import expand_inputs, predict_files
+    from pneumo.inputs import expand_inputs
+    from pneumo.predict_io import predict_files
 
     files, _ = expand_inputs([str(mixed)])
     seen = {"n": 0}
@@ -329,7 +330,7 @@ def test_table_marks_out_of_domain_decisions_in_the_decision_cell():
 
 
 def test_a_glob_through_a_link_loop_predicts_each_file_once(tmp_path):
-    from pneumo.predict_io import expand_inputs
+    from pneumo.inputs import expand_inputs
 
     folder = tmp_path / "scans"
     folder.mkdir()

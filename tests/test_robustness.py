@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from ood import photographs, synthetic
-from pneumo.evaluation.metrics import binary_metrics
+from pneumo.evaluation.metrics import RELIABILITY_BINS, binary_metrics
 from pneumo.evaluation.robustness import (
     CONTROLS,
     GEOMETRY,
@@ -152,7 +152,10 @@ def test_shifted_validation_measures_each_condition_through_the_predictor(labell
         binary_metrics(y, _probs(_perturbed_by_hand(predictor, paths, CONTROLS["lung box masked"])), 0.5)["roc_auc"]
     )
     rel = res["clean"]["reliability"]
-    assert sum(rel["count"]) == len(paths) and len(rel["confidence"]) == 10
+    assert sum(rel["count"]) == len(paths) and len(rel["confidence"]) == RELIABILITY_BINS
+    # the bins are the ones the row's ECE is counted in (one bin count everywhere)
+    gaps = [n * abs(c - a) for n, c, a in zip(rel["count"], rel["confidence"], rel["accuracy"], strict=True) if n]
+    assert sum(gaps) / len(paths) == pytest.approx(res["clean"]["ece"], abs=1e-12)
 
     clean = predictor.predict_sources((str(p), p) for p in paths)
     clean_p = np.array([p.probability for p in clean])

@@ -87,7 +87,7 @@ def test_model_card_is_the_model_files_metadata(client, tiny_model):
     assert card["name"] == meta.name == "tiny-binary"
     assert card["threshold"] == pytest.approx(meta.threshold)
     assert card["temperature"] == pytest.approx(meta.temperature)
-    assert card["validation"] == meta.validation
+    assert card["validation"] == meta.validation.model_dump(mode="json")
     assert card["domain_guard"]["cutoff"] == pytest.approx(meta.domain_guard.cutoff)
     assert card["max_upload_mb"] == 50.0
 
@@ -251,16 +251,16 @@ def test_explain_returns_a_heatmap_png_the_size_of_the_image(client, how):
 def test_an_upload_is_decoded_once_for_prediction_display_and_heat_map(client, monkeypatch):
     """One opening of the bytes gives the network input and the display image; the heat map reuses them. Every
     loader of pneumo.imaging opens its source through ``_guarded``: count those openings."""
-    from pneumo import imaging
+    from pneumo.imaging import loader
 
     openings = []
-    guarded = imaging._guarded
+    guarded = loader._guarded
 
     def counted(source, name, read):
         openings.append(name)
         return guarded(source, name, read)
 
-    monkeypatch.setattr(imaging, "_guarded", counted)
+    monkeypatch.setattr(loader, "_guarded", counted)
     body = post(client, jpeg_bytes(), params={"explain": "true"}).json()
     assert body["heatmap"] is not None and body["explain_error"] is None
     assert len(openings) == 1

@@ -19,7 +19,7 @@ from pneumo.config import TrainConfig
 from pneumo.evaluation.calibration import OperatingRule
 from pneumo.evaluation.shifts import TRAINING_CHECKS, checked_copies
 from pneumo.inference import Predictor
-from pneumo.modelfile import load_model_file
+from pneumo.modelfile import VALIDATION_VERSION, load_model_file
 from pneumo.training.train import balanced_indices, class_weights, fit
 
 N_PER_CLASS = 24
@@ -94,16 +94,18 @@ def test_model_file_describes_itself(binary_run):
     assert m.preprocessing.image_size == 32 and m.preprocessing.normalization == "equalize"
     assert 0 < m.threshold < 1 and m.temperature > 0
     for k in ("roc_auc", "accuracy", "sensitivity", "specificity", "ci95", "cpu_ms_per_image", "measured_on"):
-        assert k in m.validation, k
+        assert getattr(m.validation, k) is not None, k
+    assert m.validation.version == VALIDATION_VERSION and "version" in m.validation.model_fields_set  # a new record
     # the threshold is the worst-case rule's, and the pooled rule's operating point is reported beside it
-    op = m.validation["operating_point"]
-    assert op["rule"] == "worst_case" and op["rules"]["worst_case"]["threshold"] == m.threshold
-    assert op["rules"]["pooled"]["pooled"]["sensitivity"] >= m.target_sensitivity  # the pooled rule's promise
-    assert set(op["rules"]["worst_case"]["worst_framing"]) >= {"sensitivity", "specificity", "specificity_of"}
-    shift = m.validation["geometry_shift"]
+    op = m.validation.operating_point
+    assert op.rule == "worst_case" and op.rules["worst_case"].threshold == m.threshold
+    assert op.rules["pooled"].pooled.sensitivity >= m.target_sensitivity  # the pooled rule's promise
+    wf = op.rules["worst_case"].worst_framing
+    assert None not in (wf.sensitivity, wf.specificity, wf.specificity_of)
+    shift = m.validation.geometry_shift
     assert set(shift) == {"worst", *TRAINING_CHECKS}  # the checks that steer training come from the suite
-    assert shift["worst"]["roc_auc"] == min(r["roc_auc"] for k, r in shift.items() if k != "worst")
-    assert m.validation["n"] == m.data["val_images"] > 0
+    assert shift["worst"].roc_auc == min(r.roc_auc for k, r in shift.items() if k != "worst")
+    assert m.validation.n == m.data["val_images"] > 0
     assert m.domain_guard is not None and m.domain_guard.cutoff > 0
     assert "domain_val_distances" in mf.arrays
     assert m.data["train_images"] + m.data["val_images"] == 2 * N_PER_CLASS
@@ -163,7 +165,7 @@ def test_subtype_task_via_cli(dataset, tmp_path, monkeypatch, capsys):
     assert "model.pneumo" in capsys.readouterr().out
     mf = load_model_file(run)
     assert mf.meta.task == "subtype" and mf.meta.class_names == ["NORMAL", "BACTERIA", "VIRUS"]
-    assert "subtype_accuracy" in mf.meta.validation
+    assert mf.meta.validation.subtype_accuracy is not None
     assert TrainConfig.load(run / "config.yaml").balance == "weights"
     p = Predictor.load(run).predict_one(next(dataset.rglob("person1_virus_*.png")), "x")
     assert p.p_normal + p.p_bacterial + p.p_viral == pytest.approx(1.0)
@@ -175,9 +177,9 @@ def test_binary_task_with_subtype_head(dataset, cache_dir, tmp_path):
     fit(_cfg(dataset, run, cache_dir, epochs=1, subtype_head=True))
     mf = load_model_file(run)
     assert mf.meta.task == "binary" and mf.meta.class_names == ["NORMAL", "PNEUMONIA"] and mf.meta.has_subtypes
-    assert {"subtype_accuracy", "bacterial_vs_viral_accuracy"} <= set(mf.meta.validation)
-    worst = mf.meta.validation["geometry_shift"]["worst"]
-    assert 0 <= worst["bacterial_vs_viral"] <= 1 and 0 <= worst["subtype_flipped"] <= 1
+    assert None not in (mf.meta.validation.subtype_accuracy, mf.meta.validation.bacterial_vs_viral_accuracy)
+    worst = mf.meta.validation.geometry_shift["worst"]
+    assert 0 <= worst.bacterial_vs_viral <= 1 and 0 <= worst.subtype_flipped <= 1
     assert any("bacterial vs viral" in ln and "worst under framing shift" in ln for ln in mf.meta.figures_summary())
     import onnxruntime as ort
 
@@ -295,7 +297,8 @@ def test_targets_per_task_in_the_loaded_splits(tmp_path):
 def test_library_config_resolves_like_the_cli(dataset, tmp_path):
     """``fit(TrainConfig(arch=...))`` needs no CLI: pretrained follows the architecture, a config file and
     overrides merge in the library."""
-    from pneumo.training.train import PneumoModule, resolve_pretrained
+    from pneumo.training.models import resolve_pretrained
+    from pneumo.training.train import PneumoModule
 
     plain = TrainConfig(data_dir=dataset, out=tmp_path, arch="resnet18")
     assert plain.pretrained is None and resolve_pretrained(plain).pretrained is False  # no shipped weights
@@ -377,7 +380,7 @@ def test_finalize_writes_into_the_run_it_is_given(binary_run, tmp_path):
     """A copied or moved run is finalized where it is now, never into the directory it was trained in."""
     import shutil
 
-    from pneumo.training.train import refinalize
+    from pneumo.training.refinalize import refinalize
 
     before = (binary_run / "model.pneumo").read_bytes()
     moved = tmp_path / "moved"
@@ -397,13 +400,13 @@ def test_finalize_can_switch_the_threshold_rule(binary_run, tmp_path):
 
     run = tmp_path / "pooled"
     shutil.copytree(binary_run, run)
-    before = load_model_file(binary_run).meta.validation["operating_point"]
+    before = load_model_file(binary_run).meta.validation.operating_point
     assert main(["finalize", str(run), "--threshold-rule", "pooled"]) in (0, None)
     meta = load_model_file(run).meta
-    op = meta.validation["operating_point"]
-    assert op["rule"] == "pooled" and meta.threshold == op["rules"]["pooled"]["threshold"]
-    assert op["rules"]["worst_case"]["threshold"] == pytest.approx(before["rules"]["worst_case"]["threshold"])
-    assert op["rules"]["pooled"]["threshold"] == pytest.approx(before["rules"]["pooled"]["threshold"])
+    op = meta.validation.operating_point
+    assert op.rule == "pooled" and meta.threshold == op.rules["pooled"].threshold
+    assert op.rules["worst_case"].threshold == pytest.approx(before.rules["worst_case"].threshold)
+    assert op.rules["pooled"].threshold == pytest.approx(before.rules["pooled"].threshold)
     assert main(["finalize", str(run), "--threshold-rule", "median"]) == 2  # refused as a usage error
 
 
@@ -413,7 +416,7 @@ def test_block_split_validation_reports_each_block(binary_run, dataset, tmp_path
     import shutil
 
     from pneumo.data import make_split, read_split_csv
-    from pneumo.training.train import refinalize
+    from pneumo.training.refinalize import refinalize
 
     split = tmp_path / "blocks.csv"
     make_split(dataset, split, val_fraction=0.25, by="blocks")
@@ -421,10 +424,10 @@ def test_block_split_validation_reports_each_block(binary_run, dataset, tmp_path
     shutil.copytree(binary_run, run)
     refinalize(run, split_csv=split)
     validation = load_model_file(run).meta.validation
-    assert validation["measured_on"].startswith("internal validation (acquisition blocks)")
-    blocks = validation["blocks"]
+    assert validation.measured_on.startswith("internal validation (acquisition blocks)")
+    blocks = validation.blocks
     held = {r.block for r in read_split_csv(split) if r.split == "val"}
-    assert set(blocks["per_block"]) == held and len(held) == 9  # 3 blocks in each of IM-, bacteria, virus
-    assert sum(b["n"] for b in blocks["per_block"].values()) == sum(r.split == "val" for r in read_split_csv(split))
-    worst = blocks["worst_specificity"]
-    assert worst["value"] == min(b["specificity"] for b in blocks["per_block"].values() if b["n_pneumonia"] == 0)
+    assert set(blocks.per_block) == held and len(held) == 9  # 3 blocks in each of IM-, bacteria, virus
+    assert sum(b.n for b in blocks.per_block.values()) == sum(r.split == "val" for r in read_split_csv(split))
+    worst = blocks.worst_specificity
+    assert worst.value == min(b.specificity for b in blocks.per_block.values() if b.n_pneumonia == 0)

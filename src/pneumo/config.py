@@ -1,18 +1,21 @@
-"""One typed training config. Defaults are the default recipe; the resolved config is written to every run.
+"""One typed training config. Defaults are the default recipe (the ones `pneumo train --help` shows are
+:data:`pneumo.choices.TRAIN_DEFAULTS`); the resolved config is written to every run.
 
 Pure pydantic (no torch): reading or checking a config is instant."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import AliasChoices, BaseModel, Field, model_validator
 
 from pneumo.atomic import write_text
+from pneumo.choices import TRAIN_DEFAULTS as D
+from pneumo.choices import Balance, Normalization, Task, ThresholdRule, Transfer
 from pneumo.evaluation.calibration import OperatingRule
-from pneumo.modelfile import DEFAULT_IMAGE_SIZE, Preprocessing
+from pneumo.modelfile import Preprocessing
 
 
 class AugmentConfig(BaseModel):
@@ -64,26 +67,26 @@ class TrainConfig(BaseModel):
 
     data_dir: Path
     out: Path
-    arch: str = "efficientnet_lite0"
-    task: Literal["binary", "subtype"] = "binary"
-    subtype_head: bool = Field(default=False, description="binary task plus a normal/bacterial/viral head")
+    arch: str = D.arch
+    task: Task = D.task
+    subtype_head: bool = Field(default=D.subtype_head, description="binary task plus a normal/bacterial/viral head")
     subtype_weight: float = Field(default=1.0, gt=0.0, le=100.0, description="the subtype head's loss weight")
     pretrained: bool | None = Field(default=None, description="ImageNet weights; None: when the arch ships them")
-    transfer: Literal["full", "top", "linear"] = "full"
-    image_size: int = DEFAULT_IMAGE_SIZE
-    normalization: Literal["none", "equalize"] = "equalize"
+    transfer: Transfer = D.transfer
+    image_size: int = D.image_size
+    normalization: Normalization = D.normalization
     content_scales: list[float] = Field(
         default_factory=list,
         validation_alias=AliasChoices("content_scales", "tta"),  # "tta" in configs written before the rename
         description="test-time content scales recorded in the model file",
     )
-    epochs: int = 6
-    batch_size: int = 32
-    lr: float = 1e-3
+    epochs: int = D.epochs
+    batch_size: int = D.batch_size
+    lr: float = D.lr
     weight_decay: float = 1e-4
     dropout: float = 0.2
     label_smoothing: float = 0.05
-    balance: Literal["weights", "oversample", "none"] = "weights"
+    balance: Balance = D.balance
     recency: float = Field(
         default=0.0,
         ge=0.0,
@@ -92,21 +95,23 @@ class TrainConfig(BaseModel):
         "1 + recency times as often as the earliest, as many in all; 0: each once",
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    val_fraction: float = 0.1
+    val_fraction: float = D.val_fraction
     split_csv: Path | None = Field(default=None, description="a split written by `pneumo data split`")
     max_train_images: int | None = Field(default=None, description="subsample training images (quick runs)")
-    seed: int = 0
-    target_sensitivity: float = 0.98
-    target_specificity: float = Field(default=0.90, gt=0.0, le=1.0, description="the worst_case rule's second target")
-    threshold_rule: Literal["worst_case", "pooled"] = Field(
-        default="worst_case",
+    seed: int = D.seed
+    target_sensitivity: float = D.target_sensitivity
+    target_specificity: float = Field(
+        default=D.target_specificity, gt=0.0, le=1.0, description="the worst_case rule's second target"
+    )
+    threshold_rule: ThresholdRule = Field(
+        default=D.threshold_rule,
         description="worst_case: the largest margin to both targets in the worst framing condition; pooled: the "
         "highest threshold with target_sensitivity on validation pooled with its checked copies",
     )
-    patience: int = 4
-    devices: int = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
+    patience: int = D.patience
+    devices: int = D.devices
+    num_nodes: int = D.num_nodes
+    strategy: str = D.strategy
     threads: int | None = None
     name: str | None = None
     cache_dir: Path | None = None

@@ -1,58 +1,31 @@
-"""Scan a dataset folder, read patient ids and pneumonia subtypes from Kermany file names, split by patient.
+"""Split a scanned dataset: by patient, or by acquisition blocks of Kermany's patient numbering.
 
-Nothing here decodes an image: the scan only lists and names files, so it takes milliseconds even on the full
-dataset. Decoding lives in :mod:`pneumo.imaging`; the training cache in :mod:`pneumo.training.cache`; the dataset
-summary (which reads image headers) in :mod:`pneumo.inspect_report`.
+The scan, the Kermany name rule and the split CSV's rows live in :mod:`pneumo.inputs` (re-exported here for the
+callers that import them from this module). Decoding lives in :mod:`pneumo.imaging`; the training cache in
+:mod:`pneumo.training.cache`; the dataset summary (which reads image headers) in :mod:`pneumo.inspect_report`.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 import random
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from pneumo import atomic
+from pneumo.choices import SPLIT_METHODS
 from pneumo.errors import ConfigError, DataError
-from pneumo.imaging import IMAGE_SUFFIXES
-from pneumo.labels import NORMAL
-
-SPLIT_COLUMNS = ("path", "split", "label", "patient_id", "subtype")
-# Written by a block split (the held-out acquisition block of each validation image); optional when reading.
-BLOCK_COLUMN = "block"
-
-# Folder names recognised as a split level above the class folders; "valid"/"validation" are common spellings.
-_SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-
-# person1234_bacteria_5678 / person56_virus_112; one real file has an extra counter (person447_virus_921_1).
-_PERSON_RE = re.compile(r"^(person\d+)_(bacteria|virus)_\d+(?:_\d+)*$", re.IGNORECASE)
-# IM-0115-0001, NORMAL2-IM-0427-0001, and multi-view files of one study such as IM-0429-0001-0002.
-_IM_RE = re.compile(r"^((?:NORMAL\d*-)?IM-\d+)-\d+(?:-\d+)*$", re.IGNORECASE)
-
-
-def parse_kermany_name(filename: str | os.PathLike[str]) -> tuple[str, str]:
-    """Return ``(patient_id, subtype)`` read from a Kermany-style file name.
-
-    ``person1234_bacteria_5678.jpeg`` -> ``("person1234_bacteria", "bacteria")``; ``IM-0115-0001.jpeg`` ->
-    ``("IM-0115", "none")``; ``NORMAL2-IM-0427-0001.jpeg`` -> ``("NORMAL2-IM-0427", "none")``. Any other name is
-    its own patient: ``(stem, "unknown")``. Each prefix numbers its own series of children: ``IM-`` and
-    ``NORMAL2-IM-`` are different series, and so are bacterial and viral patients (``person100_bacteria`` and
-    ``person100_virus`` are two children), so the prefix and the subtype stay part of the id.
-    """
-    name = Path(filename).name
-    stem = Path(name).stem if Path(name).suffix.lower() in IMAGE_SUFFIXES else name
-    if m := _PERSON_RE.match(stem):
-        subtype = m.group(2).lower()
-        return f"{m.group(1)}_{subtype}", subtype
-    if m := _IM_RE.match(stem):
-        return m.group(1), "none"
-    return stem, "unknown"
+from pneumo.inputs import (
+    ImageRecord,
+    SplitRow,
+    parse_kermany_name,
+    read_split_csv,  # noqa: F401  re-exported: training, domain_fit and the benchmarks read splits through here
+    scan_dataset,
+    write_split_csv,
+)
 
 
 def patient_number(filename: str | os.PathLike[str]) -> int | None:
@@ -78,119 +51,6 @@ def patient_sequence(patient_id: str) -> tuple[str, int] | None:
     if m.group(1):
         return f"person_{m.group(3).lower()}", int(m.group(2))
     return m.group(4).upper(), int(m.group(5))
-
-
-def record_subtype(label: str, parsed_subtype: str) -> str:
-    """The subtype of an image given its class: NORMAL is "none"; other classes only trust bacteria/virus."""
-    if label == NORMAL:
-        return "none"
-    return parsed_subtype if parsed_subtype in ("bacteria", "virus") else "unknown"
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One image file found by :func:`scan_dataset`. ``rel`` is the POSIX path relative to the dataset root."""
-
-    path: Path
-    rel: str
-    split: str | None
-    label: str
-    class_index: int
-    patient_id: str
-    subtype: str
-
-
-@dataclass
-class Dataset:
-    """The result of a scan: sorted records, sorted class names, and folders that could not be listed."""
-
-    root: Path
-    classes: list[str]
-    records: list[ImageRecord]
-    errors: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def splits(self) -> list[str | None]:
-        """Split names present, in first-seen (sorted) order; ``[None]`` when there is no split level."""
-        return list(dict.fromkeys(r.split for r in self.records)) or [None]
-
-    def select(self, split: str | None) -> list[ImageRecord]:
-        """Records of one split (``None`` selects the records of a layout without a split level)."""
-        return [r for r in self.records if r.split == split]
-
-    def training_records(self) -> list[ImageRecord]:
-        """What a validation split should be carved from: the ``train`` split if there is one, else everything."""
-        train = self.select("train")
-        return train if train else list(self.records)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-
-def _is_image_name(name: str) -> bool:
-    if name.startswith("."):  # .DS_Store and friends have no suffix but are never images
-        return False
-    suffix = Path(name).suffix.lower()
-    return suffix == "" or suffix in IMAGE_SUFFIXES
-
-
-def _subdirs(path: Path, errors: list[tuple[str, str]]) -> list[Path]:
-    try:
-        with os.scandir(path) as it:
-            return sorted(Path(e.path) for e in it if e.is_dir() and not e.name.startswith("."))
-    except OSError as exc:
-        errors.append((str(path), f"cannot list folder: {exc.strerror or exc}"))
-        return []
-
-
-def _files_below(folder: Path, errors: list[tuple[str, str]]) -> list[Path]:
-    found: list[Path] = []
-
-    def onerror(exc: OSError) -> None:
-        errors.append((str(exc.filename), f"cannot list folder: {exc.strerror or exc}"))
-
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=onerror):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(Path(dirpath, f) for f in filenames if _is_image_name(f))
-    return found
-
-
-def scan_dataset(root: str | os.PathLike[str]) -> Dataset:
-    """List the images of ``root`` without opening them.
-
-    Layouts: ``root/{train,val,test}/CLASS/...`` or ``root/CLASS/...``. Class names are folder names upper-cased,
-    so ``normal`` and ``Normal`` in different splits are one class ``NORMAL``; class indices follow sorted names.
-    Files are kept when their suffix is in ``IMAGE_SUFFIXES`` (any case) or when they have none; folders below a
-    class folder are searched too. Records are sorted by split, class and path, so two scans give the same list.
-    Folders that cannot be listed go to ``Dataset.errors``; unreadable files are found later, by whoever reads them.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a folder")
-    errors: list[tuple[str, str]] = []
-    top = _subdirs(root, errors)
-    if top and any(d.name.lower() in _SPLIT_DIRS for d in top):
-        # Other folders beside train/val/test are not classes of a split layout; they are ignored.
-        sources = [
-            (_SPLIT_DIRS[d.name.lower()], c) for d in top if d.name.lower() in _SPLIT_DIRS for c in _subdirs(d, errors)
-        ]
-    else:
-        sources = [(None, c) for c in top]
-
-    found: list[tuple[str | None, str, Path]] = []
-    for split, class_dir in sources:
-        label = class_dir.name.upper()
-        found.extend((split, label, p) for p in _files_below(class_dir, errors))
-
-    classes = sorted({label for _, label, _ in found})
-    index = {c: i for i, c in enumerate(classes)}
-    records = []
-    for split, label, path in found:
-        patient, parsed = parse_kermany_name(path.name)
-        rel = path.relative_to(root).as_posix()
-        records.append(ImageRecord(path, rel, split, label, index[label], patient, record_subtype(label, parsed)))
-    records.sort(key=lambda r: (r.split or "", r.label, r.rel))
-    return Dataset(root=root, classes=classes, records=records, errors=errors)
 
 
 def split_dataset(records: Sequence[ImageRecord], val_fraction: float = 0.1, seed: int = 0) -> list[str]:
@@ -309,19 +169,6 @@ def block_split(
     return BlockSplit(splits, blocks, len(loose))
 
 
-@dataclass(frozen=True)
-class SplitRow:
-    """One line of a split CSV; ``path`` is relative to the dataset root; ``block`` is the held-out acquisition
-    block of a validation row of a block split ("" otherwise)."""
-
-    path: str
-    split: str
-    label: str
-    patient_id: str
-    subtype: str
-    block: str = ""
-
-
 @dataclass
 class SplitData:
     """Decoded images of one split with their targets, as training and finalising read them."""
@@ -331,44 +178,6 @@ class SplitData:
     paths: list[str]
     subtypes: list[str]
     blocks: list[str] = field(default_factory=list)  # held-out acquisition block per image (a block split's val)
-
-
-def write_split_csv(
-    path: str | os.PathLike[str],
-    records: Sequence[ImageRecord],
-    splits: Sequence[str],
-    blocks: Sequence[str] | None = None,
-) -> Path:
-    """Write ``path,split,label,patient_id,subtype`` rows (paths relative to the dataset root, POSIX style), and a
-    ``block`` column when ``blocks`` is given."""
-    if len(records) != len(splits) or (blocks is not None and len(blocks) != len(records)):
-        raise ValueError(f"{len(records)} records but {len(splits)} split assignments")
-    path = Path(path)
-    columns = (*SPLIT_COLUMNS, BLOCK_COLUMN) if blocks is not None else SPLIT_COLUMNS
-    extra = blocks if blocks is not None else [None] * len(records)
-    with atomic.atomic_open(path, "w", newline="", encoding="utf-8") as f:
-        # "\n" line ends so the same split gives the same bytes on every platform.
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(
-            (r.rel, s, r.label, r.patient_id, r.subtype, *([b] if b is not None else []))
-            for r, s, b in zip(records, splits, extra, strict=True)
-        )
-    return path
-
-
-def read_split_csv(path: str | os.PathLike[str]) -> list[SplitRow]:
-    """Read a CSV written by :func:`write_split_csv`; a missing column raises ``DataError`` (a ValueError) naming
-    the file."""
-    with Path(path).open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = set(SPLIT_COLUMNS) - set(reader.fieldnames or ())
-        if missing:
-            raise DataError(f"{path}: not a split file, missing column(s) {', '.join(sorted(missing))}")
-        return [SplitRow(*(row[c] for c in SPLIT_COLUMNS), row.get(BLOCK_COLUMN) or "") for row in reader]
-
-
-SPLIT_METHODS = ("blocks", "patient")
 
 
 def make_split(

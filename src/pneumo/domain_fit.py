@@ -116,7 +116,7 @@ def refit_domain_guard(
         "cutoff_set_on": f"{len(cal_paths)} training images of other patients, the same conditions",
         "held_out_flagged_not_pediatric": held_out_rates,
     }
-    meta = mf.meta.model_copy(update={"domain_guard": guard, "validation": {**mf.meta.validation, "domain": record}})
+    meta = mf.meta.model_copy(update={"domain_guard": guard, "validation": mf.meta.validation.updated(domain=record)})
     out = save_model_file(out_path, ModelFile(meta=meta, onnx=mf.onnx, weights=mf.weights, arrays=arrays))
     Predictor.load(out)  # read back through the loader predict uses: a file it would refuse is never left unnoticed
     return out

@@ -1,8 +1,10 @@
 """One error hierarchy for the library: everything a person can act on is a :class:`PneumoError`.
 
 The CLI and the server catch the base class (and ``OSError``) and print or return one line; any other exception is
-a bug in our own code and surfaces with its traceback. The subclasses stay importable from the modules that raise
-them (``pneumo.imaging.ImageLoadError``, ``pneumo.modelfile.ModelFileError``, ``pneumo.training.export.ExportError``).
+a bug in our own code and surfaces with its traceback. Every subclass carries the exit code of ``pneumo`` for its
+kind as the class attribute ``exit_code``, one of :data:`EXIT_CODES`; the CLI maps them in one place. The subclasses
+stay importable from the modules that raise them (``pneumo.imaging.ImageLoadError``,
+``pneumo.modelfile.ModelFileError``, ``pneumo.training.export.ExportError``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ EXTRAS: dict[str, str] = {
     "ray": "distributed",
     "pyarrow": "distributed",
 }
+# The exit codes of `pneumo` for an error, by kind (0 is success). A command whose inputs were read one by one exits 3
+# too when some of them could not be, after writing the rest.
+EXIT_CODES: dict[int, str] = {
+    1: "the command failed: a bad model file or dataset, a missing extra, a failed check",
+    2: "usage error: an option or input of the command line cannot be used as given; change the command",
+    3: "unreadable input: an image could not be read",
+}
 # What every installation has (pyproject's dependencies): missing, the installation itself is broken.
 REQUIRED = frozenset({"numpy", "PIL", "pydicom", "pylibjpeg", "onnxruntime", "typer", "pydantic", "rich"})
 
@@ -42,7 +51,7 @@ REQUIRED = frozenset({"numpy", "PIL", "pydicom", "pylibjpeg", "onnxruntime", "ty
 class PneumoError(Exception):
     """Base of every error the library raises for bad input, bad files or a bad environment.
 
-    ``exit_code`` is what the CLI exits with after printing the one line: 1, or 2 for a usage error."""
+    ``exit_code`` is what the CLI exits with after printing the one line (see :data:`EXIT_CODES`)."""
 
     exit_code: int = 1
 
@@ -58,18 +67,27 @@ class ImageLoadError(PneumoError):
         super().__init__(message)
         self.kind = kind
 
+    exit_code = 3
+
 
 class ModelFileError(PneumoError):
     """A model file is missing, unreadable or not a Pneumo model."""
+
+    exit_code = 1
 
 
 class DataError(PneumoError, ValueError):
     """A dataset folder, split file or training set that cannot be used as given (too many unreadable images,
     no images, a split that does not match). A ``ValueError`` too, for callers that caught that before."""
 
+    exit_code = 1
+
 
 class ConfigError(PneumoError, ValueError):
-    """An option or configuration value that is out of range or inconsistent."""
+    """An option or configuration value that is out of range or inconsistent: the person must change the command
+    line (or the config file), so the CLI treats it as a usage error (exit 2)."""
+
+    exit_code = 2
 
 
 class InputError(PneumoError, ValueError):
@@ -82,6 +100,8 @@ class InputError(PneumoError, ValueError):
 
 class MissingExtraError(PneumoError, ImportError):
     """An optional dependency is not installed; the message names the extra that installs it."""
+
+    exit_code = 1
 
 
 def missing_extra(exc: ImportError) -> MissingExtraError | None:

@@ -16,12 +16,15 @@ from pydantic import BaseModel, Field
 
 from pneumo.decision import check_threshold, decide
 from pneumo.domain import check_guard_arrays, classify_domain
-from pneumo.imaging import ImageLoadError, load_image
+from pneumo.imaging import ImageLoadError
 from pneumo.modelfile import ModelFile, ModelFileError, load_model_file, load_onnx_file, onnx_session
-from pneumo.preprocess import averaged_views, to_input
+from pneumo.preprocess import averaged_views, prepare_input, to_input
 from pneumo.probability import calibrated_probability, pneumonia_log_odds, subtype_probabilities
 
 Source = str | os.PathLike | bytes
+
+SUBTYPE_COLUMNS = ["p_normal", "p_bacterial", "p_viral"]
+REFER_COLUMNS = ["refer_low", "refer_high"]  # only with a site REFER band in force (pneumo adapt --refer)
 
 
 class Prediction(BaseModel):
@@ -59,6 +62,13 @@ class Prediction(BaseModel):
     refer_high: float | None = Field(default=None, description="REFER band, upper end (inclusive); null if none")
     # Uncalibrated pneumonia log-odds, what pneumo adapt refits the calibration on: in-process only, in no output.
     log_odds: float | None = Field(default=None, exclude=True)
+
+
+def columns(subtypes: bool, refer: bool = False) -> list[str]:
+    """The result columns of ``predict`` and ``batch``: :class:`Prediction`'s fields in order, but those kept
+    in-process and the optional groups not asked for."""
+    left_out = (SUBTYPE_COLUMNS if not subtypes else []) + (REFER_COLUMNS if not refer else [])
+    return [name for name, f in Prediction.model_fields.items() if not f.exclude and name not in left_out]
 
 
 def open_model(model: str | Path | None = None) -> ModelFile:
@@ -102,7 +112,9 @@ class Predictor:
         """Predict images already decoded at the model's input size (2-D, [0, 1])."""
         if not images:
             return []
-        return self._predict_inputs(to_input(list(images), self.meta.preprocessing, content_scales=True), names, mirror)
+        return self.predict_prepared(
+            to_input(list(images), self.meta.preprocessing, content_scales=True), names, mirror
+        )
 
     def network_outputs(self, x: np.ndarray, mirror: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Logits and subtype logits averaged over the model's test-time views (and their mirror images with
@@ -127,8 +139,14 @@ class Predictor:
         """NORMAL / PNEUMONIA at the threshold; with a REFER band, NORMAL below it, PNEUMONIA above, REFER in it."""
         return decide(p, self.threshold, None if self.refer is None else (self.refer.low, self.refer.high))
 
-    def _predict_inputs(self, x: np.ndarray, names: Sequence[str], mirror: bool) -> list[Prediction]:
-        """Predict a prepared batch (N x V x H x W, normalised as the model expects)."""
+    def prepare(self, source: Source, name: str | None = None) -> np.ndarray:
+        """Decode one input and prepare it as the network's input (V x H x W, one channel per test-time view):
+        what :meth:`predict_sources` does to every input. :class:`~pneumo.imaging.ImageLoadError` (naming
+        ``name``) when it cannot be read. Stack prepared inputs for :meth:`predict_prepared`."""
+        return prepare_input(source, self.meta.preprocessing, name=name)
+
+    def predict_prepared(self, x: np.ndarray, names: Sequence[str], mirror: bool = False) -> list[Prediction]:
+        """Predict a batch of prepared inputs (N x V x H x W, from :meth:`prepare`), one result per name."""
         logits, features, sub = self.network_outputs(x, mirror=mirror)
         m = self.meta
         prob = calibrated_probability(logits, m.temperature, m.calibration_bias)
@@ -162,14 +180,13 @@ class Predictor:
             out.append(pred)
         return out
 
-    def _decode(self, item: tuple[str, Source]) -> tuple[str, np.ndarray | None, str | None]:
-        """Decode and prepare one input in a worker thread, so that equalisation overlaps inference too."""
+    def _try_prepare(self, item: tuple[str, Source]) -> tuple[str, np.ndarray | None, str | None]:
+        """:meth:`prepare` in a worker thread, so that equalisation overlaps inference too; the error as text."""
         name, source = item
         try:
-            img = load_image(source, self.size, name=name)
+            return name, self.prepare(source, name), None
         except ImageLoadError as exc:
             return name, None, str(exc)
-        return name, to_input([img], self.meta.preprocessing, content_scales=True)[0], None
 
     def predict_sources(
         self, sources: Iterable[tuple[str, Source]], *, batch_size: int = 64, workers: int = 2, mirror: bool = False
@@ -181,7 +198,7 @@ class Predictor:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
 
             def submit_batch():
-                chunk = [pool.submit(self._decode, it) for _, it in zip(range(batch_size), items, strict=False)]
+                chunk = [pool.submit(self._try_prepare, it) for _, it in zip(range(batch_size), items, strict=False)]
                 return chunk
 
             pending = submit_batch()
@@ -190,7 +207,7 @@ class Predictor:
                 pending = submit_batch()  # the next batch decodes while this one is on the network
                 good = [(n, x) for n, x, err in decoded if err is None]
                 batch = np.stack([g[1] for g in good]) if good else None
-                preds = iter(self._predict_inputs(batch, [g[0] for g in good], mirror) if good else [])
+                preds = iter(self.predict_prepared(batch, [g[0] for g in good], mirror) if good else [])
                 for name, _, err in decoded:
                     yield next(preds) if err is None else Prediction(path=name, threshold=self.threshold, error=err)
 

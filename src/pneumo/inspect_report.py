@@ -17,9 +17,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from pneumo.data import Dataset, ImageRecord, scan_dataset
 from pneumo.errors import InputError, visible
-from pneumo.imaging import IMAGE_SUFFIXES, ImageInfo, ImageLoadError, load_image, probe_image
+from pneumo.imaging import ImageInfo, ImageLoadError, load_image, probe_image
+from pneumo.inputs import Dataset, ImageRecord, is_image_name, scan_dataset
 
 NO_SPLIT = "all"  # key used in per-split tables when the folder has no train/val/test level
 _TOP_SIZES = 5
@@ -172,7 +172,7 @@ def check_layout(dataset: Dataset) -> None:
         entries = list(root.iterdir())
     except OSError:
         entries = []
-    loose = sum(1 for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    loose = sum(1 for p in entries if p.is_file() and is_image_name(p.name))
     folders = sorted(p.name for p in entries if p.is_dir() and not p.name.startswith("."))
     if loose:
         found = f"{loose} image{'s' if loose != 1 else ''} directly in it (a class folder itself?): give its parent"

@@ -1,13 +1,11 @@
-"""``pneumo predict``: expanding files, folders and globs; predicting them (:func:`predict_files`); CSV / JSON /
-table output."""
+"""``pneumo predict``: predicting the files :func:`pneumo.inputs.expand_inputs` found (:func:`predict_files`);
+CSV / JSON / table output."""
 
 from __future__ import annotations
 
 import csv
-import glob
 import json
 import math
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -16,21 +14,8 @@ from typing import TextIO
 
 from pneumo import atomic
 from pneumo.errors import InputError, visible
-from pneumo.imaging import IMAGE_SUFFIXES
-from pneumo.inference import Prediction, Predictor
+from pneumo.inference import Prediction, Predictor, columns
 from pneumo.labels import NORMAL, PNEUMONIA, REFER
-
-SUBTYPE_COLUMNS = ["p_normal", "p_bacterial", "p_viral"]
-REFER_COLUMNS = ["refer_low", "refer_high"]  # only with a site REFER band in force (pneumo adapt --refer)
-_GLOB_CHARS = set("*?[")
-
-
-def _wanted(p: Path) -> bool:
-    # Inside folders: image suffixes and extension-less files (DICOM often has none); never hidden files. A link
-    # that leads nowhere (dangling, or a loop) is kept too, so that it gets a row saying so instead of vanishing.
-    if p.name.startswith(".") or not (p.suffix.lower() in IMAGE_SUFFIXES or not p.suffix):
-        return False
-    return p.is_file() or (p.is_symlink() and not p.exists())
 
 
 def display_names(files: Sequence[Path], inputs: Sequence[str]) -> list[str]:
@@ -44,42 +29,6 @@ def display_names(files: Sequence[Path], inputs: Sequence[str]) -> list[str]:
     return names
 
 
-def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
-    """Files as given, folders recursively (sorted), globs expanded; returns (files, inputs that matched nothing)."""
-    files: list[Path] = []
-    missing: list[str] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if _wanted(f)))
-        elif p.exists() or p.is_symlink():
-            files.append(p)  # named explicitly: the loader decides, whatever the extension
-        elif _GLOB_CHARS & set(item):
-            matched = sorted(Path(m) for m in glob.glob(item, recursive=True))
-            found = [m for m in matched if m.is_file() or m.is_symlink()]
-            files.extend(found)
-            if not found:
-                missing.append(item)
-        else:
-            missing.append(item)
-    return _unique_files(files), missing
-
-
-def _unique_files(files: Sequence[Path]) -> list[Path]:
-    """Each file once, by the folder it really is in: a glob or folder walk through a link loop (``dir/loop -> dir``)
-    reaches one file by many paths (``dir/x.png``, ``dir/loop/x.png``, ``dir/loop/loop/x.png``...). The shortest
-    path stands for the file, at the place of its first occurrence. The file's own link is not followed, so a broken
-    or looping link still gets its row (and the loader's reason)."""
-    keys: list[tuple[str, str]] = []
-    best: dict[tuple[str, str], Path] = {}
-    for f in files:
-        key = (os.path.realpath(f.parent), f.name)
-        keys.append(key)
-        if key not in best or len(f.parts) < len(best[key].parts):
-            best[key] = f
-    return [best[k] for k in dict.fromkeys(keys)]
-
-
 def _cell(value) -> str:
     if value is None:
         return ""
@@ -88,12 +37,6 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.6f}" if math.isfinite(value) else ""
     return str(value)
-
-
-def columns(subtypes: bool, refer: bool = False) -> list[str]:
-    """:class:`Prediction`'s fields in order, but those kept in-process and the optional groups not asked for."""
-    left_out = (SUBTYPE_COLUMNS if not subtypes else []) + (REFER_COLUMNS if not refer else [])
-    return [name for name, f in Prediction.model_fields.items() if not f.exclude and name not in left_out]
 
 
 def _has_refer(preds: Sequence[Prediction]) -> bool:
@@ -187,10 +130,10 @@ def predict_files(
     fmt: str | None = None,
     progress: Callable[[Iterable[Prediction], int], Iterable[Prediction]] | None = None,
 ) -> PredictRun:
-    """``pneumo predict``: predict ``files`` (from :func:`expand_inputs`); with ``dicom_out`` a DICOM SR and SC
-    per analysed DICOM input go there; with ``output`` the results are written (:func:`write_predictions`, in
-    ``fmt`` or as the name says). ``progress(results, total)`` may wrap the stream of results, e.g. in
-    a progress bar. Options that cannot work (a ``batch_size`` below 1, an output name that is neither .csv nor
+    """``pneumo predict``: predict ``files`` (from :func:`pneumo.inputs.expand_inputs`); with ``dicom_out`` a DICOM
+    SR and SC per analysed DICOM input go there; with ``output`` the results are written (:func:`write_predictions`,
+    in ``fmt`` or as the name says). ``progress(results, total)`` may wrap the stream of results, e.g. in a progress
+    bar. Options that cannot work (a ``batch_size`` below 1, an output name that is neither .csv nor
     .json) raise :class:`InputError` before the model is loaded."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"--batch-size must be a whole number of at least 1, got {batch_size!r}")

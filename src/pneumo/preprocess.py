@@ -1,4 +1,5 @@
-"""Turn a decoded image into the network's input. Shared by training and inference, numpy only.
+"""Turn a decoded image into the network's input (:func:`prepare_input` decodes it too). Shared by training and
+inference, numpy only.
 
 Histogram equalisation is the default normalisation: the test-time images of this domain differ from the
 training ones mostly in exposure and contrast, and equalising the grey-level histogram takes most of that away
@@ -7,8 +8,11 @@ before the network sees the image.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
+from pneumo.imaging import load_image
 from pneumo.modelfile import Preprocessing
 
 _LEVELS = 256
@@ -83,3 +87,11 @@ def to_input(images: np.ndarray | list[np.ndarray], cfg: Preprocessing, *, conte
         scaled = [x if s == 1.0 else rescale_content(x, s, s) for s in (views(cfg) if content_scales else [1.0])]
         batch.append(np.stack([(normalize_intensity(v, cfg) - cfg.mean) / cfg.std for v in scaled]))
     return np.stack(batch).astype(np.float32)
+
+
+def prepare_input(source: str | os.PathLike | bytes, cfg: Preprocessing, *, name: str | None = None) -> np.ndarray:
+    """One file (a path or its bytes) decoded at ``cfg.image_size`` and prepared for the network: V x H x W, one
+    channel per test-time view (:func:`to_input` with ``content_scales``). Raises
+    :class:`~pneumo.imaging.ImageLoadError` (naming ``name``) when it cannot be read. The one way every
+    prediction path (``Predictor.prepare``, the Ray engine's decoding tasks) turns an input into pixels."""
+    return to_input([load_image(source, cfg.image_size, name=name)], cfg, content_scales=True)[0]

@@ -27,16 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.atomic import write_bytes
-from pneumo.data import scan_dataset
 from pneumo.errors import PneumoError
 from pneumo.evaluation.metrics import binary_metrics
-from pneumo.evaluation.run import select_records
-from pneumo.imaging import ImageLoadError, load_image
+from pneumo.imaging import ImageLoadError
 from pneumo.inference import Prediction, Predictor
+from pneumo.inputs import ImageRecord, expand_inputs, scan_dataset, select_records
 from pneumo.labels import BINARY_CLASSES
 from pneumo.modelfile import Quantization, load_model_file, save_model_file
-from pneumo.predict_io import expand_inputs
-from pneumo.preprocess import to_input
 
 CALIBRATION_IMAGES = 256
 CALIBRATION_BATCH = 32
@@ -124,7 +121,7 @@ class Parity:
 # ---------------------------------------------------------------------------------------------------- the images
 
 
-def validation_records(data_dir: Path, split_csv: Path | None):
+def validation_records(data_dir: Path, split_csv: Path | None) -> list[ImageRecord]:
     """The model's validation images: the ``val`` rows of a split CSV, the ``val`` level of a dataset root, or
     every image of a labelled folder."""
     if split_csv is not None:
@@ -161,15 +158,15 @@ def calibration_paths(
 
 def _views(predictor: Predictor, paths: Sequence[Path]) -> np.ndarray:
     """Readable images of ``paths`` as the network's inputs, one row per test-time view: (N * V) x 1 x H x W."""
-    imgs = []
+    prepared = []
     for p in paths:
         try:
-            imgs.append(load_image(p, predictor.size))
+            prepared.append(predictor.prepare(p))
         except ImageLoadError:
             continue  # an unreadable calibration image teaches nothing; the rest still calibrate
-    if not imgs:
+    if not prepared:
         return np.zeros((0, 1, predictor.size, predictor.size), dtype=np.float32)
-    x = to_input(imgs, predictor.meta.preprocessing, content_scales=True)
+    x = np.stack(prepared)
     return x.reshape(-1, 1, *x.shape[2:])
 
 
@@ -260,19 +257,19 @@ def measure_parity(fp32: Predictor, int8: Predictor, paths: Sequence[Path], labe
     p8: list[Prediction] = []
     keep: list[int] = []
     for start in range(0, len(paths), PARITY_BATCH):
-        imgs, idx = [], []
+        prepared, idx = [], []
         for i in range(start, min(start + PARITY_BATCH, len(paths))):
             try:
-                imgs.append(load_image(paths[i], fp32.size))
+                prepared.append(fp32.prepare(paths[i]))
                 idx.append(i)
             except ImageLoadError:
                 continue
-        if not imgs:
+        if not prepared:
             continue
-        x = to_input(imgs, fp32.meta.preprocessing, content_scales=True)
+        x = np.stack(prepared)
         names = [str(paths[i]) for i in idx]
-        p32 += fp32._predict_inputs(x, names, mirror=False)
-        p8 += int8._predict_inputs(x, names, mirror=False)
+        p32 += fp32.predict_prepared(x, names)
+        p8 += int8.predict_prepared(x, names)
         keep += idx
     ok = [j for j, (a, b) in enumerate(zip(p32, p8, strict=True)) if a.error is None and b.error is None]
     if not ok:

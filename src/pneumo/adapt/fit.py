@@ -37,6 +37,7 @@ import numpy as np
 from pneumo.decision import NORMAL_CODE, PNEUMONIA_CODE, REFER_CODE, decision_codes
 from pneumo.errors import InputError
 from pneumo.evaluation.calibration import choose_threshold, fit_calibration
+from pneumo.evaluation.intervals import bootstrap
 from pneumo.probability import sigmoid
 
 
@@ -224,15 +225,11 @@ def figures_with_intervals(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """Each figure as ``{"value", "lo", "hi"}``, the interval a patient-level percentile bootstrap 95 %."""
-    point = weighted_figures(y, prob, decision, np.ones((1, len(y))), three_way)
-    boot = weighted_figures(y, prob, decision, patient_bootstrap_weights(y, patients, n_boot, seed), three_way)
-    out = {}
-    for key in point:
-        vals = boot[key][np.isfinite(boot[key])]
-        lo, hi = np.percentile(vals, [2.5, 97.5]) if vals.size else (np.nan, np.nan)
-        out[key] = {"value": float(point[key][0]), "lo": float(lo), "hi": float(hi)}
-    return out
+    """Each figure as ``{"value", "lo", "hi"}`` (:meth:`pneumo.evaluation.intervals.Interval.as_json`), the interval
+    a patient-level percentile bootstrap 95 % (:func:`pneumo.evaluation.intervals.bootstrap`)."""
+    weights = patient_bootstrap_weights(y, patients, n_boot, seed)
+    ivs = bootstrap(lambda w: weighted_figures(y, prob, decision, w, three_way), [weights], len(y))
+    return {k: iv.as_json() for k, iv in ivs.items()}
 
 
 def exact_lower_bound(successes: int, n: float, level: float = 0.95) -> float:

@@ -70,15 +70,15 @@ class AdaptResult:
 
 def base_predictor(model: str | Path | None, threads: int | None = None):
     """The base model's bytes, its file name and a :class:`~pneumo.inference.Predictor` running it as shipped
-    (with its own calibration, also when ``model`` is a site file: re-adapting starts from the base)."""
-    from pneumo.inference import Predictor
+    (with its own calibration, also when ``model`` is a site file: re-adapting starts from the base). Opened as
+    every command opens a model (:func:`pneumo.inference.open_model`): a file that is not a usable model file is a
+    :class:`~pneumo.errors.ModelFileError`."""
+    from pneumo.inference import Predictor, open_model
 
     path = resolve_model_path(model)
     if path.suffix.lower() == ".onnx":
         raise AdaptError(f"{path}: pneumo adapt needs a .pneumo model file (the site file embeds it), not a bare graph")
-    mf = load_model_file(path, parts=("onnx",))
-    if mf.onnx is None:
-        raise AdaptError(f"{path}: this model file has no ONNX graph; run `pneumo export` on it")
+    mf = open_model(path)
     meta, file_name = mf.meta, path.name
     if meta.site is not None:  # adapting a site file again starts from its base, as shipped
         file_name = meta.site.base.file

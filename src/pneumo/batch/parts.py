@@ -18,8 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pneumo import atomic
-from pneumo.inference import Prediction, Predictor
-from pneumo.predict_io import columns
+from pneumo.inference import Prediction, Predictor, columns
 
 MODEL_COLUMNS = ["model_name", "model_sha256"]
 # Parquet key-value metadata of every part: the settings its rows were predicted with (JSON), which a resume must

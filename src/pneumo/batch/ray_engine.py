@@ -20,10 +20,10 @@ import numpy as np
 import pyarrow as pa
 
 from pneumo.batch.parts import BatchInputs, PartWriter, Progress, has_refer, predictions_table
-from pneumo.imaging import ImageLoadError, load_image
+from pneumo.imaging import ImageLoadError
 from pneumo.inference import Prediction, Predictor
 from pneumo.modelfile import ModelFile, Preprocessing
-from pneumo.preprocess import to_input, views
+from pneumo.preprocess import prepare_input, views
 
 # One ONNX Runtime predictor uses this many threads: the network's kernels scale to about two cores, beyond
 # that a second actor gains more than a wider one.
@@ -31,8 +31,9 @@ THREADS_PER_ACTOR = 2
 
 
 def decode_batch(batch: dict[str, np.ndarray], preprocessing: str) -> dict[str, np.ndarray]:
-    """A Ray task: decode and prepare a batch of inputs exactly as ``Predictor.predict_sources`` does; a file
-    that cannot be read keeps its row, with its one-line error and zero pixels."""
+    """A Ray task: decode and prepare a batch of inputs with :func:`~pneumo.preprocess.prepare_input`, what
+    ``Predictor.prepare`` does (a task holds no Predictor); a file that cannot be read keeps its row, with its
+    one-line error and zero pixels."""
     pre = Preprocessing.model_validate_json(preprocessing)
     size = pre.image_size
     n = len(batch["index"])
@@ -40,11 +41,10 @@ def decode_batch(batch: dict[str, np.ndarray], preprocessing: str) -> dict[str, 
     errors = []
     for j, (name, source) in enumerate(zip(batch["path"], batch["source"], strict=True)):
         try:
-            img = load_image(str(source), size, name=str(name))
+            x[j] = prepare_input(str(source), pre, name=str(name))
         except ImageLoadError as exc:
             errors.append(str(exc))
             continue
-        x[j] = to_input([img], pre, content_scales=True)[0]
         errors.append("")
     return {"index": batch["index"], "path": batch["path"], "x": x, "error": np.array(errors, dtype=object)}
 
@@ -67,7 +67,7 @@ class OnnxPredictorActor:
         names = [str(n) for n in batch["path"]]
         errors = [str(e) for e in batch["error"]]
         ok = [j for j, e in enumerate(errors) if not e]
-        good = iter(self.predictor._predict_inputs(batch["x"][ok], [names[j] for j in ok], self.mirror) if ok else [])
+        good = iter(self.predictor.predict_prepared(batch["x"][ok], [names[j] for j in ok], self.mirror) if ok else [])
         threshold = self.predictor.threshold
         preds = [
             next(good) if not e else Prediction(path=names[j], threshold=threshold, error=e)

@@ -42,13 +42,13 @@ from pneumo.batch.parts import (
     has_refer,
     predictions_table,
 )
+from pneumo.choices import ENGINES
 from pneumo.errors import InputError, visible
-from pneumo.inference import Prediction, Predictor, open_model
+from pneumo.inference import Prediction, Predictor, columns, open_model
+from pneumo.inputs import expand_inputs
 from pneumo.modelfile import ModelFile
-from pneumo.predict_io import columns, expand_inputs
 
 MANIFEST_SUFFIXES = {".csv", ".parquet"}
-ENGINES = ("local", "ray")
 
 
 LOCK_NAME = ".pneumo-batch.lock"  # hidden: Parquet readers skip names starting with a dot

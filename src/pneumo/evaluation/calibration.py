@@ -15,12 +15,14 @@ Conventions shared by every function:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 
 from pneumo.decision import is_positive
 from pneumo.errors import ConfigError, DataError
+from pneumo.evaluation.summary import shift_summary
 from pneumo.probability import pneumonia_log_odds
 
 T_BOUNDS = (0.05, 20.0)
@@ -81,19 +83,27 @@ def choose_threshold(y: np.ndarray, prob: np.ndarray, target_sensitivity: float 
     return float(pos[k])
 
 
-def worst_case_rates(y: np.ndarray, probs: dict[str, np.ndarray], threshold: float) -> dict:
+def worst_case_rates(
+    y: np.ndarray, probs: dict[str, np.ndarray], threshold: float, *, order: Sequence[str] = ()
+) -> dict:
     """Sensitivity and specificity at ``threshold`` under each condition (the same cases, ``probs`` per condition),
-    their minimum over the conditions and which condition gave it."""
+    their minimum over the conditions and which condition gave it (``sensitivity_of``, ``specificity_of``), by
+    :func:`pneumo.evaluation.summary.shift_summary`: NaN rates skipped, a tie named by ``order`` then by name."""
     y = np.asarray(y).astype(bool)
     per = {}
-    for name, p in probs.items():
-        call = is_positive(p, threshold)
-        per[name] = {"sensitivity": float(call[y].mean()), "specificity": float((~call[~y]).mean())}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for name, p in probs.items():
+            call = is_positive(p, threshold)
+            per[name] = {"sensitivity": _share(call[y]), "specificity": _share(~call[~y])}
+    summary = shift_summary(per, ("sensitivity", "specificity"), order=order)
     out: dict = {}
     for key in ("sensitivity", "specificity"):
-        name = min(per, key=lambda n: per[n][key])
-        out[key], out[f"{key}_of"] = per[name][key], name
+        out[key], out[f"{key}_of"] = summary.worst.get(key, float("nan")), summary.worst_of.get(key)
     return out
+
+
+def _share(hits: np.ndarray) -> float:
+    return float(hits.mean()) if hits.size else float("nan")
 
 
 def choose_threshold_worst_case(

@@ -119,7 +119,8 @@ def read_row(model: str | Path) -> dict[str, Any]:
         metrics = {**(info.get("validation") or {}), **data}
         return _row(_name(path), info, metrics, "evaluate")
     meta: ModelMeta = read_meta(path)
-    return _row(_name(path), meta.model_dump(), meta.validation, "validation")
+    # the record as plain data, the shape metrics.json gives the figures in above
+    return _row(_name(path), meta.model_dump(), meta.validation.model_dump(), "validation")
 
 
 def compare_runs(models: Sequence[str | Path]) -> list[dict[str, Any]]:
@@ -176,12 +177,13 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
 
 
 def write_comparison(
-    models: Sequence[str | Path], out_md: str | Path, out_csv: str | Path | None = None
+    models: Sequence[str | Path], out_md: str | Path | None = None, out_csv: str | Path | None = None
 ) -> list[dict[str, Any]]:
-    """Compare ``models`` and write the Markdown table (and CSV if asked); returns the rows."""
+    """Compare ``models`` and write the Markdown table (ending in a newline) and the CSV, each if asked; returns the
+    rows."""
     rows = compare_runs(models)
-    out_md = Path(out_md)
-    atomic.write_text(out_md, format_markdown(rows))
+    if out_md is not None:
+        atomic.write_text(out_md, format_markdown(rows) + "\n")
     if out_csv is not None:
         write_csv(rows, out_csv)
     return rows

@@ -15,16 +15,19 @@ import numpy as np
 
 from pneumo.decision import is_positive
 
+# Equal-width bins of the pneumonia probability for ECE and reliability diagrams, everywhere (the model file's ECE,
+# evaluation, adapt, the shift suite's per-condition bins).
+RELIABILITY_BINS = 15
 CI_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "roc_auc", "pr_auc", "ece", "brier")
 
 
-def bin_index(prob: np.ndarray, n_bins: int = 15) -> np.ndarray:
+def bin_index(prob: np.ndarray, n_bins: int = RELIABILITY_BINS) -> np.ndarray:
     """Equal-width bin of each probability in [0, 1]; 1.0 falls in the last bin."""
     idx = np.floor(np.asarray(prob, dtype=np.float64) * n_bins).astype(np.int64)
     return np.clip(idx, 0, n_bins - 1)
 
 
-def reliability_bins(prob: np.ndarray, y: np.ndarray, n_bins: int = 15) -> dict[str, np.ndarray]:
+def reliability_bins(prob: np.ndarray, y: np.ndarray, n_bins: int = RELIABILITY_BINS) -> dict[str, np.ndarray]:
     """Per-bin mean predicted probability (``confidence``), observed pneumonia rate (``accuracy``) and ``count``.
 
     Bins are equal-width on the pneumonia probability; empty bins have NaN confidence and accuracy.
@@ -42,7 +45,7 @@ def reliability_bins(prob: np.ndarray, y: np.ndarray, n_bins: int = 15) -> dict[
     return {"edges": np.linspace(0.0, 1.0, n_bins + 1), "confidence": conf, "accuracy": acc, "count": count}
 
 
-def expected_calibration_error(prob: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
+def expected_calibration_error(prob: np.ndarray, y: np.ndarray, n_bins: int = RELIABILITY_BINS) -> float:
     """ECE of the binary pneumonia probability: ``sum_b n_b / N * |mean(prob)_b - mean(y)_b|``, equal-width bins."""
     prob = np.asarray(prob, dtype=np.float64).ravel()
     if prob.size == 0:
@@ -50,7 +53,7 @@ def expected_calibration_error(prob: np.ndarray, y: np.ndarray, n_bins: int = 15
     return float(weighted_ece(prob, np.asarray(y, dtype=np.float64).ravel(), np.ones((1, prob.size)), n_bins)[0])
 
 
-def weighted_ece(prob: np.ndarray, y: np.ndarray, counts: np.ndarray, n_bins: int = 15) -> np.ndarray:
+def weighted_ece(prob: np.ndarray, y: np.ndarray, counts: np.ndarray, n_bins: int = RELIABILITY_BINS) -> np.ndarray:
     """ECE for each row of ``counts`` (B x N: how many times each case is in that resample)."""
     gap = counts @ (np.eye(n_bins)[bin_index(prob, n_bins)] * (prob - y)[:, None])  # B x bins: sum of prob - y
     return np.abs(gap).sum(axis=1) / counts.sum(axis=1)
@@ -84,7 +87,7 @@ def operating_point(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[s
 
 
 def weighted_metrics(
-    y: np.ndarray, prob: np.ndarray, threshold: float, counts: np.ndarray, n_bins: int = 15
+    y: np.ndarray, prob: np.ndarray, threshold: float, counts: np.ndarray, n_bins: int = RELIABILITY_BINS
 ) -> dict[str, np.ndarray]:
     """Binary metrics for each row of ``counts`` (B x N: how many times each case is in that resample).
 
@@ -138,7 +141,7 @@ def prepare(y: Any, prob: Any) -> tuple[np.ndarray, np.ndarray]:
     return y, prob
 
 
-def binary_metrics(y: np.ndarray, prob: np.ndarray, threshold: float, n_bins: int = 15) -> dict[str, Any]:
+def binary_metrics(y: np.ndarray, prob: np.ndarray, threshold: float, n_bins: int = RELIABILITY_BINS) -> dict[str, Any]:
     """Accuracy, sensitivity, specificity, precision (PPV), NPV, F1, ROC AUC, PR AUC (average precision), ECE,
     Brier score, counts and the confusion matrix ``[[tn, fp], [fn, tp]]`` at ``threshold``.
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from pneumo.evaluation.metrics import expected_calibration_error, operating_point, reliability_bins
+from pneumo.evaluation.metrics import RELIABILITY_BINS, expected_calibration_error, operating_point, reliability_bins
 
 DPI = 120
 WRONG = "#c62828"
@@ -109,7 +109,7 @@ def plot_pr(y: np.ndarray, prob: np.ndarray, path: str | Path, threshold: float 
     return _save(fig, path)
 
 
-def plot_reliability(prob: np.ndarray, y: np.ndarray, path: str | Path, n_bins: int = 15) -> Path:
+def plot_reliability(prob: np.ndarray, y: np.ndarray, path: str | Path, n_bins: int = RELIABILITY_BINS) -> Path:
     """Reliability diagram: observed pneumonia rate per probability bin against the diagonal, case counts below."""
     rel = reliability_bins(prob, y, n_bins)
     edges, count = rel["edges"], rel["count"]

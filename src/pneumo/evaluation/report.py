@@ -25,7 +25,16 @@ import numpy as np
 
 from pneumo import atomic
 from pneumo.decision import decision_codes
-from pneumo.evaluation.metrics import CI_METRICS, binary_metrics, confusion, prepare, reliability_bins, weighted_metrics
+from pneumo.evaluation.intervals import Interval, bootstrap, wilson
+from pneumo.evaluation.metrics import (
+    CI_METRICS,
+    RELIABILITY_BINS,
+    binary_metrics,
+    confusion,
+    prepare,
+    reliability_bins,
+    weighted_metrics,
+)
 from pneumo.labels import BINARY_CLASSES, NORMAL, PNEUMONIA
 
 DISPLAY_NAMES = {NORMAL: "Healthy", PNEUMONIA: "Pneumonia", "BACTERIA": "Bacterial", "VIRUS": "Viral"}
@@ -49,19 +58,46 @@ def display_names(class_names: Sequence[str]) -> list[str]:
     return [DISPLAY_NAMES.get(n.upper(), n.title()) for n in class_names]
 
 
-def _percentiles(values: np.ndarray, alpha: float) -> tuple[float, float]:
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return (float("nan"), float("nan"))
-    lo, hi = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return (float(lo), float(hi))
-
-
 def _resample_counts(rng: np.random.Generator, groups: list[np.ndarray], n: int, b: int) -> np.ndarray:
     """B x n draw counts, resampling each group of case indices with replacement to its own size."""
     idx = np.concatenate([g[rng.integers(0, g.size, size=(b, g.size))] for g in groups if g.size], axis=1)
     flat = idx + (np.arange(b) * n)[:, None]
     return np.bincount(flat.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+
+
+def bootstrap_intervals(
+    y: np.ndarray,
+    prob: np.ndarray,
+    threshold: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    *,
+    stratified: bool = True,
+    n_bins: int = RELIABILITY_BINS,
+) -> dict[str, Interval]:
+    """Percentile bootstrap :class:`~pneumo.evaluation.intervals.Interval` at level ``1 - alpha`` for each metric in
+    :data:`CI_METRICS`.
+
+    With ``stratified=True`` (the default) positives and negatives are resampled separately, each to its own count:
+    the class mix of a test set is fixed by how it was built (Kermany's test set is 234 normal / 390 pneumonia), so
+    the interval describes uncertainty in the model's performance, not in the prevalence, and no resample can lose
+    a class. With ``stratified=False`` cases are drawn from the whole set and resamples with one class are skipped.
+    The threshold stays fixed (it was chosen on validation data). Deterministic for a given ``seed``.
+    """
+    y, prob = prepare(y, prob)
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(y == 0), np.flatnonzero(y == 1)] if stratified else [np.arange(y.size)]
+    chunk = max(1, 250_000 // max(y.size, 1))  # bounds memory to ~2 MB of counts per step whatever N is
+    resamples = (_resample_counts(rng, groups, y.size, min(chunk, n_boot - start)) for start in range(0, n_boot, chunk))
+    return bootstrap(
+        lambda counts: weighted_metrics(y, prob, threshold, counts, n_bins),
+        resamples,
+        y.size,
+        keys=CI_METRICS,
+        keep=lambda m: (m["n_pos"] > 0) & (m["n_neg"] > 0),
+        alpha=alpha,
+    )
 
 
 def bootstrap_ci(
@@ -73,72 +109,57 @@ def bootstrap_ci(
     alpha: float = 0.05,
     *,
     stratified: bool = True,
-    n_bins: int = 15,
+    n_bins: int = RELIABILITY_BINS,
 ) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap ``(lo, hi)`` at level ``1 - alpha`` for each metric in :data:`CI_METRICS`.
-
-    With ``stratified=True`` (the default) positives and negatives are resampled separately, each to its own count:
-    the class mix of a test set is fixed by how it was built (Kermany's test set is 234 normal / 390 pneumonia), so
-    the interval describes uncertainty in the model's performance, not in the prevalence, and no resample can lose
-    a class. With ``stratified=False`` cases are drawn from the whole set and resamples with one class are skipped.
-    The threshold stays fixed (it was chosen on validation data). Deterministic for a given ``seed``.
-    """
-    y, prob = prepare(y, prob)
-    rng = np.random.default_rng(seed)
-    groups = [np.flatnonzero(y == 0), np.flatnonzero(y == 1)] if stratified else [np.arange(y.size)]
-    chunks: dict[str, list[np.ndarray]] = {k: [] for k in CI_METRICS}
-    chunk = max(1, 250_000 // max(y.size, 1))  # bounds memory to ~2 MB of counts per step whatever N is
-    for start in range(0, n_boot, chunk):
-        counts = _resample_counts(rng, groups, y.size, min(chunk, n_boot - start))
-        m = weighted_metrics(y, prob, threshold, counts, n_bins)
-        ok = (m["n_pos"] > 0) & (m["n_neg"] > 0)
-        for k in CI_METRICS:
-            chunks[k].append(m[k][ok])
-    return {k: _percentiles(np.concatenate(v), alpha) for k, v in chunks.items()}
+    """:func:`bootstrap_intervals` as ``(lo, hi)`` per metric."""
+    ivs = bootstrap_intervals(y, prob, threshold, n_boot, seed, alpha, stratified=stratified, n_bins=n_bins)
+    return {k: iv.bounds for k, iv in ivs.items()}
 
 
 def proportion_ci(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     """Wilson score interval ``(lo, hi)`` at level ``1 - alpha`` for ``k`` successes in ``n`` trials; ``(nan,
-    nan)`` when ``n`` is 0. The closed form (Wilson 1927; what ``scipy.stats.binomtest(k, n).proportion_ci(method=
-    "wilson")`` gives, which the tests check), with the standard library's normal quantile, so that ``pneumo
-    compare`` needs no scipy."""
-    if n <= 0:
-        return (float("nan"), float("nan"))
-    from statistics import NormalDist
-
-    z = NormalDist().inv_cdf(1 - alpha / 2)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    # At k = 0 or k = n the bound is exactly 0 or 1; rounding must not put it a hair inside.
-    return (0.0 if k == 0 else max(0.0, centre - half), 1.0 if k == n else min(1.0, centre + half))
+    nan)`` when ``n`` is 0 (:func:`pneumo.evaluation.intervals.wilson`)."""
+    return wilson(k, n, alpha).bounds
 
 
-def proportion_cis(y: np.ndarray, prob: np.ndarray, threshold: float, alpha: float = 0.05) -> dict:
+def proportion_intervals(y: np.ndarray, prob: np.ndarray, threshold: float, alpha: float = 0.05) -> dict[str, Interval]:
     """Wilson intervals for each metric in :data:`PROPORTIONS` at ``threshold``."""
     tn, fp, fn, tp = confusion(y, prob, threshold)
     counts = {"tn": tn, "fp": fp, "fn": fn, "tp": tp}
     return {
-        name: proportion_ci(sum(counts[c] for c in num), sum(counts[c] for c in den), alpha)
+        name: wilson(sum(counts[c] for c in num), sum(counts[c] for c in den), alpha)
         for name, (num, den) in PROPORTIONS.items()
     }
+
+
+def proportion_cis(y: np.ndarray, prob: np.ndarray, threshold: float, alpha: float = 0.05) -> dict:
+    """:func:`proportion_intervals` as ``(lo, hi)`` per metric."""
+    return {k: iv.bounds for k, iv in proportion_intervals(y, prob, threshold, alpha).items()}
+
+
+def metric_intervals(
+    y: np.ndarray, prob: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> dict[str, Interval]:
+    """An :class:`~pneumo.evaluation.intervals.Interval` at level ``1 - alpha`` for each metric in
+    :data:`CI_METRICS`: Wilson for the proportions (:data:`PROPORTIONS`), the class-stratified bootstrap
+    (:func:`bootstrap_intervals`) for the rest."""
+    y, prob = prepare(y, prob)
+    ivs = bootstrap_intervals(y, prob, threshold, n_boot=n_boot, seed=seed, alpha=alpha)
+    ivs.update(proportion_intervals(y, prob, threshold, alpha))
+    return ivs
 
 
 def confidence_intervals(
     y: np.ndarray, prob: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
 ) -> dict[str, tuple[float, float]]:
-    """``(lo, hi)`` at level ``1 - alpha`` for each metric in :data:`CI_METRICS`: Wilson for the proportions
-    (:data:`PROPORTIONS`), the class-stratified bootstrap (:func:`bootstrap_ci`) for the rest."""
-    y, prob = prepare(y, prob)
-    ci = bootstrap_ci(y, prob, threshold, n_boot=n_boot, seed=seed, alpha=alpha)
-    ci.update(proportion_cis(y, prob, threshold, alpha))
-    return ci
+    """:func:`metric_intervals` as ``(lo, hi)`` per metric (the shape of ``metrics.json``'s ``ci``)."""
+    return {k: iv.bounds for k, iv in metric_intervals(y, prob, threshold, n_boot, seed, alpha).items()}
 
 
 def _fmt_ci(value: float, ci: tuple[float, float] | None) -> str:
-    if ci is None or not all(math.isfinite(c) for c in ci):
+    if ci is None:
         return f"{value:.3f}"
-    return f"{value:.3f}  (95% CI {ci[0]:.3f}-{ci[1]:.3f})"
+    return Interval(value, *ci).text()
 
 
 def classification_report_text(
@@ -220,7 +241,7 @@ def multiclass_metrics(
     return {
         "class_names": list(class_names),
         "accuracy": float(correct.mean()) if correct.size else float("nan"),
-        "accuracy_ci": proportion_ci(int(correct.sum()), int(correct.size), alpha),
+        "accuracy_ci": wilson(int(correct.sum()), int(correct.size), alpha).bounds,
         "macro_f1": float(np.mean(f1)),
         "macro_roc_auc": float(np.nanmean([v["roc_auc"] for v in per_class.values()])),
         "per_class": per_class,
@@ -339,7 +360,7 @@ def compute_evaluation(
     paths_s = [str(p) for p in paths] if paths is not None else [str(i) for i in range(y.size)]
     rows = []
     for i in range(y.size):
-        # predict's columns first, under predict's names (pneumo.predict_io.columns), then the truth
+        # predict's columns first, under predict's names (pneumo.inference.columns), then the truth
         row: dict[str, Any] = {
             "path": paths_s[i],
             "probability": f"{prob[i]:.6f}",

@@ -37,10 +37,12 @@ from pneumo.evaluation.shifts import (
     LUNG_CHECKS,
     OCCLUSION,
     PERTURBATIONS,
+    SUITE,
     Perturb,
     lung_png,
     perturbed_png,
 )
+from pneumo.evaluation.summary import shift_summary
 from pneumo.inference import Predictor
 from pneumo.labels import SUBTYPE_INDEX
 from pneumo.lungs import LungMaskError, LungSource
@@ -57,17 +59,6 @@ __all__ = [
     "worst_case",
 ]
 
-# Lower is worse for these, higher for the others: the worst case takes each figure from its own worst condition.
-HIGHER_IS_BETTER = ("accuracy", "sensitivity", "specificity", "roc_auc", "bacterial_vs_viral")
-LOWER_IS_BETTER = (
-    "ece",
-    "decisions_flipped",
-    "mean_abs_change",
-    "flagged_out_of_domain",
-    "flagged_not_pediatric",
-    "flagged_unusual_acquisition",
-    "subtype_flipped",
-)
 WORST = "worst case"
 NOTES = "notes"  # results key: what was left out and why (lung checks without the atlas or the masks)
 
@@ -217,16 +208,9 @@ def _subtype_split(preds) -> tuple[np.ndarray, np.ndarray] | None:
 
 def worst_case(per_condition: dict[str, dict]) -> dict:
     """Each figure at its worst over the conditions (NaN figures, e.g. an AUC of one class, are skipped), and
-    ``worst_of``: which condition gave it."""
-    out: dict = {"worst_of": {}}
-    for key in (*HIGHER_IS_BETTER, *LOWER_IS_BETTER):
-        vals = {n: r[key] for n, r in per_condition.items() if key in r and np.isfinite(r[key])}
-        if not vals:
-            continue
-        pick = min if key in HIGHER_IS_BETTER else max
-        name = pick(vals, key=vals.__getitem__)
-        out[key], out["worst_of"][key] = vals[name], name
-    return out
+    ``worst_of``: which condition gave it (:func:`pneumo.evaluation.summary.shift_summary`; a tie names the
+    condition declared first in the suite)."""
+    return shift_summary(per_condition, order=tuple(SUITE)).as_worst_case()
 
 
 def _summary(
@@ -245,7 +229,7 @@ def _summary(
     if base is not None:
         out["mean_abs_change"] = float(np.mean(np.abs(prob - base)))
         out["decisions_flipped"] = flip_rate(is_positive(prob, threshold), is_positive(base, threshold))
-    rel = reliability_bins(prob, y, n_bins=10)
+    rel = reliability_bins(prob, y)
     # JSON has no NaN: an empty bin's confidence and accuracy are null
     out["reliability"] = {k: [v if np.isfinite(v) else None for v in np.asarray(rel[k], dtype=float).tolist()]
                           for k in ("confidence", "accuracy", "count")}  # fmt: skip

@@ -10,45 +10,16 @@ from pathlib import Path
 import numpy as np
 
 from pneumo import atomic
-from pneumo.data import ImageRecord, read_split_csv, scan_dataset
 from pneumo.errors import DataError
 from pneumo.evaluation.metrics import block_figures
 from pneumo.evaluation.report import write_evaluation
 from pneumo.imaging import load_image
 from pneumo.inference import Predictor
+from pneumo.inputs import ImageRecord, select_records
 from pneumo.labels import BINARY_CLASSES, SUBTYPE_INDEX, TASK_CLASSES
 from pneumo.modelfile import meta_json
 
 GALLERY_SIZE = 128  # pixels per gallery tile; the gallery needs thumbnails, not the network input
-
-
-def select_records(
-    data_dir: Path, split: str | None = None, split_csv: Path | None = None
-) -> tuple[list[ImageRecord], str]:
-    """Which labelled images to evaluate, and a description of the choice.
-
-    A split CSV selects its ``val`` rows; a root with a split level defaults to ``test``; otherwise every image.
-    The description names the folder and the CSV, not their paths: it travels into reports that get shared.
-    """
-    ds = scan_dataset(data_dir)
-    if split_csv is not None:
-        wanted = {row.path for row in read_split_csv(split_csv) if row.split == (split or "val")}
-        recs = [r for r in ds.training_records() if r.rel in wanted]
-        if not recs:
-            raise DataError(
-                f"{split_csv}: none of its {split or 'val'} rows is under {data_dir} "
-                "(use the folder the split was made on)"
-            )
-        return recs, f"{split or 'val'} rows of {Path(split_csv).name}"
-    levels = [s for s in ds.splits if s is not None]
-    if levels:
-        chosen = split or ("test" if "test" in levels else levels[0])
-        if chosen not in levels:
-            raise DataError(f"{data_dir}: no '{chosen}' split (found {', '.join(levels)})")
-        return ds.select(chosen), f"split '{chosen}' of {Path(data_dir).name}"
-    if split:
-        raise DataError(f"{data_dir}: has no train/val/test level, so --split {split} cannot apply")
-    return list(ds.records), f"all images of {Path(data_dir).name}"
 
 
 def binary_targets(recs: list[ImageRecord], data_dir: Path) -> np.ndarray:
@@ -111,9 +82,8 @@ def evaluate_folder(
         predictions=[preds[i] for i in keep],
         model_meta={**meta_json(meta), "evaluated_on": described, "tta": mirror},
     )
-    block_of = {row.path: row.block for row in read_split_csv(split_csv) if row.block} if split_csv else {}
-    if block_of:
-        blocks = block_figures(y, prob, [block_of.get(recs[i].rel, "") for i in keep], predictor.threshold)
+    if any(r.block for r in recs):  # the split CSV's held-out acquisition blocks (select_records read them)
+        blocks = block_figures(y, prob, [recs[i].block for i in keep], predictor.threshold)
         metrics["blocks"] = blocks
         atomic.write_text(Path(out_dir) / "blocks.json", json.dumps(blocks, indent=2))
         with (Path(out_dir) / "report.txt").open("a", encoding="utf-8") as f:

@@ -1,13 +1,11 @@
 """One image through the model: decode once, predict, and a heat map that may fail without costing the prediction.
 
 The service behind ``pneumo explain`` (:mod:`pneumo.explain.explainer`), the web page (:mod:`pneumo.serve.analysis`)
-and the
-DICOM results (:mod:`pneumo.dicom.analysis`, ``pneumo predict --dicom-out``, the DICOM node). One opening of the
-source gives the network input and the display image (:func:`pneumo.imaging.load_image_and_display`); the
+and the DICOM results (:mod:`pneumo.dicom.analysis`, ``pneumo predict --dicom-out``, the DICOM node). One opening
+of the source gives the network input and the display image (:func:`pneumo.imaging.load_image_and_display`); the
 probability comes from the same ONNX path as ``pneumo predict``; the heat map from
-:class:`pneumo.explain.cam.HeatMapper`
-(occlusion sensitivity on an absolute scale by default; ``method="cam"`` for the old class activation map), at the
-display image's shape.
+:class:`pneumo.explain.cam.HeatMapper` (occlusion sensitivity on an absolute scale by default; ``method="cam"`` for
+the old class activation map), at the display image's shape.
 
 A heat map is an extra for the server and the DICOM node: when it cannot be made, the result goes out without it
 and says why (``heatmap_error``). ``pneumo explain`` exists for the heat map, so there (``fail_soft=False``) a
@@ -58,9 +56,8 @@ class ImageAnalyser:
     ``max_side`` bounds the display image; ``heatmaps=False`` never makes one (nor loads what it needs); with
     ``fail_soft`` (the default) a heat map that cannot be made is logged to ``log`` and left out, without it the
     exception propagates. ``method`` is the heat-map method (:data:`pneumo.explain.cam.METHODS`). What the heat maps
-    need
-    (torch and the weights, for the class activation map of graphs without it) is loaded on first use, once, or up
-    front with :meth:`prepare`."""
+    need (torch and the weights, for the class activation map of graphs without it) is loaded on first use, once,
+    or up front with :meth:`prepare`."""
 
     def __init__(
         self,
@@ -85,15 +82,20 @@ class ImageAnalyser:
     @property
     def method(self) -> str | None:
         """``"occlusion"``, ``"onnx-cam"`` or ``"grad-cam"`` (:attr:`pneumo.explain.cam.HeatMapper.method`); None
-        without
-        heat maps."""
+        without heat maps."""
         return None if self._mapper is None else self._mapper.method
 
     @property
     def scale(self) -> str | None:
-        """What the top of the colour scale means (:attr:`pneumo.explain.cam.HeatMapper.scale`); None without heat
-        maps."""
+        """What the top of the colour scale means (:attr:`pneumo.explain.cam.HeatMapper.scale`); None without
+        heat maps."""
         return None if self._mapper is None else self._mapper.scale
+
+    @property
+    def empty(self) -> str | None:
+        """What a map with nothing drawn means (:attr:`pneumo.explain.cam.HeatMapper.empty`); None without heat
+        maps or for the class activation map."""
+        return None if self._mapper is None else self._mapper.empty
 
     def decode(self, source: Source, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(network input, display image) from one opening of ``source``; ImageLoadError when it cannot be read."""

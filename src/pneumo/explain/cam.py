@@ -3,31 +3,28 @@
 :class:`HeatMapper` is the one entry point for ``pneumo explain``, the web page and the DICOM Secondary Capture. Its
 methods (:data:`METHODS`):
 
-- ``"occlusion"`` (the default, :mod:`pneumo.explain.occlusion`): the drop in calibrated pneumonia log-odds when a
-window of
-  a quarter of the side is hidden under the image's mean grey, on an 8 x 8 grid, for any ONNX graph (no torch). The
-  scale is **absolute**: 1.0 (dark red, the top of the colour scale) is a drop of
-  :data:`pneumo.explain.occlusion.FULL_SCALE`
-  (1.0) log-odds or more, e.g. P(pneumonia) 0.73 -> 0.5 when the region is hidden; 0.5 (yellow-green) is half of
-  that; the overlay is transparent below ``ALPHA_FLOOR`` (0.15 of it). Odds are counted from P = 0.05 up
-  (:data:`pneumo.explain.occlusion.FLOOR`), so an image called normal with P below 0.05 shows nothing; the map is never
-  cut to the lungs. 49 network runs in one batch per map.
+- ``"occlusion"`` (the default, :mod:`pneumo.explain.occlusion`): the drop in calibrated pneumonia log-odds when
+  each 16-px cell of an 8 x 8 grid is hidden under the image's mean grey, for any ONNX graph (no torch); 64 occluded
+  copies and the image itself in one network run per map. The scale is **absolute**: 1.0 (dark red, the top of the
+  colour scale) is a drop of :data:`pneumo.explain.occlusion.FULL_SCALE` (1.0) log-odds or more, e.g.
+  P(pneumonia) 0.73 -> 0.5 when the region is hidden; 0.5 (yellow-green) is half of that; the overlay is
+  transparent below ``ALPHA_FLOOR`` (0.15 of it). Odds are counted from P = 0.05 up
+  (:data:`pneumo.explain.occlusion.FLOOR`), so an image called normal with P below 0.05 shows nothing; the map is
+  never cut to the lungs.
 - ``"cam"``: the class activation map, the old method, a 4 x 4 grid at 128 px, each map min-max scaled to its
   own maximum (full red is only "the hottest cell of this image"). Kept for comparison (``benchmarks/lung_maps.py``).
 
 For a network whose head is global average pooling then a linear layer, Grad-CAM on the last convolutional block
 is the class activation map: the head's weights applied to the last feature maps. Model files exported by this
-version compute that map inside their ONNX graph (output ``cam``, see :class:`pneumo.training.export.WithCam`), for the
-pneumonia log-odds that ``pneumo explain`` has always explained. Computing it in the graph, rather than shipping the
-feature maps and a copy of the head's weights in ``arrays.npz``, keeps one source of truth: the map always uses the
-weights that made the prediction, ``.onnx`` files written by ``pneumo export`` carry it too, and nothing new has to
-be read without torch (``safetensors`` is not an inference dependency).
+version compute that map inside their ONNX graph (output ``cam``, see :class:`pneumo.training.export.WithCam`), for
+the pneumonia log-odds that ``pneumo explain`` has always explained. Computing it in the graph, rather than shipping
+the feature maps and a copy of the head's weights in ``arrays.npz``, keeps one source of truth: the map always uses
+the weights that made the prediction, ``.onnx`` files written by ``pneumo export`` carry it too, and nothing new has
+to be read without torch (``safetensors`` is not an inference dependency). Graphs without it (older model files,
+architectures without the pooling head) fall back to PyTorch Grad-CAM on the model file's weights
+(:class:`pneumo.explain.grad_cam.GradCam`) for ``"cam"``.
 
-:class:`HeatMapper` is the one entry point for ``pneumo explain``, the web page and the DICOM Secondary Capture:
-the ONNX map when the graph has it, else PyTorch Grad-CAM on the model file's weights
-(:class:`pneumo.explain.grad_cam.GradCam`,
-older model files and architectures without the pooling head). The colour map and the overlay's opacity live here
-too, so every picture of a heat map looks the same.
+The colour map and the overlay's opacity live here too, so every picture of a heat map looks the same.
 """
 
 from __future__ import annotations
@@ -36,6 +33,7 @@ import threading
 
 import numpy as np
 
+from pneumo.choices import HEAT_METHODS
 from pneumo.explain.occlusion import FULL_SCALE, OcclusionGrid, evidence, heat
 from pneumo.graph_names import CAM_OUTPUT
 from pneumo.imaging import resize_map
@@ -43,8 +41,7 @@ from pneumo.inference import Predictor
 from pneumo.modelfile import ModelFile, ModelFileError, load_model_file
 from pneumo.preprocess import to_input
 
-OCCLUSION, CAM = "occlusion", "cam"
-METHODS = (OCCLUSION, CAM)  # the heat-map methods a HeatMapper offers; the first is the default
+OCCLUSION, CAM = METHODS = HEAT_METHODS  # the heat-map methods a HeatMapper offers; the first is the default
 
 # Opacity of the overlay: transparent below ALPHA_FLOOR, then a smoothstep (continuous, with a continuous slope)
 # up to ALPHA_MAX at the hottest point. A step in opacity draws the map's iso-line as a hard edge; bilinear maps
@@ -138,6 +135,15 @@ class HeatMapper:
         if self.kind == OCCLUSION:
             return f"dark red = hiding it drops the pneumonia log-odds by >= {FULL_SCALE:g}"
         return "dark red = this image's hottest cell (each map scaled to its own maximum)"
+
+    @property
+    def empty(self) -> str | None:
+        """What a map with nothing drawn (peak under ``ALPHA_FLOOR``) means, in words (occlusion only; None for
+        ``"cam"``, whose maps are scaled to their own maximum)."""
+        if self.kind != OCCLUSION:
+            return None
+        drop = ALPHA_FLOOR * FULL_SCALE  # the least evidence the overlay draws
+        return f"nothing drawn: no one region lowers the log-odds by {drop:g} (evidence spread or none)"
 
     def prepare(self) -> None:
         """Load what :meth:`heatmap` needs. For ``"cam"`` without the ONNX map: ImportError without torch /

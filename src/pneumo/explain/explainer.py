@@ -2,14 +2,12 @@
 
 The probability and decision shown come from the same ONNX path as ``pneumo predict``, so an overlay never
 disagrees with a prediction. The map (:class:`pneumo.explain.cam.HeatMapper`) is by default occlusion sensitivity
-through
-ONNX Runtime (no torch): how much hiding each region lowers the calibrated pneumonia log-odds, on an absolute scale
-whose top (dark red) is a drop of :data:`pneumo.explain.occlusion.FULL_SCALE` or more, so a confident normal shows
-(almost)
-nothing. ``method="cam"`` gives the old class activation map (each map scaled to its own maximum; Grad-CAM on the
-PyTorch twin, :mod:`pneumo.explain.grad_cam`, for graphs without it). Either way the map shows what pushed the model
-towards
-pneumonia, for binary and subtype models alike, wherever it lies: it is never cut to the lungs.
+through ONNX Runtime (no torch): how much hiding each region lowers the calibrated pneumonia log-odds, on an
+absolute scale whose top (dark red) is a drop of :data:`pneumo.explain.occlusion.FULL_SCALE` or more, so a confident
+normal shows (almost) nothing. ``method="cam"`` gives the old class activation map (each map scaled to its own
+maximum; Grad-CAM on the PyTorch twin, :mod:`pneumo.explain.grad_cam`, for graphs without it). Either way the map
+shows what pushed the model towards pneumonia, for binary and subtype models alike, wherever it lies: it is never
+cut to the lungs.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.explain.analyser import ImageAnalyser, ImageAnalysis
-from pneumo.explain.cam import OCCLUSION, heatmap_rgba
+from pneumo.explain.cam import ALPHA_FLOOR, OCCLUSION, heatmap_rgba
 from pneumo.imaging import ImageLoadError
 from pneumo.inference import Predictor, open_model
 from pneumo.labels import PNEUMONIA
@@ -29,8 +27,8 @@ from pneumo.modelfile import ModelFile, load_model_file
 
 
 class Explainer:
-    """Loads a model file once; explains images from paths or bytes (:class:`pneumo.explain.analyser.ImageAnalyser`, not
-    fail-soft: ``pneumo explain`` exists for the heat map)."""
+    """Loads a model file once; explains images from paths or bytes (:class:`pneumo.explain.analyser.ImageAnalyser`,
+    not fail-soft: ``pneumo explain`` exists for the heat map)."""
 
     def __init__(self, model: ModelFile, method: str = OCCLUSION):
         self.model = model
@@ -54,10 +52,17 @@ class Explainer:
 
 
 def overlay_png(
-    exp: ImageAnalysis, *, show_heatmap: bool = True, title: str | None = None, scale: str | None = None
+    exp: ImageAnalysis,
+    *,
+    show_heatmap: bool = True,
+    title: str | None = None,
+    scale: str | None = None,
+    empty: str | None = None,
 ) -> bytes:
     """The X-ray with the heat map over it and the probability and decision above it, as PNG bytes; ``scale``
-    (what the top of the colour scale means, :attr:`pneumo.explain.cam.HeatMapper.scale`) is written under the title."""
+    (what the top of the colour scale means, :attr:`pneumo.explain.cam.HeatMapper.scale`) is written under the
+    title, or instead ``empty`` (:attr:`pneumo.explain.cam.HeatMapper.empty`) when the map draws nothing: an empty
+    map of an image called pneumonia is not a broken one."""
     from matplotlib.figure import Figure
 
     p = exp.prediction
@@ -71,6 +76,8 @@ def overlay_png(
     color = "#c62828" if p.prediction == PNEUMONIA else "#2e7d32"
     headline = f"{p.prediction}  P(pneumonia) = {p.probability:.2f}  (threshold {p.threshold:.2f})"
     caption = title or Path(p.path).name
+    if show_heatmap and empty and exp.heatmap is not None and float(exp.heatmap.max()) < ALPHA_FLOOR:
+        scale = empty  # an empty map says why, where the scale would be: there is nothing to read it on
     if show_heatmap and scale:
         caption += f"   (heat: {scale})"
     fig.text(0.02, 0.97, caption, fontsize=7 if scale else 9, va="top", color="#333333")
@@ -102,6 +109,6 @@ def explain_files(
             stem += "_"
         used.add(stem)
         target = output / f"{stem}_gradcam.png"
-        target.write_bytes(overlay_png(exp, scale=explainer.images.scale))
+        target.write_bytes(overlay_png(exp, scale=explainer.images.scale, empty=explainer.images.empty))
         written.append(target)
     return written, failures

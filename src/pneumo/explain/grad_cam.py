@@ -1,5 +1,5 @@
-"""PyTorch Grad-CAM: the heat-map fallback of :class:`pneumo.explain.cam.HeatMapper` for graphs without a ``cam`` output
-(older model files, architectures without a global-average-pooling head). The only heat-map code that imports
+"""PyTorch Grad-CAM: the heat-map fallback of :class:`pneumo.explain.cam.HeatMapper` for graphs without a ``cam``
+output (older model files, architectures without a global-average-pooling head). The only heat-map code that imports
 torch, and only when a :class:`GradCam` is made."""
 
 from __future__ import annotations

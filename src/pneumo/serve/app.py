@@ -30,7 +30,7 @@ from pneumo.errors import ConfigError, InputError
 from pneumo.explain.analyser import log_exception
 from pneumo.inference import Prediction, Predictor
 from pneumo.labels import Decision
-from pneumo.modelfile import ModelMeta, measured_on_label, public_meta_json
+from pneumo.modelfile import ModelMeta, public_meta_json
 from pneumo.serve.analysis import Analyser, Analysis, UnreadableImage, UnsupportedImage
 from pneumo.serve.upload import (
     KEEP_ALIVE_TIMEOUT,
@@ -113,9 +113,7 @@ def calibration_sample(meta: ModelMeta) -> CalibrationSample:
             n_pneumonia=s.n_pneumonia,
             prevalence=s.n_pneumonia / s.n,
         )
-    v = meta.validation
-    on = measured_on_label(v["measured_on"]) if isinstance(v.get("measured_on"), str) else "validation"
-    n, pos = v.get("n"), v.get("n_pos")
+    on, n, pos = meta.validation.where, meta.validation.n, meta.validation.n_pos
     if not (type(n) is int and type(pos) is int and 0 < pos < n):  # a calibration sample holds both classes
         return CalibrationSample(on=on, n=None, n_pneumonia=None, prevalence=None)
     return CalibrationSample(on=on, n=n, n_pneumonia=pos, prevalence=pos / n)

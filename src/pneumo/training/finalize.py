@@ -31,8 +31,10 @@ from pneumo.evaluation.metrics import (
     says_viral,
 )
 from pneumo.evaluation.shifts import FRAMING_CHECKS, TRAINING_CHECKS, checked_copies
+from pneumo.evaluation.summary import shift_summary
 from pneumo.labels import TASK_CLASSES
 from pneumo.modelfile import ModelMeta, onnx_session, save_model_file, without_paths
+from pneumo.modelfile.validation import VALIDATION_VERSION, BlockFigures, Validation
 from pneumo.probability import calibrated_probability, subtype_probabilities
 from pneumo.training.export import build_model_file
 from pneumo.training.models import PneumoNet, count_parameters
@@ -92,10 +94,9 @@ def validation_metrics(y_bin: np.ndarray, prob: np.ndarray, threshold: float, n_
 
 def geometry_shift_summary(y: np.ndarray, clean_prob: np.ndarray, shifted: dict, temperature: float, bias: float,
                            threshold: float) -> dict:  # fmt: skip
-    """Per check of validation (:data:`pneumo.evaluation.shifts.TRAINING_CHECKS`): AUC, sensitivity, specificity, ECE
-    and
-    decision flips against the clean images; and the worst case over the checks (lowest AUC, sensitivity,
-    specificity; highest ECE and flips)."""
+    """Per check of validation (:data:`pneumo.evaluation.shifts.TRAINING_CHECKS`): AUC, sensitivity, specificity,
+    ECE and decision flips against the clean images; and the worst case over the checks (lowest AUC, sensitivity,
+    specificity; highest ECE and flips), NaN-safe (:func:`pneumo.evaluation.summary.shift_summary`)."""
 
     out = {}
     for name, logits in shifted.items():
@@ -103,9 +104,8 @@ def geometry_shift_summary(y: np.ndarray, clean_prob: np.ndarray, shifted: dict,
         m = binary_metrics(y, p, threshold)
         out[name] = {k: float(m[k]) for k in ("roc_auc", "sensitivity", "specificity", "ece")}
         out[name]["decisions_flipped"] = flip_rate(is_positive(p, threshold), is_positive(clean_prob, threshold))
-    worst = {k: min(r[k] for r in out.values()) for k in ("roc_auc", "sensitivity", "specificity")}
-    worst.update({k: max(r[k] for r in out.values()) for k in ("ece", "decisions_flipped")})
-    return {"worst": worst, **out}
+    figures = ("roc_auc", "sensitivity", "specificity", "ece", "decisions_flipped")
+    return shift_summary(out, figures, order=TRAINING_CHECKS).as_table()
 
 
 def choose_operating_threshold(y: np.ndarray, probs: dict[str, np.ndarray], rule: OperatingRule) -> tuple[float, dict]:
@@ -130,7 +130,7 @@ def choose_operating_threshold(y: np.ndarray, probs: dict[str, np.ndarray], rule
         report[name] = {
             "threshold": t,
             "pooled": {"sensitivity": at["sensitivity"], "specificity": at["specificity"]},
-            "worst_framing": worst_case_rates(y, framing, t),
+            "worst_framing": worst_case_rates(y, framing, t, order=("clean", *TRAINING_CHECKS)),
         }
     targets = {"target_sensitivity": rule.target_sensitivity, "target_specificity": rule.target_specificity}
     return thresholds[rule.name], {"rule": rule.name, **targets, "rules": report}
@@ -163,7 +163,7 @@ def fit_operating_point(
     probs = {"clean": prob, **{k: calibrated_probability(v, temperature, bias) for k, v in shifted.items()}}
     threshold, op = choose_operating_threshold(y_bin, probs, rule)
 
-    metrics = validation_metrics(y_bin, prob, threshold)
+    metrics = {"version": VALIDATION_VERSION, **validation_metrics(y_bin, prob, threshold)}
     metrics["ece_before_calibration"] = expected_calibration_error(calibrated_probability(val_logits), y_bin)
     metrics["measured_on"] = f"internal validation: {Path(split).name if split else 'a split of the training data'}"
     metrics["operating_point_fitted_on"] = "validation pooled with " + ", ".join(shifted)
@@ -185,9 +185,9 @@ def fit_operating_point(
                 q = subtype_probabilities(shifted[name], temperature, bias, sub)[pneumonia]
                 shift_figures[name]["bacterial_vs_viral"] = bacterial_vs_viral_accuracy(q[:, 1], q[:, 2], viral)
                 shift_figures[name]["subtype_flipped"] = flip_rate(says_viral(q[:, 1], q[:, 2]), clean_calls)
-            per = [shift_figures[n] for n in shifted_sub]
-            shift_figures["worst"]["bacterial_vs_viral"] = min(r["bacterial_vs_viral"] for r in per)
-            shift_figures["worst"]["subtype_flipped"] = max(r["subtype_flipped"] for r in per)
+            per = {n: shift_figures[n] for n in shifted_sub}
+            subtype = shift_summary(per, ("bacterial_vs_viral", "subtype_flipped"), order=TRAINING_CHECKS)
+            shift_figures["worst"].update(subtype.worst)
     return temperature, bias, threshold, metrics
 
 
@@ -220,13 +220,14 @@ def finalize_run(
     temperature, bias, threshold, metrics = fit_operating_point(
         val_logits, val_sub, shifted, val.targets, cfg.operating_rule(), data_summary.get("split"), shifted_sub
     )
+    validation = Validation.model_validate(metrics)
     if data_summary.get("split_method"):
-        metrics["measured_on"] = metrics["measured_on"].replace(
+        validation.measured_on = validation.measured_on.replace(
             "internal validation", f"internal validation ({data_summary['split_method']})", 1
         )
     if any(getattr(val, "blocks", ())):  # a block split's validation
         prob = calibrated_probability(val_logits, temperature, bias)
-        metrics["blocks"] = block_figures(val.targets > 0, prob, val.blocks, threshold)
+        validation.blocks = BlockFigures.model_validate(block_figures(val.targets > 0, prob, val.blocks, threshold))
 
     rng = np.random.default_rng(cfg.seed)
     pick = np.sort(rng.choice(len(train.targets), min(DOMAIN_FIT_IMAGES, len(train.targets)), replace=False))
@@ -247,16 +248,16 @@ def finalize_run(
         target_sensitivity=cfg.target_sensitivity,
         params=count_parameters(net),
         feature_dim=int(val_feats.shape[1]),
-        validation=metrics,
+        validation=validation,
         data=data_summary,
         training={**timing, "config": without_paths(cfg.model_dump(mode="json"))},  # no paths of this machine
         domain_guard=guard,
     )
     model = build_model_file(net, meta, arrays)
-    model.meta.validation["cpu_ms_per_image"] = round(_onnx_ms_per_image(model.onnx, preproc.image_size), 2)
+    model.meta.validation.cpu_ms_per_image = round(_onnx_ms_per_image(model.onnx, preproc.image_size), 2)
     path = save_model_file(run / "model.pneumo", model)
     extra = {} if val_sub is None else {"subtype_logits": val_sub}
     with atomic.atomic_open(run / "val_outputs.npz", "wb") as f:
         np.savez(f, logits=val_logits, features=val_feats, targets=val.targets, **extra)
-    atomic.write_text(run / "validation.json", json.dumps(model.meta.validation, indent=2))
+    atomic.write_text(run / "validation.json", json.dumps(model.meta.validation.model_dump(), indent=2))
     return path

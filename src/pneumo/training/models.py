@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import timm
 import torch
@@ -16,6 +17,9 @@ from timm.models import adapt_input_conv
 from torch import nn
 
 from pneumo.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pneumo.config import TrainConfig
 
 # A dead (all-zero) channel has variance 0, whose square root has no gradient: the floor keeps it finite.
 VARIANCE_FLOOR = 1e-8
@@ -236,6 +240,15 @@ def create_model(
         raise ConfigError(f"{name} has no shipped ImageNet weights; use pretrained=False")
     backbone = spec.build(pretrained)
     return PneumoNet(backbone, int(backbone.num_features), num_classes, dropout, spec.domain_layer, subtype_head)
+
+
+def resolve_pretrained(cfg: TrainConfig) -> TrainConfig:
+    """``pretrained=None`` means ImageNet weights when the architecture ships them (the run's config.yaml then
+    records which)."""
+    if cfg.pretrained is not None:
+        return cfg
+    spec = ARCHS.get(cfg.arch)
+    return cfg.model_copy(update={"pretrained": bool(spec and spec.pretrained_available)})
 
 
 def cam_target_layer(model: PneumoNet, name: str) -> nn.Module:

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
@@ -32,7 +30,7 @@ from pneumo.labels import PNEUMONIA, SUBTYPE_INDEX, TASK_CLASSES
 from pneumo.probability import pneumonia_log_odds
 from pneumo.training.augment import augment_batch, lung_field, normalize_batch
 from pneumo.training.cache import build_cache
-from pneumo.training.models import create_model, set_transfer_mode
+from pneumo.training.models import create_model, resolve_pretrained, set_transfer_mode
 
 UNKNOWN_SUBTYPE = 3  # pneumonia whose subtype the file name does not tell: trains the binary head only
 MONITOR = "val_auc_worst"  # clean validation rewards the framing shortcut; the worst of the checks does not
@@ -436,49 +434,12 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path | None:
     timing["epochs"] = int(trainer.current_epoch)
     timing["seconds_per_epoch"] = round(train_seconds / max(1, trainer.current_epoch), 1)
     best = ckpt.best_model_path or str(last)
-    module.net.load_state_dict(_net_state(best))
+    module.net.load_state_dict(checkpoint_net_state(best))
     atomic.write_text(run / "timing.json", json.dumps(timing, indent=2))
     return finalize_run(cfg, module.net, train, val, summary, timing, checks)
 
 
-def resolve_pretrained(cfg: TrainConfig) -> TrainConfig:
-    """``pretrained=None`` means ImageNet weights when the architecture ships them (the run's config.yaml then
-    records which)."""
-    if cfg.pretrained is not None:
-        return cfg
-    from pneumo.training.models import ARCHS
-
-    spec = ARCHS.get(cfg.arch)
-    return cfg.model_copy(update={"pretrained": bool(spec and spec.pretrained_available)})
-
-
-def refinalize(run: Path, target_sensitivity: float | None = None, **operating: Any) -> Path:
-    """Re-run calibration, threshold choice, domain-guard fitting and export on a finished run's best checkpoint
-    (after changing those steps, the target sensitivity or the other ``operating`` fields: ``target_specificity``,
-    ``threshold_rule``) without training again. The files are written into ``run``, wherever the run directory was
-    trained or has been moved or copied since; ``config.yaml`` keeps what it was trained with."""
-    from pneumo.training.finalize import finalize_run
-
-    run = Path(run)
-    given = {"target_sensitivity": target_sensitivity, **operating}
-    cfg = TrainConfig.resolve(run / "config.yaml", {**given, "out": run})
-    ckpts = [run / "checkpoints" / n for n in ("best.ckpt", "last.ckpt")]
-    ckpt = next((c for c in ckpts if c.is_file()), None)
-    if ckpt is None:
-        raise FileNotFoundError(f"{run}: no checkpoints/best.ckpt or last.ckpt to finalize")
-    train, val, summary = load_splits(cfg)
-    net = create_model(
-        cfg.arch, len(TASK_CLASSES[cfg.task]), pretrained=False, dropout=cfg.dropout, subtype_head=cfg.subtype_head
-    )
-    net.load_state_dict(_net_state(str(ckpt)))
-    timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").is_file() else {}
-    return finalize_run(cfg, net, train, val, summary, timing)
-
-
-def _net_state(ckpt_path: str) -> dict[str, torch.Tensor]:
+def checkpoint_net_state(ckpt_path: str) -> dict[str, torch.Tensor]:
+    """The network's weights in a Lightning checkpoint of :class:`PneumoModule` (its ``net.`` entries, unprefixed)."""
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
     return {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
-
-
-def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)))

@@ -1,0 +1,141 @@
+"""Pillow images to gray float32 in [0, 1]: EXIF orientation, JPEG draft mode, the decode budget checked before
+the pixels are decoded, and high-bit-depth images reduced strip by strip."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import ExifTags, Image, ImageChops
+
+from pneumo.imaging.limits import _Bad, _check_budget, _first_line
+from pneumo.imaging.resize import _REDUCING_GAP, _RESAMPLE, _block_mean, _minmax, _reduce_factors
+
+_ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+# What ImageOps.exif_transpose does per orientation; applied after resizing, so the full-size image is not copied.
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Bytes per pixel of the largest buffer each Pillow mode needs here: Pillow unpacks 1-bit to a byte, stores
+# RGB, LA, I and F in 4 bytes, and a palette image is expanded to RGB(A).
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+_STRIP_BYTES = 4 * 2**20  # high-bit-depth images are reduced strip by strip, at most this much float at a time
+
+
+def _pillow_pixels(im: Image.Image, target: tuple[int, int] | None) -> np.ndarray:
+    orientation = _orientation(im)
+    rotated = orientation in _ROTATED_ORIENTATIONS
+    full_size, full_bands = im.size, len(im.getbands())
+    if target is not None and im.format in ("JPEG", "MPO"):
+        # libjpeg's DCT scaling decodes at 1/2, 1/4 or 1/8 size (never below the target) and straight to gray.
+        h, w = target
+        im.draft("L", (h, w) if rotated else (w, h))
+    _check_budget(_decoded_bytes(im, full_size, full_bands), f"{full_size[0]}x{full_size[1]} {im.mode} image")
+    try:
+        im.load()  # the full decode, here inside the try, so truncated data raises instead of coming back grey
+    except OSError as exc:
+        if "truncated" in str(exc):
+            raise _Bad(f"truncated {im.format} data (file is damaged or incomplete)") from exc
+        raise _Bad(f"damaged {im.format} data ({_first_line(exc)})") from exc
+    if target is None:
+        return _to_gray(_transpose(im, orientation))
+    h, w = (target[1], target[0]) if rotated else target  # the target in the stored (untransposed) orientation
+    if not (im.mode.startswith("I") or im.mode == "F"):
+        # 8-bit images are resized as 8-bit: Pillow's uint8 resampling is several times faster than on floats, and
+        # the training cache stores 8-bit images anyway, so predictions see what training saw. Transparency is
+        # flattened onto black first, in 8 bits, so no float copy of the full-size image is ever made.
+        im = _flat_gray8(im).resize((w, h), _RESAMPLE, reducing_gap=_REDUCING_GAP)
+        return _to_gray(_transpose(im, orientation))
+    # 16-bit, 32-bit and float images: box-averaged in strips to within the reducing gap of the target, then
+    # resampled in float: what Pillow's resize(reducing_gap=...) does, without a full-size float copy.
+    fx, fy = _reduce_factors(im.size, (w, h))
+    reduced = Image.fromarray(_reduced_gray(im, fx, fy))
+    if (fx, fy) != (1, 1) or reduced.size != (w, h):
+        reduced = reduced.resize((w, h), _RESAMPLE, box=(0, 0, im.width / fx, im.height / fy))
+    return np.asarray(_transpose(reduced, orientation), dtype=np.float32)
+
+
+def _decoded_bytes(im: Image.Image, full_size: tuple[int, int], full_bands: int) -> int:
+    """The largest buffer decoding ``im`` (after any draft) takes; a progressive JPEG keeps all its DCT
+    coefficients (2 bytes per coefficient, one per pixel and band of the full-size image) whatever the scale."""
+    n = im.width * im.height * _BYTES_PER_PIXEL.get(im.mode, 4)
+    if im.format in ("JPEG", "MPO") and im.info.get("progressive"):
+        n = max(n, full_size[0] * full_size[1] * 2 * full_bands)
+    return n
+
+
+def _transpose(im: Image.Image, orientation: int) -> Image.Image:
+    return im.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else im
+
+
+def _flat_gray8(im: Image.Image) -> Image.Image:
+    """An 8-bit image as mode L, transparency flattened onto black (gray x alpha / 255, rounded)."""
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("LA", "RGBA", "PA"):
+        return ImageChops.multiply(im.convert("L"), im.getchannel("A"))
+    return im if im.mode == "L" else im.convert("L")
+
+
+def _reduced_gray(im: Image.Image, fx: int, fy: int) -> np.ndarray:
+    """A high-bit-depth image as gray float32 in [0, 1], box-averaged by ``fx`` x ``fy`` strip by strip (never a
+    full-size float copy); the scaling is that of :func:`_to_gray`, read off the reduced values."""
+    if (fx, fy) == (1, 1):
+        return _to_gray(im)
+    w, h = im.size
+    rows = max(fy, _STRIP_BYTES // max(1, w * 8) // fy * fy)  # a multiple of fy: blocks never straddle strips
+    parts = [
+        _block_mean(np.asarray(im.crop((0, y0, w, min(h, y0 + rows)))).astype(np.float64), fx, fy)
+        for y0 in range(0, h, rows)
+    ]
+    a = np.concatenate(parts)
+    if im.mode.startswith("I;16"):
+        return (a / 65535.0).astype(np.float32)
+    if im.mode == "I" and a.min() >= 0 and a.max() <= 65535:
+        return (a / 65535.0).astype(np.float32)
+    if im.mode == "F" and np.nanmin(a) >= 0 and np.nanmax(a) <= 1:
+        return a.astype(np.float32)
+    return _minmax(a)
+
+
+def _to_gray(im: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> float32 in [0, 1], scaled by the bit range of the mode rather than the data."""
+    if im.mode.startswith("I;16"):
+        return np.asarray(im).astype(np.float32) / 65535.0
+    if im.mode in ("I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        if im.mode == "I" and a.min() >= 0 and a.max() <= 65535:
+            return (a / 65535.0).astype(np.float32)  # a 16-bit image Pillow widened to 32-bit
+        if im.mode == "F" and np.nanmin(a) >= 0 and np.nanmax(a) <= 1:
+            return a.astype(np.float32)
+        return _minmax(a)
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Flatten onto black: transparent padding around an X-ray should look like the dark background.
+        im = im.convert("RGBA")
+        alpha = np.asarray(im.getchannel("A")).astype(np.float32) / 255.0
+        return np.asarray(im.convert("L")).astype(np.float32) / 255.0 * alpha
+    if im.mode != "L":
+        im = im.convert("RGB").convert("L") if im.mode not in ("RGB", "1") else im.convert("L")
+    return np.asarray(im).astype(np.float32) / 255.0
+
+
+def _orientation(im: Image.Image) -> int:
+    if im.format == "PNG" and "exif" not in im.info:
+        # Pillow's PNG getexif() decodes the whole image to look for an eXIf chunk after the pixels; an
+        # orientation there is so rare that it is not worth a full decode before the size checks.
+        return 1
+    try:
+        return int(im.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # broken EXIF is common in photos; it must not stop the image from loading
+        return 1
+
+
+def _shown_size(im: Image.Image) -> tuple[int, int]:
+    w, h = im.size
+    return (h, w) if _orientation(im) in _ROTATED_ORIENTATIONS else (w, h)
