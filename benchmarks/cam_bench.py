@@ -43,10 +43,10 @@ print(time.perf_counter() - t0, "torch" in sys.modules)
 def agreement(original: Path, exported: Path, images: list[Path]) -> dict:
     """ONNX map against Grad-CAM on the original file's PyTorch twin, both at the input size."""
     from pneumo.explain.cam import HeatMapper
-    from pneumo.explain.grad_cam import GradCam
     from pneumo.imaging import load_image
     from pneumo.inference import Predictor
     from pneumo.modelfile import load_model_file
+    from pneumo.training.grad_cam import GradCam
 
     old, new = Predictor.load(original), Predictor.load(exported)
     mapper, grad_cam = HeatMapper(new, "cam"), GradCam(load_model_file(original))

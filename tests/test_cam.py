@@ -28,7 +28,6 @@ from pneumo.explain.cam import (
     overlay_alpha,
     overlay_rgb,
 )
-from pneumo.explain.grad_cam import GradCam
 from pneumo.imaging import resize_map
 from pneumo.inference import Predictor
 from pneumo.modelfile import (
@@ -50,6 +49,7 @@ from pneumo.training.export import (
     export_wrapper,
     verify_onnx,
 )
+from pneumo.training.grad_cam import GradCam
 from pneumo.training.models import cam_target_layer, create_model
 
 SIZE = 64
@@ -295,7 +295,7 @@ def old_model_file(tmp_path_factory):
 def test_model_file_without_the_map_falls_back_to_grad_cam(old_model_file):
     predictor = Predictor.load(old_model_file)  # loads the graph only, as predict and serve do
     assert predictor.predict_arrays(_images(1), ["x"])[0].probability is not None  # the old graph still predicts
-    mapper = HeatMapper(predictor, CAM)
+    mapper = HeatMapper(predictor, CAM, grad_cam=GradCam)
     assert mapper.method == "grad-cam"
     image = _images(1)[0]
     ref = GradCam(load_model_file(old_model_file)).heatmap(image)
@@ -310,7 +310,9 @@ def test_bare_graph_without_map_or_weights_is_refused_with_a_reason(old_model_fi
     legacy = tmp_path / "legacy.onnx"
     legacy.write_bytes(export_onnx(_net(), SIZE))
     with pytest.raises(ModelFileError, match="re-export it with `pneumo export`"):
-        HeatMapper(Predictor(ModelFile(meta=_meta(), onnx=legacy.read_bytes(), path=legacy)), CAM).prepare()
+        HeatMapper(
+            Predictor(ModelFile(meta=_meta(), onnx=legacy.read_bytes(), path=legacy)), CAM, grad_cam=GradCam
+        ).prepare()
 
 
 def test_reexport_gives_an_old_model_file_the_map(old_model_file, tmp_path):
@@ -324,7 +326,7 @@ def test_reexport_gives_an_old_model_file_the_map(old_model_file, tmp_path):
         [p.probability for p in old_p.predict_arrays(images, list("abcd"))], abs=1e-6
     )
     got = HeatMapper(new_p, CAM).heatmap(images[0])
-    ref = HeatMapper(old_p, CAM).heatmap(images[0])
+    ref = HeatMapper(old_p, CAM, grad_cam=GradCam).heatmap(images[0])
     assert np.abs(got - ref).max() <= _grad_cam_bound(HeatMapper(new_p, CAM), images[0], (SIZE, SIZE))
 
 
@@ -372,7 +374,7 @@ def test_server_falls_back_with_a_note_when_torch_is_missing(old_model_file, mon
     from pneumo.explain.analyser import ImageAnalyser
     from pneumo.serve.app import create_app
 
-    monkeypatch.setitem(sys.modules, "pneumo.explain.grad_cam", None)  # any import of it now raises ImportError
+    monkeypatch.setitem(sys.modules, "pneumo.training.grad_cam", None)  # any import of it now raises ImportError
     buf = io.BytesIO()
     Image.fromarray((_images(1)[0] * 255).astype(np.uint8)).save(buf, "PNG")
     files = {"file": ("x.png", buf.getvalue(), "image/png")}
@@ -391,3 +393,11 @@ def test_occlusion_is_the_default_and_methods_are_named():
     assert "lowers the log-odds by 0.15" in HeatMapper(predictor).empty and HeatMapper(predictor, CAM).empty is None
     with pytest.raises(ValueError, match="unknown heat-map method"):
         HeatMapper(predictor, "lime")
+
+
+def test_without_a_grad_cam_an_old_graph_refuses_the_cam_map_and_says_what_to_do(old_model_file):
+    """The inference side never imports training code: the PyTorch Grad-CAM comes only from the caller."""
+    mapper = HeatMapper(Predictor.load(old_model_file), CAM)
+    with pytest.raises(ModelFileError, match=r"explain --method cam.*pneumo export"):
+        mapper.heatmap(_images(1)[0])
+    assert HeatMapper(Predictor.load(old_model_file)).heatmap(_images(1)[0]).shape == (SIZE, SIZE)  # occlusion works

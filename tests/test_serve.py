@@ -267,9 +267,9 @@ def test_an_upload_is_decoded_once_for_prediction_display_and_heat_map(client, m
 
 
 def test_explain_without_torch_still_gives_a_heat_map(tiny_model, monkeypatch):
-    """The tiny model's graph has the class activation map: heat maps need neither torch nor pneumo.explain.grad_cam
+    """The tiny model's graph has the class activation map: heat maps need neither torch nor pneumo.training.grad_cam
     (the fallback for graphs without it is tested in test_cam.py)."""
-    for name in ("torch", "pytorch_grad_cam", "pneumo.explain.grad_cam"):
+    for name in ("torch", "pytorch_grad_cam", "pneumo.training.grad_cam"):
         monkeypatch.setitem(sys.modules, name, None)  # any import of it now raises ImportError
     body = post(TestClient(create_app(tiny_model)), png_bytes(), data={"explain": "true"}).json()
     assert body["heatmap"] is not None and body["explain_error"] is None

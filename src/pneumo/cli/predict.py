@@ -193,7 +193,10 @@ def explain(
     files, missing = expand_inputs(images)
     if missing or not files:
         raise InputError(f"{(missing or images)[0]}: no such file, folder or matching glob")
-    written, failures = explain_files(files, output, model=model, method=HeatMethod(method).value)
+    grad_cam = None
+    if HeatMethod(method) is HeatMethod.cam:  # graphs without the map: PyTorch Grad-CAM, loaded only when used
+        from pneumo.training.grad_cam import GradCam as grad_cam
+    written, failures = explain_files(files, output, model=model, method=HeatMethod(method).value, grad_cam=grad_cam)
     for p in written:
         out.print(f"wrote {p}", highlight=False)
     for msg in failures:

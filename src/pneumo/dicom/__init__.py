@@ -5,6 +5,8 @@
 - :mod:`pneumo.dicom.analysis` - checks, prediction and both objects for one instance;
 - :mod:`pneumo.dicom.outputs` - ``pneumo predict --dicom-out``;
 - :mod:`pneumo.dicom.node` - ``pneumo dicom-listen``, the C-STORE SCP (pynetdicom);
+- :mod:`pneumo.dicom.forward` - sending results on (``--forward``): the destination and the C-STORE SCU;
+- :mod:`pneumo.dicom.dimse` - the DIMSE statuses and the checks of one received instance;
 - :mod:`pneumo.dicom.dicomweb` - ``pneumo dicomweb``, WADO-RS in and STOW-RS out (dicomweb-client).
 
 They need the ``dicom`` extra (``pip install 'pneumo[dicom]'``); :func:`require` says so in one line.

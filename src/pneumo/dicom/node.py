@@ -35,55 +35,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pneumo.dicom.analysis import (
-    BAD_UID,
-    COLOUR,
-    NO_PIXELS,
-    NOT_CHEST,
-    NOT_SUPPORTED,
-    DicomAnalyser,
-    DicomError,
-    DicomResults,
-    check_chest_radiograph,
-    check_uids,
-    read_header,
-    valid_uid,
-    write_results,
+from pneumo.dicom.analysis import DicomAnalyser, DicomError, valid_uid, write_results
+from pneumo.dicom.dimse import (
+    INTERNAL_ERROR,
+    INVALID_UID,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    TOO_LARGE,
+    Refusal,
+    check_instance,
 )
+from pneumo.dicom.forward import Destination, send_results
 from pneumo.errors import ConfigError, visible
 
 log = logging.getLogger("pneumo.dicom.node")
 
-# DIMSE statuses (PS3.4 B.2.3 and PS3.7 C): what each refusal tells the sender.
-SUCCESS = 0x0000
-SOP_CLASS_NOT_SUPPORTED = 0x0122  # not a CR / DX (CT, MR, SR, ...)
-OUT_OF_RESOURCES = 0xA700  # the analysis queue is full: try again later
-DATASET_MISMATCH = 0xA900  # an image SOP class without pixel data
-CANNOT_UNDERSTAND = 0xC000  # damaged data set
-NOT_A_CHEST = 0xC001  # a radiograph of another body part ("cannot understand" range, C000-CFFF)
-INTERNAL_ERROR = 0xC002  # our own bug; the association stays up
-INVALID_UID = 0xC003  # a UID that is not DICOM UI syntax, or a data set whose SOP Instance UID is not the request's
-TOO_LARGE = 0xC004  # over the per-instance size limit: retrying will not help
-_STATUS = {NOT_SUPPORTED: SOP_CLASS_NOT_SUPPORTED, NO_PIXELS: DATASET_MISMATCH, NOT_CHEST: NOT_A_CHEST,
-           COLOUR: DATASET_MISMATCH, BAD_UID: INVALID_UID}  # fmt: skip
 MB = 2**20
-
-
-@dataclass(frozen=True)
-class Destination:
-    """A DICOM node to send results to: ``HOST:PORT:AET``."""
-
-    host: str
-    port: int
-    ae_title: str
-
-    @classmethod
-    def parse(cls, text: str) -> Destination:
-        host, sep, rest = text.rpartition(":")
-        host, sep2, port = host.rpartition(":")
-        if not (sep and sep2 and host and port.isdigit() and 0 < int(port) < 65536 and 0 < len(rest) <= 16):
-            raise ConfigError(f"--forward {text!r}: expected HOST:PORT:AET, e.g. 127.0.0.1:4242:ORTHANC")
-        return cls(host, int(port), rest)
 
 
 @dataclass
@@ -312,22 +279,11 @@ class Listener:
         queued = False
         try:
             data = path.read_bytes() if path is not None else event.encoded_dataset(include_meta=True)
-            name = f"instance {sop_uid}"
             try:
-                header = read_header(data, name)
-                check_chest_radiograph(header, name)
-                check_uids(header, name)
-            except DicomError as exc:
-                # The message names UIDs, SOP classes, modalities and body parts only.
-                return self._refuse(event, sop_uid, _STATUS.get(exc.reason, CANNOT_UNDERSTAND),
-                                    str(exc).removeprefix(f"{name}: "))  # fmt: skip
-            if str(header.SOPInstanceUID) != sop_uid:
-                return self._refuse(event, sop_uid, INVALID_UID, f"the data set's SOP Instance UID "
-                                    f"{header.SOPInstanceUID} is not the one of the request")  # fmt: skip
-            requested_class = str(getattr(event.request, "AffectedSOPClassUID", "") or "")
-            if requested_class and str(header.SOPClassUID) != requested_class:
-                return self._refuse(event, sop_uid, DATASET_MISMATCH, f"the data set's SOP Class UID "
-                                    f"{header.SOPClassUID} is not the one of the request")  # fmt: skip
+                requested_class = str(getattr(event.request, "AffectedSOPClassUID", "") or "")
+                header = check_instance(data, sop_uid, requested_class)
+            except Refusal as refusal:
+                return self._refuse(event, sop_uid, refusal.status, refusal.reason)
             try:
                 self._jobs.put_nowait((data, sop_uid, time.monotonic(), size))
             except queue.Full:
@@ -379,41 +335,9 @@ class Listener:
             write_results(results, self.out_dir, results.source_sop_instance_uid)  # validated, equal to sop_uid
             self.counters.add("written", 2)
         if self.forward is not None:
-            self._send(results)
-
-    def _send(self, results: DicomResults, attempts: int = 3) -> None:
-        from pynetdicom import AE
-        from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
-
-        dest = self.forward
-        ae = AE(ae_title=self.ae_title)
-        ae.add_requested_context(ComprehensiveSRStorage)
-        ae.add_requested_context(SecondaryCaptureImageStorage)
-        pending = [results.sr, results.sc]
-        for attempt in range(1, attempts + 1):
-            assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
-            if assoc.is_established:
-                try:
-                    while pending:
-                        ds = pending[0]
-                        status = assoc.send_c_store(ds)
-                        code = getattr(status, "Status", None)
-                        if code is None:
-                            break  # no answer (timeout or abort): retried on a new association
-                        if code not in (0x0000, 0xB000, 0xB007, 0xB006):
-                            log.error("%s refused %s with status 0x%04X", dest.ae_title, ds.SOPInstanceUID, code)
-                            self.counters.add("forward_failed")
-                        else:
-                            self.counters.add("forwarded")
-                        pending.pop(0)
-                finally:
-                    assoc.release()
-            if not pending:
-                return
-            log.warning("cannot send results of %s to %s at %s:%d (attempt %d of %d)", results.source_sop_instance_uid,
-                        dest.ae_title, dest.host, dest.port, attempt, attempts)  # fmt: skip
-            time.sleep(0.5 * attempt)
-        self.counters.add("forward_failed", len(pending))
+            stored, not_stored = send_results(results, self.forward, self.ae_title)
+            self.counters.add("forwarded", stored)
+            self.counters.add("forward_failed", not_stored)
 
 
 class _Escape(logging.Filter):

@@ -17,15 +17,17 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from pneumo.explain.cam import OCCLUSION, HeatMapper
+from pneumo.explain.cam import NO_CAM, OCCLUSION, HeatMapper, NoCamError
 from pneumo.imaging import DISPLAY_MAX, load_image_and_display
 from pneumo.inference import Prediction, Predictor, Source
-from pneumo.modelfile import ModelFileError
+from pneumo.modelfile import ModelFile, ModelFileError
 
 # Why there is no heat map, in words for the person who asked for one.
 NO_EXTRA = (
@@ -68,13 +70,14 @@ class ImageAnalyser:
         fail_soft: bool = True,
         log: logging.Logger | None = None,
         method: str = OCCLUSION,
+        grad_cam: Callable[[ModelFile], Any] | None = None,
     ):
         self.predictor = predictor
         self.max_side = max_side
         self.heatmaps = heatmaps
         self.fail_soft = fail_soft
         self.log = log or logging.getLogger("pneumo.explain.analyser")
-        self._mapper = HeatMapper(predictor, method) if heatmaps else None
+        self._mapper = HeatMapper(predictor, method, grad_cam=grad_cam) if heatmaps else None
         self._lock = threading.Lock()
         self._ready = False
         self.unavailable: str | None = None if heatmaps else SWITCHED_OFF  # why no heat maps can be made
@@ -153,7 +156,9 @@ class ImageAnalyser:
         except Exception as exc:
             if not self.fail_soft:
                 raise
-            if isinstance(exc, ImportError):
+            if isinstance(exc, NoCamError):
+                self.unavailable = NO_CAM
+            elif isinstance(exc, ImportError):
                 self.unavailable = NO_EXTRA
             elif isinstance(exc, ModelFileError | ValueError):
                 self.unavailable = NO_WEIGHTS

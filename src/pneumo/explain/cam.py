@@ -21,8 +21,9 @@ the pneumonia log-odds that ``pneumo explain`` has always explained. Computing i
 the feature maps and a copy of the head's weights in ``arrays.npz``, keeps one source of truth: the map always uses
 the weights that made the prediction, ``.onnx`` files written by ``pneumo export`` carry it too, and nothing new has
 to be read without torch (``safetensors`` is not an inference dependency). Graphs without it (older model files,
-architectures without the pooling head) fall back to PyTorch Grad-CAM on the model file's weights
-(:class:`pneumo.explain.grad_cam.GradCam`) for ``"cam"``.
+architectures without the pooling head) can fall back to PyTorch Grad-CAM on the model file's weights for ``"cam"``:
+the caller hands that in (``grad_cam=``, e.g. :class:`pneumo.training.grad_cam.GradCam`, as ``pneumo explain
+--method cam`` does), so this inference-side module never imports training code.
 
 The colour map and the overlay's opacity live here too, so every picture of a heat map looks the same.
 """
@@ -30,6 +31,8 @@ The colour map and the overlay's opacity live here too, so every picture of a he
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -102,23 +105,41 @@ def overlay_rgb(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
     return np.round(((1.0 - alpha) * gray + alpha * jet(heat)) * 255).astype(np.uint8)
 
 
+NO_CAM = (
+    "the graph has no class activation map; `pneumo explain --method cam` computes it with PyTorch Grad-CAM, or "
+    "re-export the model with `pneumo export`"
+)
+
+
+class NoCamError(ModelFileError):
+    """``"cam"`` asked of a graph without the map, and no Grad-CAM handed in (:class:`HeatMapper`)."""
+
+
 class HeatMapper:
     """Heat maps of one loaded model by ``method`` (:data:`METHODS`): occlusion sensitivity on an absolute scale
     (the default, any ONNX graph, no torch), or the class activation map (``"cam"``: from the ONNX graph when it has
-    it, else PyTorch Grad-CAM).
+    it, else the PyTorch Grad-CAM the caller hands in as ``grad_cam``, a factory ``ModelFile -> object with
+    heatmap(image)``).
 
     ``heatmap`` is safe to call from several threads (ONNX Runtime sessions are; the Grad-CAM fallback, whose
     hooks hold per-call state, runs under a lock). The fallback loads torch and the weights on first use, or
     up front with :meth:`prepare`.
     """
 
-    def __init__(self, predictor: Predictor, method: str = OCCLUSION, grid: OcclusionGrid | None = None):
+    def __init__(
+        self,
+        predictor: Predictor,
+        method: str = OCCLUSION,
+        grid: OcclusionGrid | None = None,
+        grad_cam: Callable[[ModelFile], Any] | None = None,
+    ):
         if method not in METHODS:
             raise ValueError(f"unknown heat-map method {method!r} (one of {', '.join(METHODS)})")
         self.predictor = predictor
         self.kind = method
         self.grid = grid or OcclusionGrid()
         self.onnx_cam = has_cam(predictor)
+        self._grad_cam_factory = grad_cam
         self._grad_cam = None
         self._lock = threading.Lock()
 
@@ -143,7 +164,7 @@ class HeatMapper:
         if self.kind != OCCLUSION:
             return None
         drop = ALPHA_FLOOR * FULL_SCALE  # the least evidence the overlay draws
-        return f"nothing drawn: no one region lowers the log-odds by {drop:g} (evidence spread or none)"
+        return f"nothing drawn: no region lowers the log-odds by {drop:g}"
 
     def prepare(self) -> None:
         """Load what :meth:`heatmap` needs. For ``"cam"`` without the ONNX map: ImportError without torch /
@@ -183,9 +204,9 @@ class HeatMapper:
 
     def _fallback(self):
         if self._grad_cam is None:
-            from pneumo.explain.grad_cam import GradCam
-
-            self._grad_cam = GradCam(self._with_weights(self.predictor.model))
+            if self._grad_cam_factory is None:
+                raise NoCamError(f"{self.predictor.model.path or 'this model'}: {NO_CAM}")
+            self._grad_cam = self._grad_cam_factory(self._with_weights(self.predictor.model))
         return self._grad_cam
 
     @staticmethod

@@ -5,7 +5,7 @@ disagrees with a prediction. The map (:class:`pneumo.explain.cam.HeatMapper`) is
 through ONNX Runtime (no torch): how much hiding each region lowers the calibrated pneumonia log-odds, on an
 absolute scale whose top (dark red) is a drop of :data:`pneumo.explain.occlusion.FULL_SCALE` or more, so a confident
 normal shows (almost) nothing. ``method="cam"`` gives the old class activation map (each map scaled to its own
-maximum; Grad-CAM on the PyTorch twin, :mod:`pneumo.explain.grad_cam`, for graphs without it). Either way the map
+maximum; Grad-CAM on the PyTorch twin, :mod:`pneumo.training.grad_cam`, for graphs without it). Either way the map
 shows what pushed the model towards pneumonia, for binary and subtype models alike, wherever it lies: it is never
 cut to the lungs.
 """
@@ -13,8 +13,9 @@ cut to the lungs.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,17 +31,24 @@ class Explainer:
     """Loads a model file once; explains images from paths or bytes (:class:`pneumo.explain.analyser.ImageAnalyser`,
     not fail-soft: ``pneumo explain`` exists for the heat map)."""
 
-    def __init__(self, model: ModelFile, method: str = OCCLUSION):
+    def __init__(self, model: ModelFile, method: str = OCCLUSION, grad_cam: Callable[[ModelFile], Any] | None = None):
         self.model = model
         self.predictor = Predictor(model)
-        self.images = ImageAnalyser(self.predictor, fail_soft=False, method=method)
+        self.images = ImageAnalyser(self.predictor, fail_soft=False, method=method, grad_cam=grad_cam)
         self.images.prepare()  # for a Grad-CAM fallback, fail here (no torch, no weights), not on the first image
 
     @classmethod
-    def load(cls, model: str | Path | None = None, method: str = OCCLUSION) -> Explainer:
+    def load(
+        cls,
+        model: str | Path | None = None,
+        method: str = OCCLUSION,
+        grad_cam: Callable[[ModelFile], Any] | None = None,
+    ) -> Explainer:
+        """``grad_cam``: the PyTorch Grad-CAM for graphs without the class activation map (``method="cam"``), e.g.
+        :class:`pneumo.training.grad_cam.GradCam`; without it such a graph's ``"cam"`` map is refused."""
         if model is not None and Path(model).suffix.lower() == ".onnx":
-            return cls(open_model(model), method)
-        return cls(load_model_file(model), method)
+            return cls(open_model(model), method, grad_cam)
+        return cls(load_model_file(model), method, grad_cam)
 
     def heatmap(self, image: np.ndarray) -> np.ndarray:
         """The heat map (input size, [0, 1]) for one image already at the model's input size."""
@@ -91,11 +99,15 @@ def overlay_png(
 
 
 def explain_files(
-    files: Sequence[Path], output: Path, model: str | Path | None = None, method: str = OCCLUSION
+    files: Sequence[Path],
+    output: Path,
+    model: str | Path | None = None,
+    method: str = OCCLUSION,
+    grad_cam: Callable[[ModelFile], Any] | None = None,
 ) -> tuple[list[Path], list[str]]:
     """Write ``<stem>_gradcam.png`` (the name kept from when the map was Grad-CAM) for each file into ``output``,
     the heat map by ``method`` (:data:`pneumo.explain.cam.METHODS`); returns (written, one-line failures)."""
-    explainer = Explainer.load(model, method)
+    explainer = Explainer.load(model, method, grad_cam)
     output.mkdir(parents=True, exist_ok=True)
     written, failures, used = [], [], set()
     for f in files:
