@@ -26,7 +26,6 @@ still loses the queue: instances are not persisted before Success.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import queue
 import signal
@@ -47,6 +46,7 @@ from pneumo.dicom.dimse import (
 )
 from pneumo.dicom.forward import Destination, send_results
 from pneumo.errors import ConfigError, visible
+from pneumo.hosts import is_loopback
 
 log = logging.getLogger("pneumo.dicom.node")
 
@@ -355,16 +355,6 @@ def _peer(event) -> str:
         return visible(f"{event.assoc.requestor.ae_title}@{event.assoc.requestor.address}")
     except Exception:
         return "?"
-
-
-def is_loopback(host: str) -> bool:
-    """True for an address (or ``localhost``) that only this machine can reach."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
 
 
 def listen(

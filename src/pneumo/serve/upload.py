@@ -24,6 +24,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from pneumo.hosts import is_loopback
 from pneumo.imaging import is_text
 
 log = logging.getLogger("pneumo.serve")
@@ -136,7 +137,7 @@ def served_hosts(bind: str, extra: Sequence[str] = ()) -> list[str]:
     loopback address, the machine's names and addresses when it is every interface, and ``extra``."""
     hosts = {bind, *extra}
     wildcard = bind in _WILDCARD_BINDS
-    if wildcard or bind == "localhost" or _is_loopback(bind):
+    if wildcard or is_loopback(bind):
         hosts.update(LOOPBACK_HOSTS)
     if wildcard:
         name = socket.gethostname()
@@ -168,13 +169,6 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class ServedHostsOnly:
