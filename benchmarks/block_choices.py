@@ -7,8 +7,7 @@ For each set of test-time content scales (the model file's own calibration and t
 threshold rule the model file records (its `validation.operating_point.rules`), on the validation rows of the split:
 accuracy, ROC AUC, sensitivity, specificity, ECE (10 bins), and the worst held-out block's specificity and
 sensitivity (`pneumo.evaluation.metrics.block_figures`). Made with `pneumo data split DATA --by blocks`, the validation
-rows are
-whole acquisition periods the model did not train on. Prints a markdown table; asserts nothing.
+rows are whole acquisition periods the model did not train on. Prints a markdown table; asserts nothing.
 """
 
 from __future__ import annotations

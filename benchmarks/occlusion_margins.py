@@ -4,8 +4,7 @@ suite at several margins, to tell a border shortcut from the lungs' periphery.
     python benchmarks/occlusion_margins.py [--model M] [--data ../shared/data] [--split-csv split.csv]
 
 The suite's own conditions use a 15 % margin (``pneumo.evaluation.shifts.BORDER``); here the central box hidden leaves
-10, 5
-and 2 % of each side, and the border hidden is 5 and 10 % deep. Validation rows of the split (made with seed 0
+10, 5 and 2 % of each side, and the border hidden is 5 and 10 % deep. Validation rows of the split (made with seed 0
 when none is given). Prints the AUC per condition; asserts nothing.
 """
 

@@ -2,8 +2,7 @@
 
 The new site: the patient-grouped validation split of the training data under the worst perturbation of the shift
 suite (``pneumo.evaluation.robustness``: by default the worst geometric shift the model file records, ``--screen`` runs
-the
-whole suite to find it, ``--perturbation`` names one), plus the 16 original-size images of the official val split.
+the whole suite to find it, ``--perturbation`` names one), plus the 16 original-size images of the official val split.
 Half of its patients (stratified) are the site's labelled sample: ``pneumo adapt`` runs on them; the other half are
 the site's future studies: sensitivity, specificity and ECE there, base model as shipped against the site file,
 with bootstrap 95 % intervals; with ``--refer`` also the REFER band's figures.

@@ -8,9 +8,8 @@ framing); departments are told to validate locally. Everything here goes through
 Honesty of the figures:
 
 - the sample is split k-fold **by patient**; calibration (temperature and bias, :func:`pneumo.evaluation.calibration.
-  fit_calibration`), threshold (:func:`pneumo.evaluation.calibration.choose_threshold`) and band are fitted on k-1
-  folds and
-  measured on the held-out fold; the figures pool the held-out folds;
+  fit_calibration`), threshold (:func:`pneumo.evaluation.calibration.choose_threshold`) and band are fitted on k-1 folds
+  and measured on the held-out fold; the figures pool the held-out folds;
 - 95 % intervals are a bootstrap over **patients** (images of one patient are not independent), resampled within
   each class of patient so the class mix stays the sample's;
 - the sample is called too small when the interval on sensitivity does not exclude ``target - 0.05``; the lower

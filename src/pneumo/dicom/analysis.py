@@ -1,8 +1,7 @@
 """From one DICOM instance (bytes) to its two result instances: checks, prediction, heat map, SR and SC.
 
 The pixels are decoded once (:class:`pneumo.explain.analyser.ImageAnalyser`, :mod:`pneumo.imaging`) from the instance's
-own
-bytes, exactly as ``pneumo predict`` decodes a file, so the probability in the SR is the one ``pneumo predict``
+own bytes, exactly as ``pneumo predict`` decodes a file, so the probability in the SR is the one ``pneumo predict``
 prints for the same file.
 """
 
@@ -164,8 +163,7 @@ def _evidence(ds: Dataset) -> Dataset:
 class DicomAnalyser:
     """Turns chest CR / DX instances into SR + SC results with one loaded Predictor (thread-safe). Decoding,
     prediction and the fail-soft heat map are :class:`pneumo.explain.analyser.ImageAnalyser`'s; an SC without the heat
-    map
-    says so."""
+    map says so."""
 
     def __init__(self, predictor: Predictor, *, heatmaps: bool = True):
         self.predictor = predictor

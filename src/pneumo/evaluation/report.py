@@ -5,8 +5,7 @@ Binary truth ``y`` is 1 for pneumonia; ``prob`` is the probability of pneumonia;
 
 The counting itself (metrics at a threshold, for the point estimate and every bootstrap resample) is
 :mod:`pneumo.evaluation.metrics`. Intervals (:func:`confidence_intervals`): the rates that are proportions of a fixed
-count
-(accuracy, sensitivity, specificity, precision, NPV) get Wilson score intervals, which stay honest at small n and
+count (accuracy, sensitivity, specificity, precision, NPV) get Wilson score intervals, which stay honest at small n and
 at 0 or 1 (a bootstrap of 20 pneumonia images that were all caught is "1.000-1.000"; Wilson says 0.839-1.000);
 AUCs, F1, ECE and Brier get the class-stratified percentile bootstrap.
 """

@@ -1,12 +1,10 @@
 """Running the shift suite (:mod:`pneumo.evaluation.shifts`): how a model holds up when framing, acquisition or what
-lies
-outside the lungs changes, and its worst case.
+lies outside the lungs changes, and its worst case.
 
 Each perturbation is applied to the decoded validation image, which is then re-encoded and sent through the
 same loader and predictor a user's file goes through. The conditions and their families are declared in
-:mod:`pneumo.evaluation.shifts`; the controls (the lung box hidden) are reported beside the others, never in the worst
-case,
-because there a low AUC is right.
+:mod:`pneumo.evaluation.shifts`; the controls (the lung box hidden) are reported beside the others, never in the
+worst case, because there a low AUC is right.
 
 The lung checks (:func:`lung_checks`: the lungs hidden, and everything but the lungs hidden) are reported beside the
 clean figures of the same images, never in the worst case: on validation with the atlas placed as the training

@@ -105,8 +105,8 @@ def shift_suite(
     out_json: Path | None = None,
 ) -> dict[str, dict]:
     """``pneumo robustness``: :func:`pneumo.evaluation.robustness.shifted_validation` on the ``val`` rows of
-    ``split_csv``
-    (with their subtypes) and on each ``extra`` labelled folder, reported as ``parent/name``; the results are
+    ``split_csv`` (with their subtypes) and on each ``extra`` labelled folder, reported as ``parent/name``; the results
+    are
     also written to ``out_json`` when given."""
     from pneumo.evaluation.robustness import shifted_validation
 

@@ -1,8 +1,7 @@
 """One upload -> prediction, the X-ray as PNG for the browser (DICOM included) and, when asked, a heat map.
 
 Runs in a worker thread. Decoding, prediction and the heat map are :class:`pneumo.explain.analyser.ImageAnalyser`'s, as
-for
-``pneumo explain`` and the DICOM results: the same ONNX path and the same decoding as ``pneumo predict``.
+for ``pneumo explain`` and the DICOM results: the same ONNX path and the same decoding as ``pneumo predict``.
 """
 
 from __future__ import annotations

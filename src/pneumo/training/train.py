@@ -40,8 +40,7 @@ class CachedImages(torch.utils.data.Dataset):
     """Index -> (uint8 image tensor C x H x W, target); augmentation happens later, on whole batches.
 
     With ``copies`` (each N x H x W, :func:`pneumo.evaluation.shifts.checked_copies`), channel 0 is the image and
-    channel k
-    its copy under the k-th check."""
+    channel k its copy under the k-th check."""
 
     def __init__(self, split: SplitData, indices: np.ndarray | None = None, copies: Sequence[np.ndarray] = ()):
         self.split = split
