@@ -32,7 +32,7 @@ import time; t0 = time.perf_counter()
 import sys
 from pathlib import Path
 from pneumo.inference import Predictor
-from pneumo.serve.analysis import Analyser
+from pneumo.serve.upload_result import Analyser
 model, image = sys.argv[1:3]
 result = Analyser(Predictor.load(model)).analyse(Path(image).read_bytes(), "x.jpeg", explain=True)
 assert result.heatmap_png is not None, result.explain_error

@@ -25,8 +25,8 @@ from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification
 
 from orthanc import AET, Orthanc, free_port, skip_unless_orthanc
 from pneumo.cli import main
-from pneumo.dicom.analysis import DicomAnalyser
 from pneumo.dicom.dicomweb import analyse_study
+from pneumo.dicom.instance import DicomAnalyser
 from pneumo.dicom.node import Destination, Listener
 from pneumo.inference import Predictor
 

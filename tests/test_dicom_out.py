@@ -16,7 +16,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from pneumo.cli import main
-from pneumo.dicom.analysis import DicomAnalyser, DicomError, check_chest_radiograph, read_header
+from pneumo.dicom.instance import DicomAnalyser, DicomError, check_chest_radiograph, read_header
 from pneumo.dicom.sc import DISCLAIMER, REFER_TEXT, build_sc, overlay, render, result_line
 from pneumo.dicom.sr import build_sr
 from pneumo.inference import Prediction, Predictor
@@ -329,7 +329,7 @@ def _jpeg_as_chest_cr(jpeg: Path) -> bytes:
 
 def test_sc_with_a_real_heat_map(fullres_dir, predictor):
     pytest.importorskip("torch", reason="the heat map needs the 'explain' extra until the ONNX CAM lands")
-    from pneumo.dicom.analysis import SC_MAX_SIDE
+    from pneumo.dicom.instance import SC_MAX_SIDE
     from pneumo.imaging import load_display_image, load_image, resize_map
 
     analyser = DicomAnalyser(predictor, heatmaps=True)

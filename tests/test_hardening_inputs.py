@@ -214,7 +214,7 @@ def test_honest_compressed_dicoms_still_decode():
 
 def test_the_node_and_dicom_out_refuse_the_codestream_bomb_from_the_header(no_decoding):
     pytest.importorskip("highdicom")
-    from pneumo.dicom.analysis import UNREADABLE, DicomAnalyser, DicomError
+    from pneumo.dicom.instance import UNREADABLE, DicomAnalyser, DicomError
 
     with pytest.raises(DicomError, match=r"damaged DICOM data set \(its JPEG 2000 codestream claims") as info:
         DicomAnalyser.check(j2k_bomb_dicom(), "instance 1.2.3")

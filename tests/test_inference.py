@@ -275,9 +275,9 @@ INFERENCE_PATH = [
     "pneumo.domain_fit",  # refitting the guard onto a model file needs its ONNX graph only, no torch
     "pneumo.explain.cam",
     "pneumo.serve.app",
-    "pneumo.serve.analysis",
+    "pneumo.serve.upload_result",
     "pneumo.dicom.node",
-    "pneumo.dicom.analysis",
+    "pneumo.dicom.instance",
     "pneumo.batch.run",
     "pneumo.adapt.site",
 ]

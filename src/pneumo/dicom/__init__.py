@@ -2,7 +2,7 @@
 
 - :mod:`pneumo.dicom.sr` - the TID 1500 Structured Report (highdicom);
 - :mod:`pneumo.dicom.sc` - the Secondary Capture with the heat map and the result burnt in (highdicom);
-- :mod:`pneumo.dicom.analysis` - checks, prediction and both objects for one instance;
+- :mod:`pneumo.dicom.instance` - checks, prediction and both objects for one instance;
 - :mod:`pneumo.dicom.outputs` - ``pneumo predict --dicom-out``;
 - :mod:`pneumo.dicom.node` - ``pneumo dicom-listen``, the C-STORE SCP (pynetdicom);
 - :mod:`pneumo.dicom.forward` - sending results on (``--forward``): the destination and the C-STORE SCU;

@@ -11,7 +11,7 @@ import io
 import logging
 from dataclasses import dataclass
 
-from pneumo.dicom.analysis import CHEST_MODALITIES, DicomAnalyser, DicomError
+from pneumo.dicom.instance import CHEST_MODALITIES, DicomAnalyser, DicomError
 from pneumo.errors import PneumoError
 from pneumo.inference import Prediction
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydicom import Dataset
 
-from pneumo.dicom.analysis import (
+from pneumo.dicom.instance import (
     BAD_UID,
     COLOUR,
     NO_PIXELS,

@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from pneumo.dicom.analysis import DicomResults
+from pneumo.dicom.instance import DicomResults
 from pneumo.errors import ConfigError
 
 # The node's log lines keep the one logger name they have always had (the CLI's log format prints it).

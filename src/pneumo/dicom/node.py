@@ -34,7 +34,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pneumo.dicom.analysis import DicomAnalyser, DicomError, valid_uid, write_results
 from pneumo.dicom.dimse import (
     INTERNAL_ERROR,
     INVALID_UID,
@@ -45,6 +44,7 @@ from pneumo.dicom.dimse import (
     check_instance,
 )
 from pneumo.dicom.forward import Destination, send_results
+from pneumo.dicom.instance import DicomAnalyser, DicomError, valid_uid, write_results
 from pneumo.errors import ConfigError, visible
 from pneumo.hosts import is_loopback
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from pneumo.dicom.analysis import DicomAnalyser, DicomError, write_results
+from pneumo.dicom.instance import DicomAnalyser, DicomError, write_results
 from pneumo.imaging import ImageLoadError, is_dicom, maybe_headerless_dicom
 from pneumo.inference import Prediction, Predictor
 

@@ -1,9 +1,9 @@
 """One image through the model: decode once, predict, and a heat map that may fail without costing the prediction.
 
-The service behind ``pneumo explain`` (:mod:`pneumo.explain.explainer`), the web page (:mod:`pneumo.serve.analysis`)
-and the DICOM results (:mod:`pneumo.dicom.analysis`, ``pneumo predict --dicom-out``, the DICOM node). One opening
-of the source gives the network input and the display image (:func:`pneumo.imaging.load_image_and_display`); the
-probability comes from the same ONNX path as ``pneumo predict``; the heat map from
+The service behind ``pneumo explain`` (:mod:`pneumo.explain.explainer`), the web page
+(:mod:`pneumo.serve.upload_result`) and the DICOM results (:mod:`pneumo.dicom.instance`, ``pneumo predict
+--dicom-out``, the DICOM node). One opening of the source gives the network input and the display image
+(:func:`pneumo.imaging.load_image_and_display`); the probability comes from the same ONNX path as ``pneumo predict``; the heat map from
 :class:`pneumo.explain.cam.HeatMapper` (occlusion sensitivity on an absolute scale by default; ``method="cam"`` for
 the old class activation map), at the display image's shape.
 

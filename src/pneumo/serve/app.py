@@ -31,7 +31,6 @@ from pneumo.explain.analyser import log_exception
 from pneumo.inference import Prediction, Predictor
 from pneumo.labels import Decision
 from pneumo.modelfile import ModelMeta, public_meta_json
-from pneumo.serve.analysis import Analyser, Analysis, UnreadableImage, UnsupportedImage
 from pneumo.serve.upload import (
     KEEP_ALIVE_TIMEOUT,
     SameOriginWrites,
@@ -40,6 +39,7 @@ from pneumo.serve.upload import (
     served_hosts,
     slow_client_protocol,
 )
+from pneumo.serve.upload_result import Analyser, Analysis, UnreadableImage, UnsupportedImage
 
 log = logging.getLogger("pneumo.serve")
 
