@@ -3,9 +3,9 @@
 The service behind ``pneumo explain`` (:mod:`pneumo.explain.explainer`), the web page
 (:mod:`pneumo.serve.upload_result`) and the DICOM results (:mod:`pneumo.dicom.instance`, ``pneumo predict
 --dicom-out``, the DICOM node). One opening of the source gives the network input and the display image
-(:func:`pneumo.imaging.load_image_and_display`); the probability comes from the same ONNX path as ``pneumo predict``; the heat map from
-:class:`pneumo.explain.cam.HeatMapper` (occlusion sensitivity on an absolute scale by default; ``method="cam"`` for
-the old class activation map), at the display image's shape.
+(:func:`pneumo.imaging.load_image_and_display`); the probability comes from the same ONNX path as ``pneumo
+predict``; the heat map from :class:`pneumo.explain.cam.HeatMapper` (occlusion sensitivity on an absolute scale by
+default; ``method="cam"`` for the old class activation map), at the display image's shape.
 
 A heat map is an extra for the server and the DICOM node: when it cannot be made, the result goes out without it
 and says why (``heatmap_error``). ``pneumo explain`` exists for the heat map, so there (``fail_soft=False``) a
