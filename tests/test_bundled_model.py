@@ -60,7 +60,8 @@ def test_recipe_file_reproduces_the_bundled_models_config():
     shipped = read_meta(bundled_model_path()).training["config"]
     if "tta" in shipped:  # the content scales' name before the rename; TrainConfig still reads it
         shipped["content_scales"] = shipped.pop("tta")
-    paths = {k: shipped[k] for k in ("data_dir", "out", "split_csv")}
+    paths = {k: shipped[k] for k in ("data_dir", "out", "split_csv")}  # where the training machine kept them
+    paths["augment"] = {"lung_atlas": shipped["augment"]["lung_atlas"]}
     recipe = TrainConfig.resolve(REPO / "configs" / "default.yaml", paths).model_dump(mode="json")
     assert shipped["pretrained"] and recipe.pop("pretrained") is None, "pretrained follows the architecture"
     shipped.pop("pretrained")
