@@ -84,10 +84,12 @@ def test_an_old_record_is_written_back_byte_for_byte(tmp_path):
 
 
 def test_the_bundled_models_meta_json_round_trips_byte_for_byte():
+    """The bundled model file was written by this code: read and written again, its meta.json is the same bytes
+    (files written before the rename of ``preprocessing.tta`` load through the alias: tests/test_modelfile.py)."""
     with zipfile.ZipFile(bundled_model_path()) as zf:
         raw = zf.read(META).decode()
-    renamed = raw.replace('"tta": []', '"content_scales": []', 1)  # preprocessing's key, under its new name
-    assert ModelMeta.model_validate_json(raw).model_dump_json(indent=2) == renamed != raw
+    assert '"content_scales"' in raw
+    assert ModelMeta.model_validate_json(raw).model_dump_json(indent=2) == raw
 
 
 @pytest.mark.parametrize(
