@@ -506,3 +506,15 @@ def test_dsrdump_shows_probability_and_decision(outputs, tmp_path):
     decision = "Present" if pred.prediction == "PNEUMONIA" else "Absent"
     assert f'CODE:(,,"Pneumonia")=({"52101004" if decision == "Present" else "272519000"},SCT,"{decision}")' in text
     assert '(233604007,SCT,"Pneumonia")' in text and "Threshold Value" in text
+
+
+def test_an_empty_heat_map_is_said_on_the_secondary_capture():
+    """An occlusion map that draws nothing (a confident image: no single region moves its log-odds enough) gets one
+    more line, saying so, where a drawn map gets none."""
+    image = np.full((120, 160), 0.5, np.float32)
+    drawn = np.zeros_like(image)
+    drawn[40:80, 60:100] = 0.8
+    empty = np.full_like(image, 0.1)
+    with_line, without = render(image, empty, _pred(), _meta()), render(image, drawn, _pred(), _meta())
+    assert with_line.shape[0] > without.shape[0] and with_line.shape[1:] == without.shape[1:]
+    assert render(image, np.zeros_like(image), _pred(), _meta()).shape == with_line.shape

@@ -17,6 +17,7 @@ from pydicom.uid import JPEG2000, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNea
 
 from pneumo._version import __version__
 from pneumo.dicom.sr import MANUFACTURER, SERIES_DESCRIPTION
+from pneumo.explain.cam import ALPHA_FLOOR, EMPTY_MAP, overlay_rgb
 from pneumo.inference import Prediction
 from pneumo.labels import NORMAL, PNEUMONIA, REFER
 from pneumo.modelfile import ModelMeta
@@ -35,8 +36,6 @@ def overlay(image: np.ndarray, heatmap: np.ndarray | None) -> np.ndarray:
     opacity, as on the web page and in ``pneumo explain``), H x W x 3 uint8."""
     if heatmap is None:
         return np.repeat(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2)
-    from pneumo.explain.cam import overlay_rgb
-
     return overlay_rgb(image, heatmap)
 
 
@@ -80,6 +79,8 @@ def render(image: np.ndarray, heatmap: np.ndarray | None, pred: Prediction, meta
     lines.append((f"{meta.name} {meta.version}, Pneumo {__version__}", _GREY))
     if heatmap is None:
         lines.append(("No heat map (the heat-map model is unavailable on this node).", _GREY))
+    elif float(np.max(heatmap)) < ALPHA_FLOOR:  # a map scaled to its own maximum ("cam") never gets here
+        lines.append((f"Heat map: {EMPTY_MAP}.", _GREY))
     size = max(10, round(w / 40))
     font = ImageFont.load_default(size=size)
     widest = max(font.getlength(text) for text, _ in lines)

@@ -51,6 +51,8 @@ OCCLUSION, CAM = METHODS = HEAT_METHODS  # the heat-map methods a HeatMapper off
 # from a 4 x 4 or 5 x 5 grid then show as stair-stepped rectangles over the lungs.
 ALPHA_FLOOR = 0.15
 ALPHA_MAX = 0.55
+# An occlusion map whose peak stays under ALPHA_FLOOR draws nothing; every picture of one says why, in these words.
+EMPTY_MAP = f"nothing drawn: no region lowers the log-odds by {ALPHA_FLOOR * FULL_SCALE:g}"
 
 # matplotlib's "jet" (its ``_jet_data`` segments), interpolated continuously: the serve path has no matplotlib.
 _JET = (
@@ -163,8 +165,7 @@ class HeatMapper:
         ``"cam"``, whose maps are scaled to their own maximum)."""
         if self.kind != OCCLUSION:
             return None
-        drop = ALPHA_FLOOR * FULL_SCALE  # the least evidence the overlay draws
-        return f"nothing drawn: no region lowers the log-odds by {drop:g}"
+        return EMPTY_MAP
 
     def prepare(self) -> None:
         """Load what :meth:`heatmap` needs. For ``"cam"`` without the ONNX map: ImportError without torch /
