@@ -527,3 +527,24 @@ def test_a_port_in_use_is_refused_before_serving_is_announced(caplog):
             run_server("127.0.0.1", port)
     assert "serving on" not in caplog.text
     assert InputError.exit_code == 2
+
+
+@pytest.mark.parametrize(("peak", "noted"), [(0.1, True), (0.0, True), (0.6, False)])
+def test_a_heat_map_that_draws_nothing_says_why(tiny_model, monkeypatch, peak, noted):
+    """A confident image's occlusion map can stay under the overlay's floor everywhere: the answer says why, in the
+    words ``pneumo explain`` and the Secondary Capture use, and the page shows them in place of the legend."""
+    from pneumo.explain.analyser import ImageAnalyser
+    from pneumo.explain.cam import EMPTY_MAP
+
+    real = ImageAnalyser.analyse_decoded
+
+    def flat_map(self, net_input, display, name, heatmap=True, mirror=False):
+        result = real(self, net_input, display, name, heatmap=False, mirror=mirror)
+        result.heatmap = np.full(display.shape, peak, np.float32) if heatmap else None
+        return result
+
+    monkeypatch.setattr(ImageAnalyser, "analyse_decoded", flat_map)
+    body = post(TestClient(create_app(tiny_model)), png_bytes(160, 240), data={"explain": "true"}).json()
+    assert body["heatmap"] is not None
+    assert body["heatmap_note"] == (EMPTY_MAP if noted else None)
+    assert "heatmap_note" in (STATIC / "app.js").read_text()  # the page reads it

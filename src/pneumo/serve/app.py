@@ -70,9 +70,15 @@ class PredictResponse(Prediction):
     error: None = Field(default=None, exclude=True)  # an unreadable upload is an HTTP error instead
     image: str = Field(description="the X-ray as decoded by the model's loader, base64 PNG (at most 512 px)")
     heatmap: str | None = Field(
-        description="Grad-CAM heat map as a base64 RGBA PNG the size of `image`, to lay over it; null unless explain"
+        description="the heat map (occlusion sensitivity on one absolute scale) as a base64 RGBA PNG the size of "
+        "`image`, to lay over it; null unless explain"
     )
     explain_error: str | None = Field(description="why `heatmap` is null although explain was asked for")
+    heatmap_note: str | None = Field(
+        default=None,
+        description="why the heat map draws nothing: no single region moves the log-odds enough (a confident image, "
+        "evidence spread); null when it draws",
+    )
     model_name: str
     model_version: str
     site_calibration: str | None = Field(
@@ -224,6 +230,7 @@ def _response(result: Analysis, filename: str, predictor: Predictor) -> PredictR
         image=_b64(result.image_png),
         heatmap=_b64(result.heatmap_png),
         explain_error=result.explain_error,
+        heatmap_note=result.heatmap_note,
         model_name=meta.name,
         model_version=meta.version,
         site_calibration=None if meta.site is None else f"{meta.site.name} ({meta.site.created})",

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from pneumo.explain.analyser import ImageAnalyser
-from pneumo.explain.cam import heatmap_rgba
+from pneumo.explain.cam import ALPHA_FLOOR, heatmap_rgba
 from pneumo.imaging import ImageLoadError, maybe_headerless_dicom, sniff_format
 from pneumo.inference import Prediction, Predictor
 from pneumo.serve.upload import unsupported_reason
@@ -36,6 +36,7 @@ class Analysis:
     image_png: bytes
     heatmap_png: bytes | None = None
     explain_error: str | None = None
+    heatmap_note: str | None = None  # why a heat map draws nothing
 
 
 def gray_png(image: np.ndarray) -> bytes:
@@ -77,4 +78,6 @@ class Analyser:
         result = Analysis(prediction=a.prediction, image_png=gray_png(a.image), explain_error=a.heatmap_error)
         if a.heatmap is not None:
             result.heatmap_png = heatmap_rgba_png(a.heatmap)
+            if float(np.max(a.heatmap)) < ALPHA_FLOOR:  # occlusion only: a "cam" map is scaled to its own maximum
+                result.heatmap_note = self.images.empty
         return result

@@ -254,7 +254,9 @@ function showHeatmap(card, result) {
     $("input", toggle).addEventListener("change", (e) => {
       overlay.hidden = !e.target.checked;
     });
-    note.textContent = "Warm: pushed towards pneumonia; one scale for every image (not a lesion outline).";
+    note.textContent = result.heatmap_note
+      ? `Heat map: ${result.heatmap_note}.`
+      : "Warm: pushed towards pneumonia; one scale for every image (not a lesion outline).";
   } else if (result.explain_error) {
     note.textContent = `No heat map: ${result.explain_error}`;
   }
