@@ -190,7 +190,16 @@ def test_csv_json_and_api_rows_are_the_fields_of_prediction(predictor, tmp_path)
     assert [list(r) for r in json.loads(write_predictions(preds, tmp_path / "p.json", subtypes=True).read_text())] == [
         [c for c in row if c not in ("refer_low", "refer_high")]
     ] * 2
-    extra = ["image", "heatmap", "explain_error", "model_name", "model_version", "site_calibration", "disclaimer"]
+    extra = [
+        "image",
+        "heatmap",
+        "explain_error",
+        "heatmap_note",
+        "model_name",
+        "model_version",
+        "site_calibration",
+        "disclaimer",
+    ]
     api = PredictResponse(**dict(preds[0]), image="", heatmap=None, explain_error=None, model_name="m",
                           model_version="1", disclaimer="d")  # fmt: skip
     shared = ["filename" if c == "path" else c for c in row if c != "error"]
