@@ -95,8 +95,9 @@ def test_worst_framing_rates_are_nan_safe_and_order_free():
 # --- finalisation (training/finalize.py) -----------------------------------------------------------------------
 
 
-def _replacement_geometry_shift_summary(y, clean_prob, shifted, temperature, bias, threshold) -> dict:
-    """The body proposed for ``training.finalize.geometry_shift_summary`` (the lead applies it there)."""
+def _bare_min_max_geometry_shift_summary(y, clean_prob, shifted, temperature, bias, threshold) -> dict:
+    """What ``training.finalize.geometry_shift_summary`` computed before the one shift summary: the same figures per
+    check and a bare min / max over them (order-dependent with a NaN, the same without one)."""
     from pneumo.decision import flip_rate, is_positive
     from pneumo.evaluation.metrics import binary_metrics
     from pneumo.probability import calibrated_probability
@@ -107,7 +108,9 @@ def _replacement_geometry_shift_summary(y, clean_prob, shifted, temperature, bia
         m = binary_metrics(y, p, threshold)
         out[name] = {k: float(m[k]) for k in ("roc_auc", "sensitivity", "specificity", "ece")}
         out[name]["decisions_flipped"] = flip_rate(is_positive(p, threshold), is_positive(clean_prob, threshold))
-    return shift_summary(out, GEOMETRY_FIGURES, order=TRAINING_CHECKS).as_table()
+    worst = {k: min(r[k] for r in out.values()) for k in ("roc_auc", "sensitivity", "specificity")}
+    worst.update({k: max(r[k] for r in out.values()) for k in ("ece", "decisions_flipped")})
+    return {"worst": worst, **out}
 
 
 def test_finalize_geometry_shift_summary_is_the_shift_summary_without_nan():
@@ -121,14 +124,14 @@ def test_finalize_geometry_shift_summary_is_the_shift_summary_without_nan():
     clean_prob = calibrated_probability(clean, 1.3, 0.2)
     args = (y, clean_prob, shifted, 1.3, 0.2, 0.55)
     current = finalize.geometry_shift_summary(*args)
-    proposed = _replacement_geometry_shift_summary(*args)
-    assert proposed == current
-    assert list(proposed) == list(current) and list(proposed["worst"]) == list(current["worst"])  # same JSON text
+    before = _bare_min_max_geometry_shift_summary(*args)
+    assert current == before
+    assert list(current) == list(before) and list(current["worst"]) == list(before["worst"])  # same JSON text
     # finalize's subtype worst case: min / max over the checks with subtype figures, as the summary gives them
     for i, name in enumerate(TRAINING_CHECKS):
-        proposed[name].update(bacterial_vs_viral=0.9 - i / 50, subtype_flipped=i / 40)
-    sub = shift_summary({n: proposed[n] for n in TRAINING_CHECKS}, ("bacterial_vs_viral", "subtype_flipped"))
+        current[name].update(bacterial_vs_viral=0.9 - i / 50, subtype_flipped=i / 40)
+    sub = shift_summary({n: current[n] for n in TRAINING_CHECKS}, ("bacterial_vs_viral", "subtype_flipped"))
     assert sub.worst == {
-        "bacterial_vs_viral": min(proposed[n]["bacterial_vs_viral"] for n in TRAINING_CHECKS),
-        "subtype_flipped": max(proposed[n]["subtype_flipped"] for n in TRAINING_CHECKS),
+        "bacterial_vs_viral": min(current[n]["bacterial_vs_viral"] for n in TRAINING_CHECKS),
+        "subtype_flipped": max(current[n]["subtype_flipped"] for n in TRAINING_CHECKS),
     }
