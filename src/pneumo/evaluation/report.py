@@ -131,11 +131,6 @@ def proportion_intervals(y: np.ndarray, prob: np.ndarray, threshold: float, alph
     }
 
 
-def proportion_cis(y: np.ndarray, prob: np.ndarray, threshold: float, alpha: float = 0.05) -> dict:
-    """:func:`proportion_intervals` as ``(lo, hi)`` per metric."""
-    return {k: iv.bounds for k, iv in proportion_intervals(y, prob, threshold, alpha).items()}
-
-
 def metric_intervals(
     y: np.ndarray, prob: np.ndarray, threshold: float, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
 ) -> dict[str, Interval]:

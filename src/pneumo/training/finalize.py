@@ -83,12 +83,11 @@ def _onnx_ms_per_image(onnx_bytes: bytes, image_size: int, batch: int = 16, repe
 def validation_metrics(y_bin: np.ndarray, prob: np.ndarray, threshold: float, n_boot: int = 500) -> dict:
     """Point metrics plus 95 % intervals (Wilson for the proportions, bootstrap for the rest), flattened for the
     model file."""
-    from pneumo.evaluation.report import confidence_intervals
+    from pneumo.evaluation.report import metric_intervals
 
     m = binary_metrics(y_bin, prob, threshold)
     out = {k: v for k, v in m.items() if isinstance(v, int | float)}
-    cis = confidence_intervals(y_bin, prob, threshold, n_boot)
-    out["ci95"] = {k: [float(a), float(b)] for k, (a, b) in cis.items()}
+    out["ci95"] = {k: iv.as_pair() for k, iv in metric_intervals(y_bin, prob, threshold, n_boot).items()}
     return out
 
 
