@@ -67,12 +67,17 @@ def test_pixel_limit_message_quotes_our_limit(dims):
     assert f"over the limit of {MAX_PIXELS:,}" in msg and "178956970" not in msg and "178,956,970" not in msg
 
 
-def test_16bit_reduction_equals_pillows_reducing_gap_resize():
+@pytest.mark.parametrize("top, peak, scale", [(65535, 65535, 65535), (4095, 4095, 4095), (1000, 1024, 2047)])
+def test_16bit_reduction_equals_pillows_reducing_gap_resize(top, peak, scale):
+    """Reduced strip by strip as Pillow's reducing-gap resize would, on the bit range the data uses (16, 12 or 11
+    bits here: the brightest value is found over every strip, not read off the box averages, which would take
+    the 11-bit image of the last case for a 10-bit one)."""
     rng = np.random.default_rng(0)
-    a = (rng.random((1003, 797)) * 65535).astype(np.uint16)  # ragged against every reduction factor
+    a = (rng.random((1003, 797)) * top).astype(np.uint16)  # ragged against every reduction factor
+    a[-1, -1] = peak  # one pixel, in the last strip, averaged away by the box filter
     for target in [(64, 50), (160, 160), (400, 300)]:
         got = load_image(encode_png(a), target)
-        full = Image.fromarray((a / 65535.0).astype(np.float32))  # what main decoded before resizing
+        full = Image.fromarray((a / scale).astype(np.float32))  # what main decoded before resizing
         ref = np.asarray(full.resize(target[::-1], Image.Resampling.LANCZOS, reducing_gap=3.0))
         # the same box average and kernel; only float32 rounding differs (one ulp near 1.0 is 6e-8)
         np.testing.assert_allclose(got, np.clip(ref, 0, 1), atol=1e-6)

@@ -85,6 +85,20 @@ def test_png_16bit_uses_full_16bit_range(tmp_path):
     assert probe_image(path) == ImageInfo("PNG", 2, 2, "I;16")
 
 
+def test_png_16bit_holding_12bit_data_reads_on_its_12bit_scale(tmp_path):
+    """A 12-bit detector's image in a 16-bit PNG (values up to 4095) reads as 12-bit data, as DICOM's BitsStored
+    would say: not a nearly black 16-bit image, and not min-max stretched (a dark value stays dark)."""
+    arr = np.array([[0, 4095], [2048, 100]], dtype=np.uint16)
+    out = load_image(_save(tmp_path / "a12.png", Image.fromarray(arr), "PNG"))
+    np.testing.assert_allclose(out, arr / 4095.0, atol=1e-7)
+    ten = np.array([[3, 1000], [500, 3]], np.uint16)
+    out = load_image(_save(tmp_path / "a10.png", Image.fromarray(ten), "PNG"))
+    np.testing.assert_allclose(out, ten / 1023.0, atol=1e-7)  # 10 bits, and 3 is not stretched to 0
+    low = np.array([[0, 200], [100, 50]], np.uint16)
+    out = load_image(_save(tmp_path / "a8.png", Image.fromarray(low), "PNG"))
+    np.testing.assert_allclose(out, low / 255.0, atol=1e-7)  # never below an 8-bit scale
+
+
 def test_rgb_uses_luma_weights(tmp_path):
     rgb = np.zeros((2, 2, 3), dtype=np.uint8)
     rgb[0, 0] = (200, 100, 50)  # 0.299*200 + 0.587*100 + 0.114*50 = 124.2 -> 124
@@ -224,8 +238,9 @@ def test_property_png_output_is_well_formed(arr, size):
     want = arr.shape if size is None else (size, size) if isinstance(size, int) else size
     assert out.ndim == 2 and out.shape == tuple(want) and out.dtype == np.float32
     assert np.isfinite(out).all() and out.min() >= 0.0 and out.max() <= 1.0
-    if size is None:  # unresized values are exact: scaled by the bit range, not by the data
-        np.testing.assert_allclose(out, arr / float(np.iinfo(arr.dtype).max), atol=1e-6)
+    if size is None:  # unresized values are exact: scaled by the bit range the data uses, not min-max
+        bits = 8 if arr.dtype == np.uint8 else 16 if arr.max() == 0 else max(8, int(arr.max()).bit_length())
+        np.testing.assert_allclose(out, arr / float(2**bits - 1), atol=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about the corrupt TIFF tags it skips

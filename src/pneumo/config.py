@@ -54,11 +54,21 @@ class AugmentConfig(BaseModel):
         default=None, description="the lung atlas PNG (share of images with lung per pixel, framed as the images)"
     )
     lung_atlas_level: float = Field(default=0.1, gt=0.0, lt=1.0, description="atlas share that counts as lung field")
+    context_consistency: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=100.0,
+        description="weight of a penalty on evidence outside the lungs: half the batch is seen twice, each copy with "
+        "its own context swap and geometry, and the Jensen-Shannon divergence of the two pneumonia probabilities "
+        "is added to the loss; needs context_swap_p",
+    )
 
     @model_validator(mode="after")
     def _swap_needs_atlas(self) -> AugmentConfig:
         if self.context_swap_p > 0 and self.lung_atlas is None:
             raise ValueError("augment.context_swap_p needs augment.lung_atlas (a lung atlas PNG)")
+        if self.context_consistency > 0 and self.context_swap_p <= 0:
+            raise ValueError("augment.context_consistency needs augment.context_swap_p > 0 (the copies differ by it)")
         return self
 
 

@@ -3,6 +3,8 @@ the pixels are decoded, and high-bit-depth images reduced strip by strip."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from PIL import ExifTags, Image, ImageChops
 
@@ -93,23 +95,34 @@ def _reduced_gray(im: Image.Image, fx: int, fy: int) -> np.ndarray:
         for y0 in range(0, h, rows)
     ]
     a = np.concatenate(parts)
-    if im.mode.startswith("I;16"):
-        return (a / 65535.0).astype(np.float32)
-    if im.mode == "I" and a.min() >= 0 and a.max() <= 65535:
-        return (a / 65535.0).astype(np.float32)
+    if im.mode.startswith("I;16") or (im.mode == "I" and a.min() >= 0 and a.max() <= 65535):
+        brightest = max(float(np.asarray(im.crop((0, y0, w, min(h, y0 + rows)))).max()) for y0 in range(0, h, rows))
+        return (a / bit_range(brightest)).astype(np.float32)
     if im.mode == "F" and np.nanmin(a) >= 0 and np.nanmax(a) <= 1:
         return a.astype(np.float32)
     return _minmax(a)
 
 
+def bit_range(brightest: float) -> float:
+    """The full scale of high-bit-depth pixels whose brightest value is ``brightest``: ``2**bits - 1`` for the
+    fewest bits (8 to 16) that hold it. A 12-bit detector's image stored in a 16-bit PNG (values up to 4095) is
+    read on its 12-bit scale, as a DICOM file's BitsStored would say, instead of as a nearly black 16-bit image whose
+    few grey levels the 8-bit histogram equalisation merges (seen here: a normal original read that way went from
+    P 0.54 to 0.97). Within that scale a dark value stays dark: this is not a min-max stretch."""
+    bits = min(16, max(8, math.ceil(math.log2(brightest + 1)))) if brightest > 0 else 16
+    return float(2**bits - 1)
+
+
 def _to_gray(im: Image.Image) -> np.ndarray:
-    """Any Pillow mode -> float32 in [0, 1], scaled by the bit range of the mode rather than the data."""
+    """Any Pillow mode -> float32 in [0, 1], scaled by the bit range the data uses (:func:`bit_range`) for 16-bit
+    integers, by the mode's range otherwise."""
     if im.mode.startswith("I;16"):
-        return np.asarray(im).astype(np.float32) / 65535.0
+        a = np.asarray(im).astype(np.float32)
+        return a / np.float32(bit_range(float(a.max())))
     if im.mode in ("I", "F"):
         a = np.asarray(im).astype(np.float64)
         if im.mode == "I" and a.min() >= 0 and a.max() <= 65535:
-            return (a / 65535.0).astype(np.float32)  # a 16-bit image Pillow widened to 32-bit
+            return (a / bit_range(float(a.max()))).astype(np.float32)  # a 16-bit image Pillow widened to 32-bit
         if im.mode == "F" and np.nanmin(a) >= 0 and np.nanmax(a) <= 1:
             return a.astype(np.float32)
         return _minmax(a)

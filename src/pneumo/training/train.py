@@ -30,6 +30,7 @@ from pneumo.labels import PNEUMONIA, SUBTYPE_INDEX, TASK_CLASSES
 from pneumo.probability import pneumonia_log_odds
 from pneumo.training.augment import augment_batch, lung_field, normalize_batch
 from pneumo.training.cache import build_cache
+from pneumo.training.consistency import pair_divergence, with_twins
 from pneumo.training.models import create_model, resolve_pretrained, set_transfer_mode
 
 UNKNOWN_SUBTYPE = 3  # pneumonia whose subtype the file name does not tell: trains the binary head only
@@ -206,7 +207,9 @@ class PneumoModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
+        x, k, n = *with_twins(x, self.cfg.augment.context_consistency), len(y)
         logits, sub, _ = self.net.forward_all(self._inputs(x, train=True))
+        twins, logits, sub = logits[n:], logits[:n], (sub[:n] if sub is not None else None)
         weight = self.class_weights if self.class_weights.numel() else None
         target = y if self.cfg.task == "subtype" else (y > 0).long()
         loss = F.cross_entropy(logits, target, weight=weight, label_smoothing=self.cfg.label_smoothing)
@@ -214,6 +217,9 @@ class PneumoModule(L.LightningModule):
             sub_target = torch.where(y >= UNKNOWN_SUBTYPE, torch.full_like(y, -100), y)
             sub_loss = F.cross_entropy(sub, sub_target, label_smoothing=self.cfg.label_smoothing)
             loss = loss + self.cfg.subtype_weight * sub_loss
+        if k:  # a penalty on evidence outside the lungs (pneumo.training.consistency)
+            self.log("consistency_js", js := pair_divergence(logits[:k], twins), on_epoch=True, batch_size=k)
+            loss = loss + self.cfg.augment.context_consistency * js
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y), sync_dist=True)
         return loss
 
