@@ -483,7 +483,7 @@ def _train_folder(root: Path, bad: int) -> Path:
 def test_training_data_warns_records_and_fails_on_unreadable_images(tmp_path, caplog):
     pytest.importorskip("lightning")
     from pneumo.config import TrainConfig
-    from pneumo.training.train import MAX_SKIPPED_FRACTION, load_splits
+    from pneumo.training.splits import MAX_SKIPPED_FRACTION, load_splits
 
     root = _train_folder(tmp_path / "few", bad=1)
     cfg = TrainConfig(data_dir=root, out=tmp_path / "run", arch="cnn-small", image_size=32, cache_dir=tmp_path / "c")

@@ -131,7 +131,8 @@ def test_training_sees_what_inference_feeds(binary_run, monkeypatch):
 
     from pneumo.imaging import load_image
     from pneumo.preprocess import to_input
-    from pneumo.training.train import CachedImages, PneumoModule, load_splits
+    from pneumo.training.splits import load_splits
+    from pneumo.training.train import CachedImages, PneumoModule
 
     pre = load_model_file(binary_run).meta.preprocessing
     cfg = TrainConfig.load(binary_run / "config.yaml")
@@ -273,7 +274,7 @@ def test_targets_per_task_in_the_loaded_splits(tmp_path):
     """What each task trains on, read from the file names by load_splits: 0/1 for the binary task; 0/1/2
     (normal/bacterial/viral) for the subtype task, without a pneumonia image whose name tells no subtype; and with
     a subtype head 3 for that image, which still trains the binary head."""
-    from pneumo.training.train import load_splits
+    from pneumo.training.splits import load_splits
 
     data = make_dataset(tmp_path / "data", n=8)
     Image.fromarray(np.full((48, 48), 128, np.uint8)).save(data / "PNEUMONIA" / "scan-from-elsewhere.png")
@@ -431,3 +432,40 @@ def test_block_split_validation_reports_each_block(binary_run, dataset, tmp_path
     assert sum(b.n for b in blocks.per_block.values()) == sum(r.split == "val" for r in read_split_csv(split))
     worst = blocks.worst_specificity
     assert worst.value == min(b.specificity for b in blocks.per_block.values() if b.n_pneumonia == 0)
+
+
+def test_without_a_split_csv_validation_holds_out_acquisition_blocks(tmp_path, caplog):
+    """`pneumo train` without --split carves validation as `pneumo data split` does: whole blocks of each
+    patient-numbering sequence by default (names outside every sequence at random, with a warning), at random by
+    patient with split_by: patient; a run recorded before split_by existed was split at random and is read so."""
+    from pneumo.config import TrainConfig
+    from pneumo.data import block_split, scan_dataset, split_dataset
+    from pneumo.training.splits import load_splits, recorded_split
+
+    data = make_dataset(tmp_path / "data", n=20)
+    records = scan_dataset(data).training_records()
+
+    def val_of(sides):
+        return sorted(str(r.path) for r, s in zip(records, sides, strict=True) if s == "val")
+
+    by_blocks = block_split(records, val_fraction=0.25, n_blocks=3, seed=0)
+    at_random = split_dataset(records, val_fraction=0.25, seed=0)
+    assert val_of(by_blocks.splits) != val_of(at_random), "the test needs two different splits"
+    _, val, summary = load_splits(_cfg(data, tmp_path / "run", tmp_path / "cache"))
+    assert sorted(val.paths) == val_of(by_blocks.splits)
+    assert summary["split_method"] == "acquisition blocks" and all(val.blocks)
+    assert "acquisition blocks" in summary["split"]
+    _, val, summary = load_splits(_cfg(data, tmp_path / "run", tmp_path / "cache", split_by="patient"))
+    assert sorted(val.paths) == val_of(at_random) and summary["split_method"] == "random by patient"
+
+    old = _cfg(data, tmp_path / "run", tmp_path / "cache").model_dump(mode="json")
+    old.pop("split_by")  # a config.yaml written before split_by existed
+    _, val, _ = load_splits(TrainConfig.resolve(recorded_split(old)))
+    assert sorted(val.paths) == val_of(at_random)
+    assert recorded_split({"split_csv": "s.csv"}) == {"split_csv": "s.csv"}
+    assert recorded_split({"split_by": "blocks"}) == {"split_by": "blocks"}
+
+    Image.fromarray(np.full((48, 48), 128, np.uint8)).save(data / "NORMAL" / "scan-from-elsewhere.png")
+    with caplog.at_level("WARNING", logger="pneumo.training.splits"):
+        load_splits(_cfg(data, tmp_path / "run", tmp_path / "cache"))
+    assert "1 of 41 images" in caplog.text and "AT RANDOM" in caplog.text

@@ -45,6 +45,8 @@ class TrainDefaults:
     balance: Balance = "weights"
     transfer: Transfer = "full"
     val_fraction: float = 0.1
+    split_by: SplitBy = "blocks"  # without a split CSV: hold out acquisition blocks, as `pneumo data split`
+    split_blocks: int = 3
     seed: int = 0
     target_sensitivity: float = 0.98
     target_specificity: float = 0.90

@@ -13,7 +13,7 @@ from pydantic import AliasChoices, BaseModel, Field, model_validator
 
 from pneumo.atomic import write_text
 from pneumo.choices import TRAIN_DEFAULTS as D
-from pneumo.choices import Balance, Normalization, Task, ThresholdRule, Transfer
+from pneumo.choices import Balance, Normalization, SplitBy, Task, ThresholdRule, Transfer
 from pneumo.evaluation.calibration import OperatingRule
 from pneumo.modelfile import Preprocessing
 
@@ -106,6 +106,12 @@ class TrainConfig(BaseModel):
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     val_fraction: float = D.val_fraction
+    split_by: SplitBy = Field(
+        default=D.split_by,
+        description="without split_csv, how validation is carved: blocks (whole acquisition periods of each "
+        "patient-numbering sequence, as `pneumo data split`) or patient (at random by patient)",
+    )
+    split_blocks: int = Field(default=D.split_blocks, ge=1, le=20, description="blocks per sequence (split_by: blocks)")
     split_csv: Path | None = Field(default=None, description="a split written by `pneumo data split`")
     max_train_images: int | None = Field(default=None, description="subsample training images (quick runs)")
     seed: int = D.seed
@@ -145,10 +151,14 @@ class TrainConfig(BaseModel):
         write_text(path, yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
 
     @classmethod
-    def resolve(cls, config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-        """A config file (or the defaults) with ``overrides`` on top; ``None`` values override nothing, and an
-        ``augment`` mapping updates the file's augmentation field by field."""
-        base = cls._read(config_file) if config_file else {}
+    def resolve(
+        cls, config_file: Path | dict[str, Any] | None = None, overrides: dict[str, Any] | None = None
+    ) -> TrainConfig:
+        """A config file or mapping (or the defaults) with ``overrides`` on top; ``None`` values override nothing,
+        and an ``augment`` mapping updates the file's augmentation field by field."""
+        base = (
+            dict(config_file) if isinstance(config_file, dict) else cls.read_mapping(config_file) if config_file else {}
+        )
         given = {k: v for k, v in (overrides or {}).items() if v is not None}
         if isinstance(given.get("augment"), dict):
             given["augment"] = {**dict(base.get("augment") or {}), **given["augment"]}
@@ -156,10 +166,10 @@ class TrainConfig(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
-        return cls.model_validate(cls._read(path))
+        return cls.model_validate(cls.read_mapping(path))
 
     @staticmethod
-    def _read(path: Path) -> dict[str, Any]:
+    def read_mapping(path: Path) -> dict[str, Any]:
         """A config file's mapping: a whole dumped config or a recipe naming only what differs from the defaults."""
         data = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(data, dict):

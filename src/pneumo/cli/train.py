@@ -16,6 +16,7 @@ from pneumo.cli.common import (
     Normalization,
     OutOpt,
     Rule,
+    SplitBy,
     Task,
     Transfer,
     _default,
@@ -27,7 +28,9 @@ from pneumo.errors import InputError
 
 
 def train(
-    data_dir: Annotated[Path, typer.Argument(help="Dataset root (the train split is used; val is carved by patient)")],
+    data_dir: Annotated[
+        Path, typer.Argument(help="Dataset root (its train split; without --split validation is carved from it)")
+    ],
     out_dir: OutOpt,
     arch: Annotated[str | None, typer.Option(help="Architecture (see `pneumo models`)" + _td("arch"))] = None,
     task: Annotated[Task | None, typer.Option(help="What the model predicts" + _td("task"))] = None,
@@ -54,6 +57,13 @@ def train(
     split: Annotated[Path | None, typer.Option(help="Split CSV from `pneumo data split`")] = None,
     val_fraction: Annotated[
         float | None, typer.Option(help="Validation share when no --split" + _td("val_fraction"))
+    ] = None,
+    split_by: Annotated[
+        SplitBy | None,
+        typer.Option(
+            help="Without --split: hold out acquisition blocks (as `pneumo data split`) or patients at random"
+            + _td("split_by")
+        ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed" + _td("seed"))] = None,
     target_sensitivity: Annotated[

@@ -24,7 +24,7 @@ from pneumo.inference import Predictor
 from pneumo.modelfile import ModelFile, ModelMeta, load_model_file, public_meta_json, save_model_file, without_paths
 from pneumo.preprocess import to_input
 from pneumo.training.finalize import _onnx_ms_per_image, fit_operating_point, validation_checks
-from pneumo.training.train import load_splits
+from pneumo.training.splits import load_splits, recorded_split
 
 AVERAGED = ("logits", "subtype_logits", "cam")  # outputs the ensemble averages; "features" come from member 0
 
@@ -110,7 +110,7 @@ def build_ensemble(
     provisional = ModelFile(meta=first.model_copy(update={"temperature": 1.0, "calibration_bias": 0.0}), onnx=merged)
     predictor = Predictor(provisional)
 
-    recorded = dict(first.training.get("config") or {})
+    recorded = recorded_split(dict(first.training.get("config") or {}))
     cfg = TrainConfig.model_validate(
         {
             **recorded,

@@ -10,7 +10,8 @@ from pneumo.config import TrainConfig
 from pneumo.labels import TASK_CLASSES
 from pneumo.training.finalize import finalize_run
 from pneumo.training.models import create_model
-from pneumo.training.train import checkpoint_net_state, load_splits
+from pneumo.training.splits import load_splits, recorded_split
+from pneumo.training.train import checkpoint_net_state
 
 
 def refinalize(run: Path, target_sensitivity: float | None = None, **operating: Any) -> Path:
@@ -20,7 +21,7 @@ def refinalize(run: Path, target_sensitivity: float | None = None, **operating: 
     trained or has been moved or copied since; ``config.yaml`` keeps what it was trained with."""
     run = Path(run)
     given = {"target_sensitivity": target_sensitivity, **operating}
-    cfg = TrainConfig.resolve(run / "config.yaml", {**given, "out": run})
+    cfg = TrainConfig.resolve(recorded_split(TrainConfig.read_mapping(run / "config.yaml")), {**given, "out": run})
     ckpts = [run / "checkpoints" / n for n in ("best.ckpt", "last.ckpt")]
     ckpt = next((c for c in ckpts if c.is_file()), None)
     if ckpt is None:

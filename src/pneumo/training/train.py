@@ -7,7 +7,6 @@ memory map and augments whole batches, so both CPU cores go to the network.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 from collections.abc import Sequence
@@ -23,17 +22,15 @@ from torchmetrics.classification import BinaryAUROC
 
 from pneumo import atomic
 from pneumo.config import TrainConfig
-from pneumo.data import SplitData, patient_number, read_split_csv, scan_dataset, split_dataset
-from pneumo.errors import DataError
+from pneumo.data import SplitData, patient_number
 from pneumo.evaluation.shifts import TRAINING_CHECKS
-from pneumo.labels import PNEUMONIA, SUBTYPE_INDEX, TASK_CLASSES
+from pneumo.labels import TASK_CLASSES
 from pneumo.probability import pneumonia_log_odds
 from pneumo.training.augment import augment_batch, lung_field, normalize_batch
-from pneumo.training.cache import build_cache
 from pneumo.training.consistency import pair_divergence, with_twins
 from pneumo.training.models import create_model, resolve_pretrained, set_transfer_mode
+from pneumo.training.splits import UNKNOWN_SUBTYPE, load_splits, task_targets
 
-UNKNOWN_SUBTYPE = 3  # pneumonia whose subtype the file name does not tell: trains the binary head only
 MONITOR = "val_auc_worst"  # clean validation rewards the framing shortcut; the worst of the checks does not
 
 
@@ -55,107 +52,6 @@ class CachedImages(torch.utils.data.Dataset):
         j = int(self.indices[i])
         stack = np.stack([np.asarray(self.split.images[j]), *(c[j] for c in self.copies)])
         return torch.from_numpy(stack), int(self.split.targets[j])
-
-
-def _targets(labels: list[str], subtypes: list[str], task: str, subtype_head: bool = False) -> np.ndarray:
-    """Class indices: 0/1 for the binary task; 0/1/2 (normal/bacterial/viral) for the subtype task and for the
-    binary task with a subtype head (then also 3 = pneumonia of unknown subtype); -1 = unusable for the task."""
-    if task == "binary" and not subtype_head:
-        return np.array([int(lbl.upper() == PNEUMONIA) for lbl in labels], dtype=np.int64)
-    unknown = UNKNOWN_SUBTYPE if task == "binary" else -1
-    pairs = zip(labels, subtypes, strict=True)
-    return np.array([0 if lbl.upper() != PNEUMONIA else SUBTYPE_INDEX.get(s, unknown) for lbl, s in pairs])
-
-
-def task_targets(targets: np.ndarray, task: str) -> np.ndarray:
-    """What the main head is trained on: the class index for the subtype task, pneumonia or not otherwise."""
-    return targets if task == "subtype" else (targets > 0).astype(targets.dtype)
-
-
-def load_splits(cfg: TrainConfig) -> tuple[SplitData, SplitData, dict]:
-    """Scan, split by patient (or read ``cfg.split_csv``) and decode both splits into the cache."""
-    ds = scan_dataset(cfg.data_dir)
-    records = ds.training_records()
-    if not records:
-        raise DataError(f"{cfg.data_dir}: no images found (expected NORMAL/ and PNEUMONIA/ folders)")
-    block_of: dict[str, str] = {}
-    if cfg.split_csv:
-        rows = read_split_csv(cfg.split_csv)
-        by_rel = {row.path: row.split for row in rows}
-        block_of = {row.path: row.block for row in rows if row.block}
-        splits = [by_rel.get(r.rel, "unused") for r in records]
-        if "val" not in splits:
-            raise DataError(
-                f"{cfg.split_csv}: no validation image of it is under {cfg.data_dir} "
-                "(make the split with `pneumo data split` on the same folder you train on)"
-            )
-    else:
-        splits = split_dataset(records, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    out = []
-    skipped: list[tuple[str, str]] = []  # (path relative to the dataset root, reason) of unreadable images
-    n_decoded = 0
-    for name in ("train", "val"):
-        recs = [r for r, s in zip(records, splits, strict=True) if s == name]
-        if name == "train" and cfg.max_train_images and len(recs) > cfg.max_train_images:
-            keep = np.random.default_rng(cfg.seed).choice(len(recs), cfg.max_train_images, replace=False)
-            recs = [recs[i] for i in sorted(keep)]
-        cache = build_cache([r.path for r in recs], cfg.image_size, cfg.cache_dir)
-        skipped += [(recs[i].rel, cache.reason(i)) for i in np.flatnonzero(~np.asarray(cache.ok))]
-        n_decoded += len(recs)
-        targets = _targets([r.label for r in recs], [r.subtype for r in recs], cfg.task, cfg.subtype_head)
-        ok = np.asarray(cache.ok) & (targets >= 0)
-        idx = np.flatnonzero(ok)
-        out.append(
-            SplitData(
-                images=cache.images[idx] if not ok.all() else cache.images,
-                targets=targets[idx],
-                paths=[str(recs[i].path) for i in idx],
-                subtypes=[recs[i].subtype for i in idx],
-                blocks=[block_of.get(recs[i].rel, "") for i in idx] if block_of else [],
-            )
-        )
-    train, val = out
-    _check_skipped(skipped, n_decoded)
-    summary = {
-        # the dataset's folder name and counts, never a path of the training machine
-        "dataset": Path(cfg.data_dir).resolve().name,
-        "train_images": len(train.targets),
-        "val_images": len(val.targets),
-        "train_class_counts": np.bincount(task_targets(train.targets, cfg.task)).tolist(),
-        "val_class_counts": np.bincount(task_targets(val.targets, cfg.task)).tolist(),
-        "val_patients": len({r.patient_id for r, s in zip(records, splits, strict=True) if s == "val"}),
-        "split": Path(cfg.split_csv).name if cfg.split_csv else f"patient-grouped, val_fraction={cfg.val_fraction}",
-        "split_method": "acquisition blocks" if block_of else "random by patient",
-        "skipped_files": {"count": len(skipped), "files": [rel for rel, _ in skipped[:MAX_SKIPPED_LISTED]]},
-    }
-    return train, val, summary
-
-
-# Above this share of unreadable images the folder is more likely wrong or damaged than a few files bad.
-MAX_SKIPPED_FRACTION = 0.02
-MAX_SKIPPED_LISTED = 1000  # names recorded in the model's metadata (the count is always exact)
-
-
-def _check_skipped(skipped: list[tuple[str, str]], n_images: int) -> None:
-    """Warn about unreadable images (count and the first reasons); fail above :data:`MAX_SKIPPED_FRACTION`."""
-    if not skipped:
-        return
-    first = "; ".join(f"{rel}: {why}" for rel, why in skipped[:3])
-    share = len(skipped) / max(1, n_images)
-    if share > MAX_SKIPPED_FRACTION:
-        raise DataError(
-            f"{len(skipped)} of {n_images} images ({share:.1%}) cannot be read, more than the "
-            f"{MAX_SKIPPED_FRACTION:.0%} training tolerates (first: {first}); "
-            "`pneumo data inspect --verify` lists them all"
-        )
-    logging.getLogger("pneumo.training.train").warning(
-        "warning: skipping %d unreadable image%s of %d (%s%s)",
-        len(skipped),
-        "" if len(skipped) == 1 else "s",
-        n_images,
-        first,
-        "; ..." if len(skipped) > 3 else "",
-    )
 
 
 def balanced_indices(targets: np.ndarray, seed: int) -> np.ndarray:
