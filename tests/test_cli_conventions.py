@@ -79,6 +79,26 @@ def test_train_defaults_shown_are_the_configs():
 
 
 @pytest.mark.parametrize(
+    ("text", "says"),
+    [("epochz: 3\n", "epochz: Extra inputs are not permitted"),
+     ("augment:\n  context_swap: 0.8\n", "augment.context_swap: Extra inputs are not permitted"),
+     ("epochs: 0\n", "epochs: Input should be greater than or equal to 1"),
+     ("val_fraction: 1.5\n", "val_fraction: Input should be less than 1")],
+)  # fmt: skip
+def test_a_config_file_that_cannot_be_right_is_a_usage_error(text, says, tmp_path, capsys):
+    """A misspelt option or an impossible value in a --config file stops `pneumo train` with exit 2 and one line,
+    before any image is read: a typo never trains 30 minutes on a default."""
+    (tmp_path / "c.yaml").write_text(text)
+    assert (
+        main(["train", str(tmp_path / "no-data"), "-o", str(tmp_path / "run"), "--config", str(tmp_path / "c.yaml")])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert says in " ".join(err.split()) and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
     ("name", "option", "choices"),
     [("train", "--task", "binary|subtype"), ("train", "--balance", "weights|oversample|none"),
      ("train", "--transfer", "full|top|linear"), ("train", "--normalization", "equalize|none"),

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import AliasChoices, BaseModel, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from pneumo.atomic import write_text
 from pneumo.choices import TRAIN_DEFAULTS as D
@@ -20,6 +20,8 @@ from pneumo.modelfile import Preprocessing
 
 class AugmentConfig(BaseModel):
     """Ranges of the random transforms; a probability of 0 or a range of 0 switches one off."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not a silent default
 
     enabled: bool = True
     rotation_deg: float = 10.0
@@ -75,6 +77,8 @@ class AugmentConfig(BaseModel):
 class TrainConfig(BaseModel):
     """Everything that determines a training run."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt option in a config file is an error, not a silent default
+
     data_dir: Path
     out: Path
     arch: str = D.arch
@@ -83,19 +87,19 @@ class TrainConfig(BaseModel):
     subtype_weight: float = Field(default=1.0, gt=0.0, le=100.0, description="the subtype head's loss weight")
     pretrained: bool | None = Field(default=None, description="ImageNet weights; None: when the arch ships them")
     transfer: Transfer = D.transfer
-    image_size: int = D.image_size
+    image_size: int = Field(default=D.image_size, ge=32, le=1024)
     normalization: Normalization = D.normalization
     content_scales: list[float] = Field(
         default_factory=list,
         validation_alias=AliasChoices("content_scales", "tta"),  # "tta" in configs written before the rename
         description="test-time content scales recorded in the model file",
     )
-    epochs: int = D.epochs
-    batch_size: int = D.batch_size
-    lr: float = D.lr
-    weight_decay: float = 1e-4
-    dropout: float = 0.2
-    label_smoothing: float = 0.05
+    epochs: int = Field(default=D.epochs, ge=1)
+    batch_size: int = Field(default=D.batch_size, ge=1)
+    lr: float = Field(default=D.lr, gt=0.0)
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(default=0.05, ge=0.0, lt=1.0)
     balance: Balance = D.balance
     recency: float = Field(
         default=0.0,
@@ -105,7 +109,7 @@ class TrainConfig(BaseModel):
         "1 + recency times as often as the earliest, as many in all; 0: each once",
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    val_fraction: float = D.val_fraction
+    val_fraction: float = Field(default=D.val_fraction, gt=0.0, lt=1.0)
     split_by: SplitBy = Field(
         default=D.split_by,
         description="without split_csv, how validation is carved: blocks (whole acquisition periods of each "
@@ -124,14 +128,14 @@ class TrainConfig(BaseModel):
         description="worst_case: the largest margin to both targets in the worst framing condition; pooled: the "
         "highest threshold with target_sensitivity on validation pooled with its checked copies",
     )
-    patience: int = D.patience
-    devices: int = D.devices
-    num_nodes: int = D.num_nodes
+    patience: int = Field(default=D.patience, ge=0)
+    devices: int = Field(default=D.devices, ge=1)
+    num_nodes: int = Field(default=D.num_nodes, ge=1)
     strategy: str = D.strategy
-    threads: int | None = None
+    threads: int | None = Field(default=None, ge=1)
     name: str | None = None
     cache_dir: Path | None = None
-    domain_quantile: float = 0.98
+    domain_quantile: float = Field(default=0.98, gt=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _one_resampling(self) -> TrainConfig:

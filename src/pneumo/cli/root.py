@@ -37,7 +37,7 @@ def _error_line(exc: Exception) -> tuple[str, int] | None:
     pydantic = sys.modules.get("pydantic")  # a ValidationError comes from a loaded pydantic: never import it here
     if pydantic is not None and isinstance(exc, pydantic.ValidationError):  # an invalid config: its first complaint
         first = exc.errors()[0]
-        return f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']}", 1
+        return f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']}", 2  # a usage error, as ConfigError
     return None
 
 
