@@ -389,8 +389,11 @@ def test_server_falls_back_with_a_note_when_torch_is_missing(old_model_file, mon
 def test_occlusion_is_the_default_and_methods_are_named():
     predictor = Predictor(build_model_file(_net(), _meta(), {}))
     assert METHODS[0] == "occlusion" and HeatMapper(predictor).method == "occlusion"
-    assert "log-odds" in HeatMapper(predictor).scale and "own maximum" in HeatMapper(predictor, CAM).scale
-    assert "lowers the log-odds by 0.15" in HeatMapper(predictor).empty and HeatMapper(predictor, CAM).empty is None
+    # The captions speak of odds: a drop of 1 in log-odds (the top of the scale) multiplies the odds by 1/e (-63 %),
+    # the transparent floor's 0.15 by exp(-0.15) (-14 %).
+    assert "lowers the odds of pneumonia by 63 % or more" in HeatMapper(predictor).scale
+    assert "own maximum" in HeatMapper(predictor, CAM).scale
+    assert "by less than 14 %" in HeatMapper(predictor).empty and HeatMapper(predictor, CAM).empty is None
     with pytest.raises(ValueError, match="unknown heat-map method"):
         HeatMapper(predictor, "lime")
 

@@ -30,6 +30,7 @@ The colour map and the overlay's opacity live here too, so every picture of a he
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -52,7 +53,19 @@ OCCLUSION, CAM = METHODS = HEAT_METHODS  # the heat-map methods a HeatMapper off
 ALPHA_FLOOR = 0.15
 ALPHA_MAX = 0.55
 # An occlusion map whose peak stays under ALPHA_FLOOR draws nothing; every picture of one says why, in these words.
-EMPTY_MAP = f"nothing drawn: no region lowers the log-odds by {ALPHA_FLOOR * FULL_SCALE:g}"
+# Said in odds, not log-odds: hiding a region that lowers the log-odds by ALPHA_FLOOR * FULL_SCALE (0.15) divides the
+# odds by exp(0.15) = 1.16, i.e. lowers them by 14 %.
+
+
+def odds_drop(log_odds: float) -> int:
+    """A drop in log-odds as the percentage by which it lowers the odds (what a caption can say)."""
+    return round(100 * (1 - math.exp(-log_odds)))
+
+
+EMPTY_MAP = (
+    "nothing drawn: no single region carries the result (hiding any one lowers the odds of pneumonia by less than "
+    f"{odds_drop(ALPHA_FLOOR * FULL_SCALE)} %)"
+)
 
 # matplotlib's "jet" (its ``_jet_data`` segments), interpolated continuously: the serve path has no matplotlib.
 _JET = (
@@ -156,7 +169,7 @@ class HeatMapper:
     def scale(self) -> str:
         """What the top of the colour scale means, in words (for a caption)."""
         if self.kind == OCCLUSION:
-            return f"dark red = hiding it drops the pneumonia log-odds by >= {FULL_SCALE:g}"
+            return f"dark red = hiding it lowers the odds of pneumonia by {odds_drop(FULL_SCALE)} % or more"
         return "dark red = this image's hottest cell (each map scaled to its own maximum)"
 
     @property
