@@ -39,7 +39,17 @@ import numpy as np
 from pneumo.evaluation.robustness import lung_checks
 from pneumo.evaluation.run import binary_targets, select_records
 from pneumo.explain.cam import ALPHA_FLOOR, CAM, METHODS, OCCLUSION, HeatMapper
-from pneumo.explain.occlusion import BLUR, FLOOR, FULL_SCALE, MEAN, OcclusionGrid, evidence, filler
+from pneumo.explain.occlusion import (
+    BLUR,
+    FLOOR,
+    FULL_SCALE,
+    MEAN,
+    NORMAL,
+    OcclusionGrid,
+    evidence,
+    filler,
+    normal_reference,
+)
 from pneumo.imaging import load_image, resize_map
 from pneumo.inference import Predictor
 from pneumo.lungs import LungMaskError, LungSource, hottest_inside, mass_inside
@@ -59,7 +69,20 @@ VARIANTS = {
     "ms16-blur": ((OcclusionGrid(8, 1), OcclusionGrid(8, 2)), BLUR),
     "fact8": ("factorial", MEAN),
     "fact8-blur": ("factorial", BLUR),
+    # the normal filler from the split's NORMAL training rows (--data, --split): their mean image, or 4 of them
+    "occ16-normal": ((OcclusionGrid(8, 1),), (NORMAL, 0)),
+    "occ16-normal4": ((OcclusionGrid(8, 1),), (NORMAL, 4)),
 }
+_REFERENCE_ROWS: list = []  # the split's NORMAL training rows, set by main() when --data and --split are given
+
+
+def split_reference(predictor: Predictor, samples: int) -> np.ndarray:
+    """The normal filler for ``predictor`` from the split's NORMAL training rows (what finalisation would write)."""
+    if not _REFERENCE_ROWS:
+        raise SystemExit("the occ16-normal variants need --data and --split (their NORMAL training rows)")
+    size = predictor.size
+    images = np.stack([np.round(load_image(p, size, name=str(p)) * 255).astype(np.uint8) for p in _REFERENCE_ROWS])
+    return normal_reference(images, predictor.meta.preprocessing, samples=samples)
 
 
 def hadamard(n: int) -> np.ndarray:
@@ -98,6 +121,9 @@ def variant_evidence(predictor: Predictor, name: str):
     """image (at the input size) -> occlusion evidence of the variant ``name`` (:data:`VARIANTS`), ONNX only."""
     grids, fill = VARIANTS[name]
     meta, session = predictor.meta, predictor.session
+    reference = None
+    if isinstance(fill, tuple):
+        fill, reference = fill[0], split_reference(predictor, fill[1])
 
     def run(batch):
         return session.run(["logits"], {"image": batch})[0]
@@ -106,7 +132,7 @@ def variant_evidence(predictor: Predictor, name: str):
         x = to_input([image], meta.preprocessing)[0]
         if grids == "factorial":
             return factorial_evidence(run, x, meta.temperature, meta.calibration_bias, fill=fill)
-        return evidence(run, x, meta.temperature, meta.calibration_bias, list(grids), fill=fill)
+        return evidence(run, x, meta.temperature, meta.calibration_bias, list(grids), fill=fill, reference=reference)
 
     return evidence_of
 
@@ -213,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     except LungMaskError as exc:
         print(f"no atlas: {exc}", file=sys.stderr)
         atlas = None
+    if args.split:
+        train_rows, _ = select_records(args.data, "train", args.split)
+        _REFERENCE_ROWS[:] = [r.path for r in train_rows if r.label == "NORMAL"]
     for folder in args.folder:
         recs, _ = select_records(folder)
         paths, y = [r.path for r in recs], binary_targets(recs, folder)

@@ -8,7 +8,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pneumo.explain.occlusion import BLUR, FLOOR, FULL_SCALE, MEAN, OcclusionGrid, evidence, filler, heat
+from pneumo.explain.occlusion import (
+    BLUR,
+    FLOOR,
+    FULL_SCALE,
+    MEAN,
+    NORMAL,
+    OcclusionGrid,
+    evidence,
+    filler,
+    heat,
+    normal_reference,
+)
 
 SIZE = 64
 
@@ -228,3 +239,87 @@ def test_blurred_filler_keeps_local_brightness_and_drops_less_than_flat_grey():
     assert 0 < soft.max() < flat.max()
     with pytest.raises(ValueError, match="unknown occlusion filler"):
         filler(x, "noise")
+
+
+def test_normal_filler_replaces_each_window_by_the_reference_there():
+    """With the ``"normal"`` filler a window is filled with what the reference shows there: on the linear stand-in
+    the drop of the window on the region is weight x (image mean there - reference mean there), and a region where
+    the image already looks like the reference gives no evidence."""
+    x = _image()
+    reference = np.random.default_rng(5).normal(0.0, 0.3, (SIZE, SIZE)).astype(np.float32)
+    np.testing.assert_array_equal(filler(x, NORMAL, reference), reference[None])
+    cell = (slice(16, 32), slice(32, 48))
+    drops = evidence(_linear_run(cell), x, floor=None, grid=OcclusionGrid(4, 1), fill=NORMAL, reference=reference)
+    assert drops[1, 2] == pytest.approx(4.0 * (x[0][cell].mean() - reference[cell].mean()), rel=1e-5)
+    assert np.count_nonzero(drops) == 1
+    same = evidence(_linear_run(cell), x, floor=None, grid=OcclusionGrid(4, 1), fill=NORMAL, reference=x[0])
+    assert np.all(same == 0.0)  # an image equal to the reference: hiding any region changes nothing
+    for bad in (None, reference[:-1]):
+        with pytest.raises(ValueError, match="normal filler needs a reference of 64x64"):
+            evidence(_linear_run(cell), x, fill=NORMAL, reference=bad)
+
+
+def test_normal_reference_is_the_mean_normal_image_as_the_network_sees_it(monkeypatch):
+    """The mean of the images through the network's input transform (histogram equalisation, mean / std), the
+    same whether computed in one batch or several."""
+    from pneumo.explain import occlusion
+    from pneumo.modelfile import Preprocessing
+    from pneumo.preprocess import to_input
+
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (7, 16, 16), dtype=np.uint8)
+    pre = Preprocessing(image_size=16)
+    want = to_input(list(images), pre)[:, 0].astype(np.float64).mean(0)
+    monkeypatch.setattr(occlusion, "REFERENCE_IMAGES", 3)  # three batches: 3 + 3 + 1
+    got = normal_reference(images, pre, samples=0)
+    assert got.shape == (1, 16, 16) and got.dtype == np.float32
+    np.testing.assert_allclose(got[0], want, atol=1e-6)
+    some = normal_reference(images, pre, samples=3, seed=1)  # three of the images themselves, as the network sees them
+    assert some.shape == (3, 16, 16)
+    inputs = to_input(list(images), pre)[:, 0]
+    assert all(any(np.allclose(s, i) for i in inputs) for s in some) and len({s.tobytes() for s in some}) == 3
+    with pytest.raises(ValueError, match="no normal training image"):
+        normal_reference(images[:0], pre)
+
+
+def test_several_references_give_the_mean_of_their_maps():
+    x, cell = _image(), (slice(16, 32), slice(32, 48))
+    refs = np.random.default_rng(6).normal(0.0, 0.3, (3, SIZE, SIZE)).astype(np.float32)
+    each = [evidence(_linear_run(cell), x, floor=None, fill=NORMAL, reference=r) for r in refs]
+    both = evidence(_linear_run(cell), x, floor=None, fill=NORMAL, reference=refs)
+    np.testing.assert_allclose(both, np.mean(each, axis=0), atol=1e-6)
+    assert np.abs(each[0] - each[1]).max() > 1e-3
+
+
+def test_mapper_fills_with_the_model_files_reference(tiny_model, tmp_path):
+    """A model file with an occlusion reference is mapped with the normal filler, one without it with mean grey;
+    a reference that is not input size x input size floats is refused when the file loads."""
+    from pneumo.errors import ModelFileError
+    from pneumo.explain.cam import HeatMapper
+    from pneumo.inference import Predictor
+    from pneumo.modelfile import OCCLUSION_REFERENCE, load_model_file, save_model_file
+    from pneumo.preprocess import to_input
+
+    model = load_model_file(tiny_model)
+    size = model.meta.preprocessing.image_size
+    rng = np.random.default_rng(4)
+    reference = rng.normal(0.0, 0.5, (1, size, size)).astype(np.float32)
+    image = np.clip(0.4 + 0.2 * rng.standard_normal((size, size)), 0, 1).astype(np.float32)
+    with_ref = model.model_copy(update={"arrays": {**model.arrays, OCCLUSION_REFERENCE: reference}})
+    predictor = Predictor.load(save_model_file(tmp_path / "ref.pneumo", with_ref))
+    session, m = predictor.session, predictor.meta
+    x = to_input([image], m.preprocessing)[0]
+
+    def run(b):
+        return session.run(["logits"], {"image": b})[0]
+
+    want = evidence(run, x, m.temperature, m.calibration_bias, fill=NORMAL, reference=reference)
+    grey = evidence(run, x, m.temperature, m.calibration_bias, fill=MEAN)
+    np.testing.assert_allclose(HeatMapper(predictor).evidence(image), want, atol=1e-6)
+    assert np.abs(want - grey).max() > 1e-3, "the test needs the two fillers to differ"
+    np.testing.assert_allclose(HeatMapper(Predictor.load(tiny_model)).evidence(image), grey, atol=1e-6)
+    for bad in (reference[:, :, :-1], reference[0], reference.astype(np.int32), np.repeat(reference, 17, axis=0)):
+        broken = model.model_copy(update={"arrays": {**model.arrays, OCCLUSION_REFERENCE: bad}})
+        path = save_model_file(tmp_path / "bad.pneumo", broken)
+        with pytest.raises(ModelFileError, match=f"occlusion_reference .*not K x {size}x{size} floats"):
+            load_model_file(path)

@@ -114,6 +114,21 @@ def test_model_file_describes_itself(binary_run):
     assert mf.onnx and mf.weights
 
 
+def test_model_file_carries_the_mean_normal_training_image_for_the_heat_map(binary_run, dataset, cache_dir):
+    """The occlusion map's filler is the mean of the run's NORMAL training images (not validation, not pneumonia)
+    as the network sees them."""
+    from pneumo.explain.occlusion import normal_reference
+    from pneumo.modelfile import OCCLUSION_REFERENCE
+    from pneumo.training.splits import load_splits
+
+    mf = load_model_file(binary_run)
+    train, val, _ = load_splits(_cfg(dataset, binary_run.parent, cache_dir))
+    want = normal_reference(train.images[train.targets == 0], mf.meta.preprocessing)  # the default: the mean
+    np.testing.assert_allclose(mf.arrays[OCCLUSION_REFERENCE], want, atol=1e-6)
+    wrong = normal_reference(np.concatenate([train.images, val.images]), mf.meta.preprocessing)
+    assert np.abs(wrong - want).max() > 1e-3, "the test needs the normals-only mean to differ from the pooled one"
+
+
 def test_trained_model_predicts(binary_run, dataset):
     pred = Predictor.load(binary_run)
     files = sorted(dataset.rglob("*.png"))

@@ -38,11 +38,11 @@ from typing import Any
 import numpy as np
 
 from pneumo.choices import HEAT_METHODS
-from pneumo.explain.occlusion import FULL_SCALE, OcclusionGrid, evidence, heat
+from pneumo.explain.occlusion import FULL_SCALE, MEAN, NORMAL, OcclusionGrid, evidence, heat
 from pneumo.graph_names import CAM_OUTPUT
 from pneumo.imaging import resize_map
 from pneumo.inference import Predictor
-from pneumo.modelfile import ModelFile, ModelFileError, load_model_file
+from pneumo.modelfile import OCCLUSION_REFERENCE, ModelFile, ModelFileError, load_model_file
 from pneumo.preprocess import to_input
 
 OCCLUSION, CAM = METHODS = HEAT_METHODS  # the heat-map methods a HeatMapper offers; the first is the default
@@ -192,8 +192,10 @@ class HeatMapper:
         ``cells`` x ``cells``, the drop in calibrated pneumonia log-odds per cell, signed), on the unaltered view."""
         x = to_input([image], self.predictor.meta.preprocessing)[0]
         session, meta = self.predictor.session, self.predictor.meta
+        reference = self.predictor.model.arrays.get(OCCLUSION_REFERENCE)
+        fill = MEAN if reference is None else NORMAL  # model files finalised before the reference: mean grey
         return evidence(lambda b: session.run(["logits"], {"image": b})[0], x, meta.temperature,
-                        meta.calibration_bias, self.grid)  # fmt: skip
+                        meta.calibration_bias, self.grid, fill=fill, reference=reference)  # fmt: skip
 
     def raw_map(self, image: np.ndarray) -> np.ndarray:
         """The class activation map (h x w float32, before ReLU) of one image at the model's input size, on the

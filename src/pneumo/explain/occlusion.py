@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pneumo.imaging import resize_map
+from pneumo.preprocess import to_input
 from pneumo.probability import pneumonia_log_odds
 
 CELLS = 8  # evidence grid per side
@@ -50,8 +51,12 @@ SPAN = 1  # window side in cells: one cell (16 px at 128 px); measured better on
 # 2.0 most pneumonia maps would fall under the overlay's transparent floor.
 FULL_SCALE = 1.0
 FLOOR = 0.05  # P(pneumonia) below which the odds carry no evidence for pneumonia (see the module)
-MEAN, BLUR = "mean", "blur"
-FILLERS = (MEAN, BLUR)  # what fills a hidden window: the image's mean grey, or the image blurred (the default first)
+MEAN, BLUR, NORMAL = "mean", "blur", "normal"
+# What fills a hidden window: the image's mean grey, the image blurred, or the model file's reference (the mean normal
+# training image as the network sees it, :func:`normal_reference`; used whenever the model file has one).
+FILLERS = (MEAN, BLUR, NORMAL)
+REFERENCE_IMAGES = 256  # images per batch when the mean reference is computed (bounded memory)
+REFERENCE_SAMPLES = 0  # the model file's fillers: 0 = the mean normal image; K = K normal images (K runs per map)
 BLUR_PX = 8  # the blurred filler is the image at 1/8 of its side, scaled back up (bilinear)
 
 
@@ -108,11 +113,17 @@ class OcclusionGrid:
         return (total / count).astype(np.float32)
 
 
-def filler(x: np.ndarray, kind: str = MEAN) -> np.ndarray:
+def filler(x: np.ndarray, kind: str = MEAN, reference: np.ndarray | None = None) -> np.ndarray:
     """What fills a hidden window, for the network input ``x`` (1 x H x W): its mean grey everywhere (``"mean"``),
-    or ``x`` blurred (``"blur"``: shrunk to 1/:data:`BLUR_PX` of its side and scaled back up), which removes
-    texture and edges but keeps each region's brightness."""
+    ``x`` blurred (``"blur"``: shrunk to 1/:data:`BLUR_PX` of its side and scaled back up), which removes texture
+    and edges but keeps each region's brightness, or ``reference`` (``"normal"``: H x W, what a normal film shows
+    there on average, :func:`normal_reference`)."""
     x = np.asarray(x, dtype=np.float32)
+    if kind == NORMAL:
+        if reference is None or np.shape(reference) != x.shape[-2:]:
+            got = "none" if reference is None else "x".join(map(str, np.shape(reference)))
+            raise ValueError(f"the normal filler needs a reference of {x.shape[-2]}x{x.shape[-1]}, got {got}")
+        return np.asarray(reference, dtype=np.float32)[None]
     if kind == MEAN:
         return np.full_like(x, x.mean())
     if kind == BLUR:
@@ -130,19 +141,24 @@ def evidence(
     grid: OcclusionGrid | Sequence[OcclusionGrid] | None = None,
     floor: float | None = FLOOR,
     fill: str = MEAN,
+    reference: np.ndarray | None = None,
 ) -> np.ndarray:
     """The occlusion evidence of one image: float32, signed, the drop in calibrated pneumonia log-odds
     ``z / temperature + bias``, each side counted from the log-odds of ``floor`` up (None: no floor); positive
     where hiding the region lowers the odds. ``cells`` x ``cells`` for one grid; for several (multi-scale), on the
     finest grid, each cell the mean of its evidence on every grid (their cell counts must divide the finest's).
     ``x`` is its network input (1 x H x W); ``run(batch) -> logits`` is one ONNX session run over the whole batch;
-    ``fill`` is the filler (:data:`FILLERS`)."""
+    ``fill`` is the filler (:data:`FILLERS`; ``reference`` for ``"normal"``: H x W, or K x H x W for K reference
+    images, the evidence then the mean of each one's, at K network runs)."""
+    if fill == NORMAL and reference is not None and np.ndim(reference) == 3:  # several references: their mean
+        maps = [evidence(run, x, temperature, bias, grid, floor, fill, ref) for ref in np.asarray(reference)]
+        return np.mean(maps, axis=0).astype(np.float32)
     grids = [grid or OcclusionGrid()] if grid is None or isinstance(grid, OcclusionGrid) else list(grid)
     finest = max((g.cells for g in grids), default=0)
     if not grids or any(finest % g.cells for g in grids):
         raise ValueError(f"grids of {[g.cells for g in grids]} cells do not nest")
     x = np.asarray(x, dtype=np.float32)
-    patches = filler(x, fill)
+    patches = filler(x, fill, reference)
     batch = np.concatenate([x[None], *(g._windows(x, patches) for g in grids)])
     z = pneumonia_log_odds(np.asarray(run(batch))) / temperature + bias
     if floor is not None:
@@ -163,3 +179,22 @@ def heat(cells: np.ndarray, shape: tuple[int, int], full_scale: float = FULL_SCA
     odds. Bilinear between cell centres, so the grid does not show as blocks."""
     scaled = np.clip(np.asarray(cells, dtype=np.float32) / full_scale, 0.0, 1.0)
     return np.clip(resize_map(scaled, shape), 0.0, 1.0).astype(np.float32)
+
+
+def normal_reference(images: np.ndarray, preprocessing, samples: int | None = None, seed: int = 0) -> np.ndarray:
+    """The ``"normal"`` fillers of a model, K x H x W float32 as the network sees them (``images``: its NORMAL
+    training images, N x H x W uint8 at the input size, through :func:`pneumo.preprocess.to_input`). With ``samples``
+    0 the mean image (K = 1: a region replaced by it looks as an average normal film looks there); with ``samples``
+    K, K of the images drawn with ``seed`` (the map is then the mean over K plausible normal films, at K runs).
+    Default :data:`REFERENCE_SAMPLES`. Written into the model file by finalisation."""
+    samples = REFERENCE_SAMPLES if samples is None else samples
+    if len(images) == 0:
+        raise ValueError("no normal training image to average")
+    if samples > 0:
+        pick = np.sort(np.random.default_rng(seed).choice(len(images), min(samples, len(images)), replace=False))
+        return to_input(np.asarray(images[pick]), preprocessing)[:, 0].astype(np.float32)
+    total = None
+    for start in range(0, len(images), REFERENCE_IMAGES):
+        part = to_input(np.asarray(images[start : start + REFERENCE_IMAGES]), preprocessing)[:, 0].astype(np.float64)
+        total = part.sum(0) if total is None else total + part.sum(0)
+    return (total / len(images)).astype(np.float32)[None]

@@ -30,6 +30,9 @@ GUARD_ARRAYS: dict[str, tuple[str, ...]] = {
 }
 _GUARD_SCALING = {"domain_feature_mean": ("D",), "domain_feature_std": ("D",)}  # together, or neither (old files)
 _POSITIVE = ("domain_variances", "domain_scale", "domain_feature_std")
+# The occlusion map's fillers (pneumo.explain.occlusion.normal_reference): K x input size x input size, optional
+# (files finalised before it fill with mean grey).
+OCCLUSION_REFERENCE = "occlusion_reference"
 
 
 def read_npz(data: bytes, path: Path) -> dict[str, np.ndarray]:
@@ -111,6 +114,19 @@ def check_arrays(arrays: dict[str, np.ndarray], meta: ModelMeta, source: str | P
     for name, a in arrays.items():
         if a.dtype.kind not in _ARRAY_KINDS or not np.all(np.isfinite(a)):
             raise ModelFileError(f"{source}: {ARRAYS}: {name} holds values that are not finite numbers")
+    if OCCLUSION_REFERENCE in arrays:
+        size = meta.preprocessing.image_size
+        shape = arrays[OCCLUSION_REFERENCE].shape
+        if len(shape) != 3 or not 1 <= shape[0] <= 16 or shape[1:] != (size, size):
+            good = False
+        else:
+            good = arrays[OCCLUSION_REFERENCE].dtype.kind == "f"
+        if not good:
+            raise ModelFileError(
+                f"{source}: {ARRAYS}: {OCCLUSION_REFERENCE} has shape {'x'.join(map(str, shape)) or 'scalar'} "
+                f"({arrays[OCCLUSION_REFERENCE].dtype}), not K x {size}x{size} floats, K 1 to 16 (the input size; "
+                "damaged model file)"
+            )
     guard = meta.domain_guard
     if guard is None:
         return

@@ -32,8 +32,9 @@ from pneumo.evaluation.metrics import (
 )
 from pneumo.evaluation.shifts import FRAMING_CHECKS, TRAINING_CHECKS, checked_copies
 from pneumo.evaluation.summary import shift_summary
+from pneumo.explain.occlusion import normal_reference
 from pneumo.labels import TASK_CLASSES
-from pneumo.modelfile import ModelMeta, onnx_session, save_model_file, without_paths
+from pneumo.modelfile import OCCLUSION_REFERENCE, ModelMeta, onnx_session, save_model_file, without_paths
 from pneumo.modelfile.validation import VALIDATION_VERSION, BlockFigures, Validation
 from pneumo.probability import calibrated_probability, subtype_probabilities
 from pneumo.training.export import build_model_file
@@ -232,6 +233,8 @@ def finalize_run(
     pick = np.sort(rng.choice(len(train.targets), min(DOMAIN_FIT_IMAGES, len(train.targets)), replace=False))
     _, train_feats, _ = infer_batches(net, train.images[pick], preproc)
     guard, arrays = fit_domain_guard(train_feats, val_feats, quantile=cfg.domain_quantile)
+    if (train.targets == 0).any():  # the occlusion map's filler: what a normal film shows on average
+        arrays[OCCLUSION_REFERENCE] = normal_reference(train.images[np.flatnonzero(train.targets == 0)], preproc)
 
     meta = ModelMeta(
         name=cfg.name or f"pneumo-{cfg.arch}-{cfg.task}{'+subtype' if cfg.subtype_head else ''}",
