@@ -4,9 +4,10 @@
 methods (:data:`METHODS`):
 
 - ``"occlusion"`` (the default, :mod:`pneumo.explain.occlusion`): the drop in calibrated pneumonia log-odds when
-  each 16-px cell of an 8 x 8 grid is hidden under the image's mean grey, for any ONNX graph (no torch); 64 occluded
-  copies and the image itself in one network run per map. The scale is **absolute**: 1.0 (dark red, the top of the
-  colour scale) is a drop of :data:`pneumo.explain.occlusion.FULL_SCALE` (1.0) log-odds or more, e.g.
+  each 16-px cell of an 8 x 8 grid is replaced by the same region of the model file's four normal training films
+  (the mean over the four; the image's mean grey for model files without them), for any ONNX graph (no torch); 64
+  occluded copies and the image itself in one network run per filler. The scale is **absolute**: 1.0 (dark red,
+  the top of the colour scale) is a drop of :data:`pneumo.explain.occlusion.FULL_SCALE` (1.0) log-odds or more, e.g.
   P(pneumonia) 0.73 -> 0.5 when the region is hidden; 0.5 (yellow-green) is half of that; the overlay is
   transparent below ``ALPHA_FLOOR`` (0.15 of it). Odds are counted from P = 0.05 up
   (:data:`pneumo.explain.occlusion.FLOOR`), so an image called normal with P below 0.05 shows nothing; the map is

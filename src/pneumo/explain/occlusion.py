@@ -2,9 +2,10 @@
 
 The image is cut into a ``cells`` x ``cells`` grid (8 x 8 by default: 16-px cells at 128 px). A window of ``span``
 x ``span`` cells (one cell by default) slides over it one cell at a time, never past the frame, and each position
-is filled with the image's mean grey (in the network's input space, after the intensity normalisation, so the rest
-of the image is untouched); all the occluded copies and the image itself go through the model's ONNX session in one
-run. A window's evidence is the drop it causes in the **calibrated** pneumonia log-odds (``z / T + b``: the
+is filled (:data:`FILLERS`: the model file's normal films, or the image's mean grey; in the network's input space,
+after the intensity normalisation, so the rest of the image is untouched); all the occluded copies and the image
+itself go through the model's ONNX session in one run per filler.
+A window's evidence is the drop it causes in the **calibrated** pneumonia log-odds (``z / T + b``: the
 log-odds behind the probability ``pneumo predict`` reports, so the scale means the same for every model file),
 counted above the log-odds of P(pneumonia) = :data:`FLOOR` only: changes among odds that already say "clearly
 normal" are no evidence for pneumonia. A cell's evidence is the mean over the windows that cover it (one to
@@ -12,11 +13,18 @@ normal" are no evidence for pneumonia. A cell's evidence is the mean over the wi
 of its cell's evidence on each grid, in one network run; a blurred copy of the image can replace the flat grey
 (:data:`FILLERS`).
 
-The default (one 16-px window, flat grey) was chosen by measurement (``benchmarks/lung_maps.py --occlusion``, issue
-30, by a rule written before measuring): over four EfficientNet-Lite0 models, (mass + hottest point in the lungs)
-/ 2 on the pneumonia originals with their own masks was 0.369, against 0.359 with the blurred filler, 0.338 at an
-8-px stride, 0.298 with 32-px windows averaged in and 0.242 for a factorial design hiding half the cells at a time;
-on validation with the atlas it led too (0.578). An image the model is sure of can still give a map that draws
+A hidden window is filled with what a normal film shows there (``"normal"``): the model file carries four NORMAL
+training images as the network sees them (:func:`normal_reference`, written by finalisation), each window is
+filled from each in turn, and the evidence is the mean over the four (4 x 65 images through the network, about
+0.46 s per map on 2 cores). A region then shows in proportion to how far it departs from a normal film in a way
+the model reads as pneumonia. Flat grey, the filler of model files without the reference, made every region
+darker or brighter than grey look like evidence: a grey patch over a dark lung is itself opacity-like. Both were
+chosen by measurement (``benchmarks/lung_maps.py --occlusion``, issue 30, each time by a rule written before
+measuring): the 16-px window with flat grey over eight other layouts (over four models, (mass + hottest point in
+the lungs) / 2 on the pneumonia originals with their own masks 0.369, against 0.359 with a blurred filler, 0.338 at
+an 8-px stride, 0.298 with 32-px windows averaged in, 0.242 for a factorial design), then four normal images over
+flat grey and over the mean normal image (over five models 0.499 against 0.384 and 0.368; on block validation with
+the atlas 0.635 against 0.579 and 0.628). An image the model is sure of can still give a map that draws
 nothing (about one validation pneumonia map in seven): no single region moves its odds by 0.15, because its
 evidence is spread over many regions or repeated in several. The map then shows nothing rather than a peak
 made up by rescaling, and the caption says why (:attr:`pneumo.explain.cam.HeatMapper.empty`).
@@ -52,11 +60,15 @@ SPAN = 1  # window side in cells: one cell (16 px at 128 px); measured better on
 FULL_SCALE = 1.0
 FLOOR = 0.05  # P(pneumonia) below which the odds carry no evidence for pneumonia (see the module)
 MEAN, BLUR, NORMAL = "mean", "blur", "normal"
-# What fills a hidden window: the image's mean grey, the image blurred, or the model file's reference (the mean normal
-# training image as the network sees it, :func:`normal_reference`; used whenever the model file has one).
+# What fills a hidden window: the image's mean grey, the image blurred, or the model file's reference (NORMAL training
+# images as the network sees them, :func:`normal_reference`; used whenever the model file has them).
 FILLERS = (MEAN, BLUR, NORMAL)
 REFERENCE_IMAGES = 256  # images per batch when the mean reference is computed (bounded memory)
-REFERENCE_SAMPLES = 0  # the model file's fillers: 0 = the mean normal image; K = K normal images (K runs per map)
+# The model file's fillers: 0 = the mean normal image; K = K normal training images (K runs per map). 4, by the rule
+# written before measuring (docs/experiments.md, "The normal filler"): over five models, (mass + hottest point in the
+# lungs) / 2 on the pneumonia originals with their own masks was 0.499 with 4 normal images, 0.384 with mean grey
+# and 0.368 with the mean normal image, at 0.46 s per map on 2 cores.
+REFERENCE_SAMPLES = 4
 BLUR_PX = 8  # the blurred filler is the image at 1/8 of its side, scaled back up (bilinear)
 
 
