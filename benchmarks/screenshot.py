@@ -1,6 +1,7 @@
 """Remake the README's screenshots of the page: the real server and a real headless Chromium on 127.0.0.1.
 
-Uploads the first PNEUMONIA and the first NORMAL full-size X-ray of ../shared/data/chest_xray_fullres/val
+Uploads the first PNEUMONIA (or ``--pneumonia NAME``) and the first NORMAL full-size X-ray of
+../shared/data/chest_xray_fullres/val
 (``PNEUMO_SHARED_DATA`` overrides ../shared/data) and a noise image that the domain guard flags, with heat maps,
 waits for every result card, opens the first card's details and the "Model performance" panel, and writes a
 full-page PNG at a 1366 x 768 desktop window (``--out``) and at a 390 x 844 phone (``--phone-out``, the two
@@ -9,6 +10,7 @@ X-rays only). Needs Debian's Chromium at /usr/bin/chromium (``apt-get install ch
 10.17632/rscbjbr9sj, CC BY 4.0): credit them beside the pictures.
 
     python benchmarks/screenshot.py [--out docs/screenshot.png] [--phone-out docs/screenshot_phone.png] [--model M]
+        [--pneumonia person1947_bacteria_4876.jpeg]   # the README's pictures
 """
 
 from __future__ import annotations
@@ -38,9 +40,12 @@ def noise_image(path: Path, h: int = 320, w: int = 280) -> Path:
     return path
 
 
-def real_xrays(folder: Path) -> list[Path]:
-    """The first PNEUMONIA and the first NORMAL X-ray of ``folder``; exits with a message when they are absent."""
-    files = [next(iter(sorted((folder / c).glob("*.jpeg"))), None) for c in ("PNEUMONIA", "NORMAL")]
+def real_xrays(folder: Path, pneumonia: str | None = None) -> list[Path]:
+    """The first PNEUMONIA (or the one named ``pneumonia``) and the first NORMAL X-ray of ``folder``; exits with a
+    message when they are absent."""
+    first = [next(iter(sorted((folder / c).glob("*.jpeg"))), None) for c in ("PNEUMONIA", "NORMAL")]
+    named = folder / "PNEUMONIA" / pneumonia if pneumonia else None
+    files = [named if named is None or named.is_file() else None, first[1]] if pneumonia else first
     if None in files:
         raise SystemExit(
             f"error: no full-size X-rays in {folder}/PNEUMONIA and {folder}/NORMAL; "
@@ -88,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "--phone-out", type=Path, default=REPO / "docs" / "screenshot_phone.png", help="phone PNG to write"
     )
     parser.add_argument("--model", help="model file or run directory (default: the bundled model)")
+    parser.add_argument("--pneumonia", help="file name of the PNEUMONIA X-ray to show (default: the first)")
     args = parser.parse_args(argv)
 
     from pneumo.atomic import write_bytes
@@ -97,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not CHROMIUM.exists():
         raise SystemExit(f"error: no Chromium at {CHROMIUM}: apt-get install chromium")
-    files = real_xrays(FULLRES)
+    files = real_xrays(FULLRES, args.pneumonia)
     try:
         app = create_app(args.model)
     except ModelFileError as exc:
