@@ -114,3 +114,33 @@ def test_info_labels_what_each_figure_was_measured_on(capsys):
     assert any("by the worst-case rule" in ln for ln in lines), err
     assert any("image border hidden" in ln for ln in lines), err
     assert "other sites or periods" in err
+    # the bundled model's heat map fills hidden regions with its normal films (a model file without them: grey)
+    assert "heat map: occlusion, each hidden region filled with the same region of 4 normal training films" in err
+
+
+def test_bundled_heat_map_uses_its_normal_films():
+    """The bundled model carries the four normal training films its maps are made with, as the network sees them
+    (histogram-equalised, then normalised), and its maps of an original use them."""
+    import numpy as np
+
+    from pneumo.explain.cam import HeatMapper
+    from pneumo.explain.occlusion import NORMAL, evidence
+    from pneumo.inference import Predictor
+    from pneumo.modelfile import OCCLUSION_REFERENCE
+    from pneumo.preprocess import to_input
+
+    predictor = Predictor.load(None)
+    films = predictor.model.arrays[OCCLUSION_REFERENCE]
+    size, pre = predictor.size, predictor.meta.preprocessing
+    assert films.shape == (4, size, size) and len({f.tobytes() for f in films}) == 4
+    flat = to_input([np.linspace(0, 1, size * size).reshape(size, size)], pre)[0, 0]  # an equalised ramp's range
+    assert all(flat.min() - 1e-3 <= f.min() and f.max() <= flat.max() + 1e-3 for f in films)
+    image = np.clip(np.random.default_rng(0).normal(0.5, 0.2, (size, size)), 0, 1).astype(np.float32)
+    x = to_input([image], pre)[0]
+    m = predictor.meta
+
+    def run(b):
+        return predictor.session.run(["logits"], {"image": b})[0]
+
+    want = evidence(run, x, m.temperature, m.calibration_bias, fill=NORMAL, reference=films)
+    np.testing.assert_allclose(HeatMapper(predictor).evidence(image), want, atol=1e-6)

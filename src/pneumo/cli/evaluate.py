@@ -128,12 +128,15 @@ def info(model: ModelOpt = None) -> None:
 
     Example: pneumo info -m site.pneumo
     """
-    from pneumo.modelfile import read_meta
+    from pneumo.modelfile import heat_map_filler, load_model_file
 
-    meta = read_meta(model)
+    mf = load_model_file(model, parts=())
+    meta = mf.meta
     print(meta.model_dump_json(indent=2))
     for line in meta.figures_summary():
         err.print(line, highlight=False, soft_wrap=True)
+    filler = heat_map_filler(mf.arrays)
+    err.print(f"heat map: occlusion, each hidden region filled with {filler}", highlight=False, soft_wrap=True)
     if (site := meta.site) is not None:
         cv = site.cross_validated
         band = f"; REFER {site.refer.low:.3f}-{site.refer.high:.3f}" if site.refer else ""

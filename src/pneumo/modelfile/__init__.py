@@ -4,7 +4,7 @@ card in words (:mod:`.card`), the zip files (:mod:`.files`), their side arrays (
 
 from pneumo.errors import ModelFileError
 from pneumo.labels import TASK_CLASSES
-from pneumo.modelfile.arrays import GUARD_ARRAYS, OCCLUSION_REFERENCE, check_arrays
+from pneumo.modelfile.arrays import GUARD_ARRAYS, OCCLUSION_REFERENCE, check_arrays, heat_map_filler
 from pneumo.modelfile.card import BORDER_HIDDEN_CHECK
 from pneumo.modelfile.files import (
     MAX_MEMBER_BYTES,
@@ -49,7 +49,7 @@ __all__ = [
     "MAX_MEMBER_BYTES", "META", "OCCLUSION_REFERENCE", "ONNX", "SITE", "SUFFIX", "TASK_CLASSES",
     "VALIDATION_VERSION", "WEIGHTS", "DomainGuard", "Interval", "ModelFile", "ModelFileError", "ModelMeta",
     "Preprocessing", "Quantization", "ReferBand", "SiteBase", "SiteCalibration", "SiteFigures", "SiteSample",
-    "Validation", "base_model_bytes", "bundled_model_path", "check_arrays", "check_graph", "load_model_file",
-    "load_onnx_file", "measured_on_label", "meta_json", "onnx_session", "public_meta_json", "read_meta",
-    "resolve_model_path", "save_model_file", "save_onnx_file", "save_site_file", "without_paths",
+    "Validation", "base_model_bytes", "bundled_model_path", "check_arrays", "check_graph", "heat_map_filler",
+    "load_model_file", "load_onnx_file", "measured_on_label", "meta_json", "onnx_session", "public_meta_json",
+    "read_meta", "resolve_model_path", "save_model_file", "save_onnx_file", "save_site_file", "without_paths",
 ]  # fmt: skip

@@ -35,6 +35,14 @@ _POSITIVE = ("domain_variances", "domain_scale", "domain_feature_std")
 OCCLUSION_REFERENCE = "occlusion_reference"
 
 
+def heat_map_filler(arrays: dict[str, np.ndarray]) -> str:
+    """What the occlusion heat map fills a hidden region with, for a model file's ``arrays``, in words."""
+    if OCCLUSION_REFERENCE in arrays:
+        k = len(arrays[OCCLUSION_REFERENCE])
+        return f"the same region of {k} normal training film{'s' if k != 1 else ''} carried in the model file"
+    return "the image's mean grey (the model file carries no normal films)"
+
+
 def read_npz(data: bytes, path: Path) -> dict[str, np.ndarray]:
     """The arrays of ``arrays.npz`` (its bytes ``data``, read from ``path``); ModelFileError (one line) if damaged,
     over the caps or not plain numbers."""
