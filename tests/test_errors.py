@@ -73,10 +73,10 @@ def test_the_cli_prints_one_line_and_exits_with_the_errors_code(module, name, mo
     exc = cls.__new__(cls)  # whatever its constructor asks for: only the message matters here
     Exception.__init__(exc, f"{name}: something the person can fix\nsecond line")
 
-    def failing(model=None):
+    def failing(model=None, **kw):  # what `pneumo info` reads the model file with
         raise exc
 
-    monkeypatch.setattr("pneumo.modelfile.read_meta", failing)
+    monkeypatch.setattr("pneumo.modelfile.load_model_file", failing)
     result = CliRunner().invoke(app, ["info"])
     assert result.exit_code == cls.exit_code, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)  # a message, not a traceback
@@ -84,16 +84,16 @@ def test_the_cli_prints_one_line_and_exits_with_the_errors_code(module, name, mo
 
 
 def test_an_os_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch):
-    def unreadable(model=None):
+    def unreadable(model=None, **kw):
         raise FileNotFoundError(2, "No such file or directory", "/nonexistent/model.pneumo")
 
-    monkeypatch.setattr("pneumo.modelfile.read_meta", unreadable)
+    monkeypatch.setattr("pneumo.modelfile.load_model_file", unreadable)
     result = CliRunner().invoke(app, ["info"])
     assert result.exit_code == 1 and result.output.startswith("error: [Errno 2] No such file or directory")
 
-    def buggy(model=None):
+    def buggy(model=None, **kw):
         raise KeyError("a bug")
 
-    monkeypatch.setattr("pneumo.modelfile.read_meta", buggy)
+    monkeypatch.setattr("pneumo.modelfile.load_model_file", buggy)
     result = CliRunner().invoke(app, ["info"])
     assert isinstance(result.exception, KeyError) and "error:" not in result.output
