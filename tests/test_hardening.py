@@ -542,10 +542,10 @@ def test_cli_reports_export_errors_in_one_line(tiny_model, tmp_path, monkeypatch
 def test_cli_lets_genuine_bugs_surface(monkeypatch):
     import pneumo.modelfile
 
-    def buggy(model=None):
+    def buggy(model=None, **kw):
         raise RuntimeError("a bug in our own code")
 
-    monkeypatch.setattr(pneumo.modelfile, "read_meta", buggy)
+    monkeypatch.setattr(pneumo.modelfile, "load_model_file", buggy)  # what `pneumo info` reads the file with
     with pytest.raises(RuntimeError, match="a bug in our own code"):
         main(["info"])
 
