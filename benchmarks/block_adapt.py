@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.adapt.site import adapt_site
-from pneumo.data import patient_sequence, read_split_csv
+from pneumo.data import patient_sequence
 from pneumo.evaluation.metrics import binary_metrics, block_figures
-from pneumo.evaluation.run import select_records
 from pneumo.inference import Predictor
+from pneumo.inputs import select_records
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from site_adapt import link_folder
@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
-    block_of = {r.path: r.block for r in read_split_csv(args.split_csv) if r.block and r.block != "random"}
     recs, _ = select_records(args.data, "val", args.split_csv)
+    block_of = {r.rel: r.block for r in recs if r.block and r.block != "random"}  # as select_records read them
     recs = [r for r in recs if r.rel in block_of]
     sample, future = earlier_and_later(recs, block_of)
     args.out.mkdir(parents=True, exist_ok=True)

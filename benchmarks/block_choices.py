@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo.data import read_split_csv
 from pneumo.evaluation.metrics import binary_metrics, block_figures
-from pneumo.evaluation.run import binary_targets, select_records
+from pneumo.evaluation.run import binary_targets
 from pneumo.imaging import load_image
 from pneumo.inference import Predictor, open_model
+from pneumo.inputs import select_records
 
 
 def figures(y: np.ndarray, prob: np.ndarray, blocks: list[str], threshold: float) -> dict:
@@ -47,8 +47,7 @@ def main() -> None:
 
     recs, described = select_records(args.data, "val", args.split_csv)
     y = binary_targets(recs, args.data)
-    block_of = {r.path: r.block for r in read_split_csv(args.split_csv)}
-    blocks = [block_of.get(r.rel, "") for r in recs]
+    blocks = [r.block for r in recs]  # select_records read each row's block from the split CSV
     model = open_model(args.model)
     size = model.meta.preprocessing.image_size
     images = [load_image(r.path, size) for r in recs]

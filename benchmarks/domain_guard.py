@@ -21,11 +21,12 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from pneumo.data import make_split, read_split_csv
+from pneumo.data import make_split
 from pneumo.domain import domain_rates
 from pneumo.evaluation.shifts import SUITE, encode_png, gray8, perturbed_png
 from pneumo.imaging import ImageLoadError, load_image, probe_image
 from pneumo.inference import Predictor
+from pneumo.inputs import read_split_csv
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the reference images that are not pediatric chest X-rays

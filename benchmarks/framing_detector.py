@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from pneumo.data import read_split_csv
 from pneumo.imaging import load_image
+from pneumo.inputs import read_split_csv
 from pneumo.preprocess import equalize
 
 

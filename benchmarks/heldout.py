@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.evaluation.robustness import CONTROLS, PERTURBATIONS, shifted_validation
-from pneumo.evaluation.run import binary_targets, select_records
+from pneumo.evaluation.run import binary_targets
 from pneumo.inference import Predictor
+from pneumo.inputs import select_records
 
 ZOOMS = ("zoom 0.8 (margin)", "zoom 1.25 (cropped)")
 OCCLUSION = ("border masked 15%", "markers masked")

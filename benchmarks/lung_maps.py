@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.evaluation.robustness import lung_checks
-from pneumo.evaluation.run import binary_targets, select_records
+from pneumo.evaluation.run import binary_targets
 from pneumo.explain.cam import ALPHA_FLOOR, CAM, METHODS, OCCLUSION, HeatMapper
 from pneumo.explain.occlusion import (
     BLUR,
@@ -52,6 +52,7 @@ from pneumo.explain.occlusion import (
 )
 from pneumo.imaging import load_image, resize_map
 from pneumo.inference import Predictor
+from pneumo.inputs import select_records
 from pneumo.lungs import LungMaskError, LungSource, hottest_inside, mass_inside
 from pneumo.preprocess import to_input
 from pneumo.probability import pneumonia_log_odds

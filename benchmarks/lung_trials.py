@@ -16,8 +16,9 @@ import argparse
 from pathlib import Path
 
 from pneumo.evaluation.robustness import lung_checks
-from pneumo.evaluation.run import binary_targets, select_records
+from pneumo.evaluation.run import binary_targets
 from pneumo.inference import Predictor
+from pneumo.inputs import select_records
 from pneumo.lungs import ATLAS_LEVEL, LungSource
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from pneumo.data import make_split
 from pneumo.evaluation.robustness import shifted_validation
-from pneumo.evaluation.run import binary_targets, select_records
+from pneumo.evaluation.run import binary_targets
 from pneumo.evaluation.shifts import BORDER, hide_box
 from pneumo.inference import Predictor
+from pneumo.inputs import select_records
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -30,9 +30,9 @@ from pneumo.data import make_split, scan_dataset, split_dataset
 from pneumo.evaluation.metrics import binary_metrics
 from pneumo.evaluation.report import bootstrap_ci
 from pneumo.evaluation.robustness import PERTURBATIONS
-from pneumo.evaluation.run import select_records
 from pneumo.imaging import load_image
 from pneumo.inference import Predictor
+from pneumo.inputs import select_records
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo.data import parse_kermany_name, patient_number, read_split_csv
+from pneumo.data import parse_kermany_name, patient_number
 from pneumo.evaluation.metrics import says_viral
 from pneumo.inference import Predictor
+from pneumo.inputs import read_split_csv
 
 
 def recall_by_period(names, subtypes, p_bacterial, p_viral, edges) -> list[tuple[str, int, int, float, float]]:

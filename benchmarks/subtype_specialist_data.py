@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pneumo.data import read_split_csv, scan_dataset, write_split_csv
+from pneumo.data import scan_dataset, write_split_csv
+from pneumo.inputs import read_split_csv
 from pneumo.labels import NORMAL, PNEUMONIA
 
 FOLDER = {"bacteria": NORMAL, "virus": PNEUMONIA}  # the class folder each subtype becomes

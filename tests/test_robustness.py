@@ -22,9 +22,10 @@ from pneumo.evaluation.robustness import (
     shifted_validation,
     worst_case,
 )
-from pneumo.evaluation.run import evaluate_folder, select_records
+from pneumo.evaluation.run import evaluate_folder
 from pneumo.imaging import load_image
 from pneumo.inference import Predictor
+from pneumo.inputs import select_records
 from pneumo.lungs import LungMaskError, LungSource, grow, load_mask, place_atlas
 
 

@@ -431,7 +431,8 @@ def test_block_split_validation_reports_each_block(binary_run, dataset, tmp_path
     that its figures were measured on acquisition blocks."""
     import shutil
 
-    from pneumo.data import make_split, read_split_csv
+    from pneumo.data import make_split
+    from pneumo.inputs import read_split_csv
     from pneumo.training.refinalize import refinalize
 
     split = tmp_path / "blocks.csv"

@@ -22,7 +22,6 @@ from pneumo.inputs import (
     ImageRecord,
     SplitRow,
     parse_kermany_name,
-    read_split_csv,  # noqa: F401  re-exported: training, domain_fit and the benchmarks read splits through here
     scan_dataset,
     write_split_csv,
 )

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo.data import read_split_csv
 from pneumo.domain import check_guard_arrays, classify_domain, fit_domain_guard, fit_pediatric_guard
 from pneumo.evaluation.shifts import GEOMETRY, checked_copy
 from pneumo.imaging import load_image
 from pneumo.inference import Predictor
+from pneumo.inputs import read_split_csv
 from pneumo.modelfile import ModelFile, ModelFileError, load_model_file, save_model_file
 from pneumo.preprocess import to_input
 

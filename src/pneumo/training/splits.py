@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from pneumo.config import TrainConfig
-from pneumo.data import SplitData, block_split, read_split_csv, scan_dataset, split_dataset
+from pneumo.data import SplitData, block_split, scan_dataset, split_dataset
 from pneumo.errors import DataError
+from pneumo.inputs import read_split_csv
 from pneumo.labels import PNEUMONIA, SUBTYPE_INDEX
 from pneumo.training.cache import build_cache
 
