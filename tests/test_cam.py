@@ -362,7 +362,7 @@ def test_serve_and_explain_make_heat_maps_without_importing_torch(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result == {"heatmap": True, "error": None, "code": 0, "loaded": []}
-    with Image.open(tmp_path / "out" / "x_gradcam.png") as im:
+    with Image.open(tmp_path / "out" / "x_occlusion.png") as im:
         assert im.format == "PNG" and im.width > 100
 
 

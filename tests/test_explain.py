@@ -168,7 +168,7 @@ def test_explain_cli_writes_pngs(tiny_model, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "d.png" in captured.err
     written = sorted(p.name for p in out.iterdir())
-    assert written == ["a_gradcam.png", "b_gradcam.png", "c_gradcam.png"]
+    assert written == ["a_occlusion.png", "b_occlusion.png", "c_occlusion.png"]  # named by the method
     for p in out.iterdir():
         assert p.stat().st_size > 0
         with Image.open(p) as im:
@@ -181,4 +181,4 @@ def test_explain_cli_writes_pngs(tiny_model, tmp_path, capsys):
 def test_explain_real_dicom(dicom_dir, tiny_model, tmp_path):
     files = [p for p in sorted(dicom_dir.glob("*.dcm")) if "NoPixelData" not in p.name][:1]
     assert main(["explain", *map(str, files), "-m", str(tiny_model), "-o", str(tmp_path)]) == 0
-    assert (tmp_path / f"{files[0].stem}_gradcam.png").stat().st_size > 0
+    assert (tmp_path / f"{files[0].stem}_occlusion.png").stat().st_size > 0

@@ -178,8 +178,9 @@ def explain(
     method: Annotated[
         HeatMethod,
         typer.Option(
-            help="occlusion: the drop in calibrated pneumonia log-odds when each 16-px region is hidden, on one "
-            "absolute scale; cam: the class activation map, scaled to its own maximum",
+            help="occlusion: the drop in calibrated pneumonia odds when each 16-px region is replaced by normal "
+            "films (the model file's; mean grey without them), on one absolute scale; cam: the class activation map, "
+            "scaled to its own maximum",
         ),
     ] = HeatMethod.occlusion,
 ) -> None:

@@ -105,8 +105,8 @@ def explain_files(
     method: str = OCCLUSION,
     grad_cam: Callable[[ModelFile], Any] | None = None,
 ) -> tuple[list[Path], list[str]]:
-    """Write ``<stem>_gradcam.png`` (the name kept from when the map was Grad-CAM) for each file into ``output``,
-    the heat map by ``method`` (:data:`pneumo.explain.cam.METHODS`); returns (written, one-line failures)."""
+    """Write ``<stem>_<method>.png`` (``x_occlusion.png``, ``x_cam.png``) for each file into ``output``, the heat map
+    by ``method`` (:data:`pneumo.explain.cam.METHODS`); returns (written, one-line failures)."""
     explainer = Explainer.load(model, method, grad_cam)
     output.mkdir(parents=True, exist_ok=True)
     written, failures, used = [], [], set()
@@ -120,7 +120,7 @@ def explain_files(
         while stem in used:  # same file name in two folders
             stem += "_"
         used.add(stem)
-        target = output / f"{stem}_gradcam.png"
+        target = output / f"{stem}_{method}.png"
         target.write_bytes(overlay_png(exp, scale=explainer.images.scale, empty=explainer.images.empty))
         written.append(target)
     return written, failures
