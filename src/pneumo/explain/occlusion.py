@@ -17,8 +17,8 @@ A hidden window is filled with what a normal film shows there (``"normal"``): th
 training images as the network sees them (:func:`normal_reference`, written by finalisation), each window is
 filled from each in turn, and the evidence is the mean over the four (4 x 65 images through the network, about
 0.46 s per map on 2 cores). A region then shows in proportion to how far it departs from a normal film in a way
-the model reads as pneumonia. Flat grey, the filler of model files without the reference, made every region
-darker or brighter than grey look like evidence: a grey patch over a dark lung is itself opacity-like. Both were
+the model reads as pneumonia. Flat grey, the filler of model files without the reference, is itself a change the
+model can read: a grey patch over a dark lung resembles an opacity. Both were
 chosen by measurement (``benchmarks/lung_maps.py --occlusion``, issue 30, each time by a rule written before
 measuring): the 16-px window with flat grey over eight other layouts (over four models, (mass + hottest point in
 the lungs) / 2 on the pneumonia originals with their own masks 0.369, against 0.359 with a blurred filler, 0.338 at
