@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -77,13 +78,17 @@ VARIANTS = {
 _REFERENCE_ROWS: list = []  # the split's NORMAL training rows, set by main() when --data and --split are given
 
 
+@cache
+def _normal_rows(size: int) -> np.ndarray:
+    """The split's NORMAL training rows decoded at ``size`` as the training cache holds them (uint8), once."""
+    return np.stack([np.rint(load_image(p, size, name=str(p)) * 255).astype(np.uint8) for p in _REFERENCE_ROWS])
+
+
 def split_reference(predictor: Predictor, samples: int) -> np.ndarray:
     """The normal filler for ``predictor`` from the split's NORMAL training rows (what finalisation would write)."""
     if not _REFERENCE_ROWS:
         raise SystemExit("the occ16-normal variants need --data and --split (their NORMAL training rows)")
-    size = predictor.size
-    images = np.stack([np.round(load_image(p, size, name=str(p)) * 255).astype(np.uint8) for p in _REFERENCE_ROWS])
-    return normal_reference(images, predictor.meta.preprocessing, samples=samples)
+    return normal_reference(_normal_rows(predictor.size), predictor.meta.preprocessing, samples=samples)
 
 
 def hadamard(n: int) -> np.ndarray:

@@ -160,9 +160,10 @@ class TrainConfig(BaseModel):
     ) -> TrainConfig:
         """A config file or mapping (or the defaults) with ``overrides`` on top; ``None`` values override nothing,
         and an ``augment`` mapping updates the file's augmentation field by field."""
-        base = (
-            dict(config_file) if isinstance(config_file, dict) else cls.read_mapping(config_file) if config_file else {}
-        )
+        if isinstance(config_file, dict):
+            base = dict(config_file)
+        else:
+            base = cls.read_mapping(config_file) if config_file else {}
         given = {k: v for k, v in (overrides or {}).items() if v is not None}
         if isinstance(given.get("augment"), dict):
             given["augment"] = {**dict(base.get("augment") or {}), **given["augment"]}

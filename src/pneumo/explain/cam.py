@@ -53,9 +53,6 @@ OCCLUSION, CAM = METHODS = HEAT_METHODS  # the heat-map methods a HeatMapper off
 # from a 4 x 4 or 5 x 5 grid then show as stair-stepped rectangles over the lungs.
 ALPHA_FLOOR = 0.15
 ALPHA_MAX = 0.55
-# An occlusion map whose peak stays under ALPHA_FLOOR draws nothing; every picture of one says why, in these words.
-# Said in odds, not log-odds: hiding a region that lowers the log-odds by ALPHA_FLOOR * FULL_SCALE (0.15) divides the
-# odds by exp(0.15) = 1.16, i.e. lowers them by 14 %.
 
 
 def odds_drop(log_odds: float) -> int:
@@ -63,6 +60,9 @@ def odds_drop(log_odds: float) -> int:
     return round(100 * (1 - math.exp(-log_odds)))
 
 
+# An occlusion map whose peak stays under ALPHA_FLOOR draws nothing; every picture of one says why, in these words.
+# Said in odds, not log-odds: hiding a region that lowers the log-odds by ALPHA_FLOOR * FULL_SCALE (0.15) divides the
+# odds by exp(0.15) = 1.16, i.e. lowers them by 14 %.
 EMPTY_MAP = (
     "nothing drawn: no single region carries the result (hiding any one lowers the odds of pneumonia by less than "
     f"{odds_drop(ALPHA_FLOOR * FULL_SCALE)} %)"

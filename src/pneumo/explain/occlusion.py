@@ -25,7 +25,7 @@ the lungs) / 2 on the pneumonia originals with their own masks 0.369, against 0.
 an 8-px stride, 0.298 with 32-px windows averaged in, 0.242 for a factorial design), then four normal images over
 flat grey and over the mean normal image (over five models 0.499 against 0.384 and 0.368; on block validation with
 the atlas 0.635 against 0.579 and 0.628). An image the model is sure of can still give a map that draws
-nothing (about one validation pneumonia map in seven): no single region moves its odds by 0.15, because its
+nothing (24 % of the bundled model's validation pneumonia maps): no single region moves its odds by 0.15, because its
 evidence is spread over many regions or repeated in several. The map then shows nothing rather than a peak
 made up by rescaling, and the caption says why (:attr:`pneumo.explain.cam.HeatMapper.empty`).
 
@@ -64,10 +64,8 @@ MEAN, BLUR, NORMAL = "mean", "blur", "normal"
 # images as the network sees them, :func:`normal_reference`; used whenever the model file has them).
 FILLERS = (MEAN, BLUR, NORMAL)
 REFERENCE_IMAGES = 256  # images per batch when the mean reference is computed (bounded memory)
-# The model file's fillers: 0 = the mean normal image; K = K normal training images (K runs per map). 4, by the rule
-# written before measuring (docs/experiments.md, "The normal filler"): over five models, (mass + hottest point in the
-# lungs) / 2 on the pneumonia originals with their own masks was 0.499 with 4 normal images, 0.384 with mean grey
-# and 0.368 with the mean normal image, at 0.46 s per map on 2 cores.
+# The model file's fillers: 0 = the mean normal image; K = K normal training images (K runs per map). 4: measured
+# (the module's docstring; docs/experiments.md, "The normal filler").
 REFERENCE_SAMPLES = 4
 BLUR_PX = 8  # the blurred filler is the image at 1/8 of its side, scaled back up (bilinear)
 

@@ -85,18 +85,19 @@ def _flat_gray8(im: Image.Image) -> Image.Image:
 
 def _reduced_gray(im: Image.Image, fx: int, fy: int) -> np.ndarray:
     """A high-bit-depth image as gray float32 in [0, 1], box-averaged by ``fx`` x ``fy`` strip by strip (never a
-    full-size float copy); the scaling is that of :func:`_to_gray`, read off the reduced values."""
+    full-size float copy); the scaling is that of :func:`_to_gray`: the bit range from the brightest pixel, the other
+    modes' checks read off the reduced values."""
     if (fx, fy) == (1, 1):
         return _to_gray(im)
     w, h = im.size
     rows = max(fy, _STRIP_BYTES // max(1, w * 8) // fy * fy)  # a multiple of fy: blocks never straddle strips
-    parts = [
-        _block_mean(np.asarray(im.crop((0, y0, w, min(h, y0 + rows)))).astype(np.float64), fx, fy)
-        for y0 in range(0, h, rows)
-    ]
+    parts, brightest = [], 0.0
+    for y0 in range(0, h, rows):
+        strip = np.asarray(im.crop((0, y0, w, min(h, y0 + rows)))).astype(np.float64)
+        brightest = max(brightest, float(strip.max()))  # of the pixels, not of the box averages
+        parts.append(_block_mean(strip, fx, fy))
     a = np.concatenate(parts)
     if im.mode.startswith("I;16") or (im.mode == "I" and a.min() >= 0 and a.max() <= 65535):
-        brightest = max(float(np.asarray(im.crop((0, y0, w, min(h, y0 + rows)))).max()) for y0 in range(0, h, rows))
         return (a / bit_range(brightest)).astype(np.float32)
     if im.mode == "F" and np.nanmin(a) >= 0 and np.nanmax(a) <= 1:
         return a.astype(np.float32)

@@ -122,18 +122,12 @@ def check_arrays(arrays: dict[str, np.ndarray], meta: ModelMeta, source: str | P
     for name, a in arrays.items():
         if a.dtype.kind not in _ARRAY_KINDS or not np.all(np.isfinite(a)):
             raise ModelFileError(f"{source}: {ARRAYS}: {name} holds values that are not finite numbers")
-    if OCCLUSION_REFERENCE in arrays:
+    if (ref := arrays.get(OCCLUSION_REFERENCE)) is not None:
         size = meta.preprocessing.image_size
-        shape = arrays[OCCLUSION_REFERENCE].shape
-        if len(shape) != 3 or not 1 <= shape[0] <= 16 or shape[1:] != (size, size):
-            good = False
-        else:
-            good = arrays[OCCLUSION_REFERENCE].dtype.kind == "f"
-        if not good:
+        if ref.ndim != 3 or not 1 <= len(ref) <= 16 or ref.shape[1:] != (size, size) or ref.dtype.kind != "f":
             raise ModelFileError(
-                f"{source}: {ARRAYS}: {OCCLUSION_REFERENCE} has shape {'x'.join(map(str, shape)) or 'scalar'} "
-                f"({arrays[OCCLUSION_REFERENCE].dtype}), not K x {size}x{size} floats, K 1 to 16 (the input size; "
-                "damaged model file)"
+                f"{source}: {ARRAYS}: {OCCLUSION_REFERENCE} has shape {'x'.join(map(str, ref.shape)) or 'scalar'} "
+                f"({ref.dtype}), not K x {size}x{size} floats, K 1 to 16 (the input size; damaged model file)"
             )
     guard = meta.domain_guard
     if guard is None:

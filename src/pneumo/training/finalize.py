@@ -233,7 +233,7 @@ def finalize_run(
     pick = np.sort(rng.choice(len(train.targets), min(DOMAIN_FIT_IMAGES, len(train.targets)), replace=False))
     _, train_feats, _ = infer_batches(net, train.images[pick], preproc)
     guard, arrays = fit_domain_guard(train_feats, val_feats, quantile=cfg.domain_quantile)
-    if (train.targets == 0).any():  # the occlusion map's filler: what a normal film shows on average
+    if (train.targets == 0).any():  # the occlusion map's fillers: normal training films (REFERENCE_SAMPLES)
         arrays[OCCLUSION_REFERENCE] = normal_reference(train.images[np.flatnonzero(train.targets == 0)], preproc)
 
     meta = ModelMeta(
