@@ -161,3 +161,24 @@ def test_cam_target_layer_is_spatial(name):
     # Grad-CAM weighs a spatial activation map: the layer must run and give N x C x H x W.
     assert len(seen) == 1
     assert seen[0].ndim == 4 and seen[0].shape[0] == 1
+
+
+def test_the_input_field_hides_what_lies_outside_it():
+    """Pixels where the field is 0 change nothing; inside, they do; the field is part of the weights."""
+    net = create_model("cnn-small", 2, field_size=32).eval()
+    field = torch.zeros(1, 1, 32, 32)
+    field[..., 8:24, 4:28] = 1.0
+    net.set_input_field(field)
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    outside, inside = x.clone(), x.clone()
+    outside[..., :8, :] = 5.0
+    inside[..., 10:20, 10:20] = 5.0
+    with torch.no_grad():
+        assert torch.equal(net(x), net(outside))
+        assert not torch.allclose(net(x), net(inside))
+    assert torch.equal(net.state_dict()["input_field"], field)
+    with pytest.raises(ValueError, match="does not fit"):
+        net.set_input_field(torch.zeros(1, 1, 16, 16))
+    with pytest.raises(ValueError, match="does not fit"):
+        create_model("cnn-small", 2).set_input_field(field)  # a network built without one
+    assert "input_field" not in create_model("cnn-small", 2).state_dict()  # old model files load as they are

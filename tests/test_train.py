@@ -206,6 +206,33 @@ def test_binary_task_with_subtype_head(dataset, cache_dir, tmp_path):
     assert p.p_normal == pytest.approx(1 - p.probability)  # the binary head decides, the subtype head splits
 
 
+def test_lung_field_is_trained_exported_and_refinalized_with_the_network(dataset, cache_dir, tmp_path):
+    """``lung_field``: the model file rebuilds the field (arch_kwargs and weights), and its ONNX graph answers the
+    same whatever lies outside the field, as the PyTorch twin does; refinalising keeps it."""
+    import onnxruntime as ort
+
+    from pneumo.training.export import torch_twin
+    from pneumo.training.refinalize import refinalize
+
+    atlas = np.zeros((224, 224), np.uint8)
+    atlas[60:160, 30:90] = atlas[60:160, 134:194] = 230  # two lung fields, the centre and the rim outside
+    Image.fromarray(atlas).save(tmp_path / "atlas.png")
+    run = tmp_path / "field"
+    fit(_cfg(dataset, run, cache_dir, epochs=1, lung_field=0.5, augment={"lung_atlas": tmp_path / "atlas.png"}))
+    mf = load_model_file(run)
+    assert mf.meta.arch_kwargs == {"field_size": 32} and mf.meta.lung_field() == 0.5  # what `pneumo info` says
+    field = torch_twin(mf).input_field.numpy()[0, 0]
+    assert field[16, 8] > 0.9 and field[16, 16] < 0.2 and (field == 0).sum() > 100  # a lung, the centre, a rim
+    x = np.random.default_rng(0).standard_normal((1, 1, 32, 32)).astype(np.float32)
+    y = np.where(field == 0.0, 3.0, x).astype(np.float32)  # only what lies outside the field changed
+    sess = ort.InferenceSession(mf.onnx, providers=["CPUExecutionProvider"])
+    assert np.array_equal(*(sess.run(["logits"], {"image": v})[0] for v in (x, y)))
+    assert refinalize(run) == run / "model.pneumo"
+    np.testing.assert_array_equal(torch_twin(load_model_file(run)).input_field.numpy()[0, 0], field)
+    with pytest.raises(ValueError, match=r"lung_field needs augment\.lung_atlas"):
+        _cfg(dataset, run, cache_dir, lung_field=0.5)
+
+
 def test_resume_continues_and_appends(dataset, cache_dir, tmp_path):
     run = tmp_path / "resume"
     fit(_cfg(dataset, run, cache_dir, epochs=1, balance="none"))

@@ -109,6 +109,14 @@ class TrainConfig(BaseModel):
         "1 + recency times as often as the earliest, as many in all; 0: each once",
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    lung_field: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="the network sees only the atlas's lung field: pixels where at least this share of the training "
+        "images have lung (augment.lung_atlas, feathered edge); everything else is the mean grey, set inside the "
+        "network, so training and every prediction (the ONNX graph) see the same field; None: the whole frame",
+    )
     val_fraction: float = Field(default=D.val_fraction, gt=0.0, lt=1.0)
     split_by: SplitBy = Field(
         default=D.split_by,
@@ -141,6 +149,12 @@ class TrainConfig(BaseModel):
     def _one_resampling(self) -> TrainConfig:
         if self.recency and self.balance == "oversample":
             raise ValueError("recency and balance: oversample both resample the training images; choose one")
+        return self
+
+    @model_validator(mode="after")
+    def _field_needs_atlas(self) -> TrainConfig:
+        if self.lung_field is not None and self.augment.lung_atlas is None:
+            raise ValueError("lung_field needs augment.lung_atlas (a lung atlas PNG)")
         return self
 
     def operating_rule(self) -> OperatingRule:

@@ -137,6 +137,13 @@ def info(model: ModelOpt = None) -> None:
         err.print(line, highlight=False, soft_wrap=True)
     filler = heat_map_filler(mf.arrays)
     err.print(f"heat map: occlusion, each hidden region filled with {filler}", highlight=False, soft_wrap=True)
+    if (level := meta.lung_field()) is not None:
+        err.print(
+            f"input: the network sees only the lung field (where at least {level:.0%} of the training images have "
+            "lung); the rest of the frame is mean grey inside the graph",
+            highlight=False,
+            soft_wrap=True,
+        )
     if (site := meta.site) is not None:
         cv = site.cross_validated
         band = f"; REFER {site.refer.low:.3f}-{site.refer.high:.3f}" if site.refer else ""

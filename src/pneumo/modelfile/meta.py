@@ -227,6 +227,12 @@ class ModelMeta(BaseModel):
     def has_subtypes(self) -> bool:
         return self.task == "subtype" or bool(self.arch_kwargs.get("subtype_head"))
 
+    def lung_field(self) -> float | None:
+        """The atlas share above which the network sees the image (``lung_field`` of the training config: the rest
+        is mean grey, inside the graph); None when it sees the whole frame."""
+        value = (self.training.get("config") or {}).get("lung_field")
+        return None if value is None else float(value)
+
     def figures_summary(self) -> list[str]:
         """The validation figures in words, each labelled with what it was measured on (for ``pneumo info``)."""
         heading = f"{self.name} {self.version}: threshold {self.threshold:.4f}"

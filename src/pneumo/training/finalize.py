@@ -38,7 +38,7 @@ from pneumo.modelfile import OCCLUSION_REFERENCE, ModelMeta, onnx_session, save_
 from pneumo.modelfile.validation import VALIDATION_VERSION, BlockFigures, Validation
 from pneumo.probability import calibrated_probability, subtype_probabilities
 from pneumo.training.export import build_model_file
-from pneumo.training.models import PneumoNet, count_parameters
+from pneumo.training.models import PneumoNet, arch_kwargs, count_parameters
 
 DOMAIN_FIT_IMAGES = 2000
 
@@ -240,7 +240,7 @@ def finalize_run(
         name=cfg.name or f"pneumo-{cfg.arch}-{cfg.task}{'+subtype' if cfg.subtype_head else ''}",
         version=__version__,
         arch=cfg.arch,
-        arch_kwargs={"subtype_head": True} if cfg.subtype_head else {},
+        arch_kwargs=arch_kwargs(cfg),
         task=cfg.task,
         class_names=list(TASK_CLASSES[cfg.task]),
         preprocessing=preproc,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import timm
 import torch
@@ -17,6 +17,8 @@ from timm.models import adapt_input_conv
 from torch import nn
 
 from pneumo.errors import ConfigError
+from pneumo.labels import TASK_CLASSES
+from pneumo.training.augment import lung_field
 
 if TYPE_CHECKING:
     from pneumo.config import TrainConfig
@@ -41,8 +43,17 @@ class PneumoNet(nn.Module):
         dropout: float = 0.2,
         domain_layer: str | None = None,
         subtype_head: bool = False,
+        field_size: int | None = None,
     ):
         super().__init__()
+        # The input field (1 x 1 x size x size in [0, 1]; :meth:`set_input_field`): the network multiplies its
+        # normalised input by it, so what lies outside is the mean grey (0) for training and the exported graph alike.
+        # Part of the weights; ``field_size`` (the input size) only shapes it before they are loaded.
+        self.input_field: torch.Tensor | None
+        if field_size:
+            self.register_buffer("input_field", torch.ones(1, 1, field_size, field_size))
+        else:
+            self.input_field = None
         self.backbone = backbone
         self.num_features = num_features
         self.dropout = nn.Dropout(dropout)
@@ -57,7 +68,16 @@ class PneumoNet(nn.Module):
     def _keep_domain_activation(self, module: nn.Module, args, output: torch.Tensor) -> None:
         self._domain_act = output
 
+    def set_input_field(self, field: torch.Tensor) -> None:
+        """Set the input field (1 x 1 x size x size in [0, 1], e.g. :func:`pneumo.training.augment.lung_field`)."""
+        if self.input_field is None or field.shape != self.input_field.shape:
+            got = "none" if self.input_field is None else tuple(self.input_field.shape)
+            raise ValueError(f"an input field of {tuple(field.shape)} does not fit this network's ({got})")
+        self.input_field.copy_(field)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_field is not None:
+            x = x * self.input_field
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -230,16 +250,43 @@ def list_models() -> list[str]:
 
 
 def create_model(
-    name: str, num_classes: int = 2, pretrained: bool = False, dropout: float = 0.2, subtype_head: bool = False
+    name: str,
+    num_classes: int = 2,
+    pretrained: bool = False,
+    dropout: float = 0.2,
+    subtype_head: bool = False,
+    field_size: int | None = None,
 ) -> PneumoNet:
-    """Build a registered architecture for 1-channel input with a ``num_classes`` head (and a subtype head)."""
+    """Build a registered architecture for 1-channel input with a ``num_classes`` head (and a subtype head, and an
+    input field of ``field_size`` px, all ones until set)."""
     if name not in ARCHS:
         raise ConfigError(f"unknown architecture {name!r}; choose one of {', '.join(list_models())}")
     spec = ARCHS[name]
     if pretrained and not spec.pretrained_available:
         raise ConfigError(f"{name} has no shipped ImageNet weights; use pretrained=False")
     backbone = spec.build(pretrained)
-    return PneumoNet(backbone, int(backbone.num_features), num_classes, dropout, spec.domain_layer, subtype_head)
+    return PneumoNet(
+        backbone, int(backbone.num_features), num_classes, dropout, spec.domain_layer, subtype_head, field_size
+    )
+
+
+def arch_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """What :func:`create_model` needs besides the architecture and the classes to rebuild ``cfg``'s network (the
+    model file's ``arch_kwargs``)."""
+    kwargs: dict[str, Any] = {}
+    if cfg.subtype_head:
+        kwargs["subtype_head"] = True
+    if cfg.lung_field is not None:
+        kwargs["field_size"] = cfg.image_size
+    return kwargs
+
+
+def model_for(cfg: TrainConfig, pretrained: bool = False) -> PneumoNet:
+    """The network ``cfg`` trains, with its lung field set from the atlas when ``cfg.lung_field`` asks for one."""
+    net = create_model(cfg.arch, len(TASK_CLASSES[cfg.task]), pretrained, cfg.dropout, **arch_kwargs(cfg))
+    if cfg.lung_field is not None:
+        net.set_input_field(lung_field(cfg.augment.lung_atlas, cfg.image_size, cfg.lung_field))
+    return net
 
 
 def resolve_pretrained(cfg: TrainConfig) -> TrainConfig:

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from pneumo.config import TrainConfig
-from pneumo.labels import TASK_CLASSES
 from pneumo.training.finalize import finalize_run
-from pneumo.training.models import create_model
+from pneumo.training.models import model_for
 from pneumo.training.splits import load_splits, recorded_split
 from pneumo.training.train import checkpoint_net_state
 
@@ -27,9 +26,7 @@ def refinalize(run: Path, target_sensitivity: float | None = None, **operating: 
     if ckpt is None:
         raise FileNotFoundError(f"{run}: no checkpoints/best.ckpt or last.ckpt to finalize")
     train, val, summary = load_splits(cfg)
-    net = create_model(
-        cfg.arch, len(TASK_CLASSES[cfg.task]), pretrained=False, dropout=cfg.dropout, subtype_head=cfg.subtype_head
-    )
+    net = model_for(cfg)
     net.load_state_dict(checkpoint_net_state(str(ckpt)))
     timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").is_file() else {}
     return finalize_run(cfg, net, train, val, summary, timing)

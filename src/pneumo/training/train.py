@@ -28,7 +28,7 @@ from pneumo.labels import TASK_CLASSES
 from pneumo.probability import pneumonia_log_odds
 from pneumo.training.augment import augment_batch, lung_field, normalize_batch
 from pneumo.training.consistency import pair_divergence, with_twins
-from pneumo.training.models import create_model, resolve_pretrained, set_transfer_mode
+from pneumo.training.models import model_for, resolve_pretrained, set_transfer_mode
 from pneumo.training.splits import UNKNOWN_SUBTYPE, load_splits, task_targets
 
 MONITOR = "val_auc_worst"  # clean validation rewards the framing shortcut; the worst of the checks does not
@@ -76,10 +76,7 @@ class PneumoModule(L.LightningModule):
         cfg = resolve_pretrained(cfg)
         self.save_hyperparameters({"cfg": cfg.model_dump(mode="json"), "class_weights": class_weights})
         self.cfg = cfg
-        num_classes = len(TASK_CLASSES[cfg.task])
-        self.net = create_model(
-            cfg.arch, num_classes, pretrained=cfg.pretrained, dropout=cfg.dropout, subtype_head=cfg.subtype_head
-        )
+        self.net = model_for(cfg, pretrained=bool(cfg.pretrained))
         set_transfer_mode(self.net, cfg.transfer)
         self.net = self.net.to(memory_format=torch.channels_last)
         self.register_buffer("class_weights", torch.tensor(class_weights) if class_weights else torch.ones(0))
