@@ -504,14 +504,17 @@ def test_training_data_warns_records_and_fails_on_unreadable_images(tmp_path, ca
 def test_without_paths_keeps_names_only():
     from pneumo.modelfile import without_paths
 
-    cfg = {"data_dir": "/data/chest_xray", "out": "/runs/a", "cache_dir": None, "split_csv": "/x/s.csv", "lr": 1e-3}
+    cfg = {"data_dir": "/data/chest_xray", "out": "/runs/a", "cache_dir": None, "split_csv": "/x/s.csv", "lr": 1e-3,
+           "augment": {"lung_atlas": "/data/lung_masks/atlas_224.png", "lung_atlas_level": 0.1}}  # fmt: skip
     assert without_paths(cfg) == {
         "data_dir": "chest_xray",
         "out": "a",
         "cache_dir": None,
         "split_csv": "s.csv",
         "lr": 1e-3,
+        "augment": {"lung_atlas": "atlas_224.png", "lung_atlas_level": 0.1},
     }
+    assert cfg["augment"]["lung_atlas"] == "/data/lung_masks/atlas_224.png"  # the config itself is left as it was
 
 
 # --- 13. one error hierarchy ---

@@ -248,9 +248,21 @@ def meta_json(meta: ModelMeta) -> dict[str, Any]:
 PATH_FIELDS = ("data_dir", "out", "cache_dir", "split_csv")
 
 
+# The same in the config's ``augment`` mapping.
+AUGMENT_PATH_FIELDS = ("lung_atlas",)
+
+
+def _names(mapping: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    return {k: (Path(v).name if k in fields and isinstance(v, str) and v else v) for k, v in mapping.items()}
+
+
 def without_paths(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with every path of :data:`PATH_FIELDS` cut to its last part (a folder or file name)."""
-    return {k: (Path(v).name if k in PATH_FIELDS and isinstance(v, str) and v else v) for k, v in config.items()}
+    """``config`` with every path of :data:`PATH_FIELDS` (and of :data:`AUGMENT_PATH_FIELDS` in its ``augment``)
+    cut to its last part (a folder or file name)."""
+    out = _names(config, PATH_FIELDS)
+    if isinstance(out.get("augment"), dict):
+        out["augment"] = _names(out["augment"], AUGMENT_PATH_FIELDS)
+    return out
 
 
 def public_meta_json(meta: ModelMeta) -> dict[str, Any]:
