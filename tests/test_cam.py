@@ -393,6 +393,7 @@ def test_occlusion_is_the_default_and_methods_are_named():
     # the transparent floor's 0.15 by exp(-0.15) (-14 %).
     assert "lowers the odds of pneumonia by 63 % or more" in HeatMapper(predictor).scale
     assert "own maximum" in HeatMapper(predictor, CAM).scale
+    assert HeatMapper(predictor, CAM).scale.startswith("class activation map, for comparison only")
     assert "by less than 14 %" in HeatMapper(predictor).empty and HeatMapper(predictor, CAM).empty is None
     with pytest.raises(ValueError, match="unknown heat-map method"):
         HeatMapper(predictor, "lime")

@@ -179,8 +179,9 @@ def explain(
         HeatMethod,
         typer.Option(
             help="occlusion: the drop in calibrated pneumonia odds when each 16-px region is replaced by normal "
-            "films (the model file's; mean grey without them), on one absolute scale; cam: the class activation map, "
-            "scaled to its own maximum",
+            "films (the model file's; mean grey without them), on one absolute scale; cam: the old class activation "
+            "map, for comparison only (a 4 x 4 grid scaled to its own maximum; on the bundled model its hottest point "
+            "fell in the lungs for none of 108 pneumonia images)",
         ),
     ] = HeatMethod.occlusion,
 ) -> None:
