@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import encode_png, png_header_only, truncated_jpeg
+from conftest import dicom_bytes, encode_png, png_header_only, truncated_jpeg
 from pneumo import errors
 from pneumo.cli import main
 from pneumo.errors import DataError, ImageLoadError, ModelFileError, PneumoError, visible
@@ -68,19 +68,30 @@ def test_pixel_limit_message_quotes_our_limit(dims):
 
 
 @pytest.mark.parametrize("top, peak, scale", [(65535, 65535, 65535), (4095, 4095, 4095), (1000, 1024, 2047)])
-def test_16bit_reduction_equals_pillows_reducing_gap_resize(top, peak, scale):
-    """Reduced strip by strip as Pillow's reducing-gap resize would, on the bit range the data uses (16, 12 or 11
-    bits here: the brightest value is found over every strip, not read off the box averages, which would take
-    the 11-bit image of the last case for a 10-bit one)."""
+def test_16bit_images_resize_as_the_8bit_image_of_their_levels(top, peak, scale):
+    """A high-bit-depth image reaches the network's size exactly as the 8-bit image of its values on the bit range
+    its data uses (16, 12 or 11 bits here) would: the brightest value is found over every strip (one pixel, in the
+    last strip, makes the last case 11-bit, not 10-bit), and the resize is the 8-bit one training's copies had."""
     rng = np.random.default_rng(0)
     a = (rng.random((1003, 797)) * top).astype(np.uint16)  # ragged against every reduction factor
-    a[-1, -1] = peak  # one pixel, in the last strip, averaged away by the box filter
+    a[-1, -1] = peak
+    levels = np.rint(a / scale * 255).astype(np.uint8)
     for target in [(64, 50), (160, 160), (400, 300)]:
-        got = load_image(encode_png(a), target)
-        full = Image.fromarray((a / scale).astype(np.float32))  # what main decoded before resizing
-        ref = np.asarray(full.resize(target[::-1], Image.Resampling.LANCZOS, reducing_gap=3.0))
-        # the same box average and kernel; only float32 rounding differs (one ulp near 1.0 is 6e-8)
-        np.testing.assert_allclose(got, np.clip(ref, 0, 1), atol=1e-6)
+        np.testing.assert_array_equal(load_image(encode_png(a), target), load_image(encode_png(levels), target))
+
+
+def test_the_same_picture_gives_the_same_pixels_in_every_format():
+    """8-bit PNG, 16-bit PNG and 16-bit DICOM of one picture (levels x 257) give the network identical pixels (the
+    float resize they had before gave P up to 0.05 apart on the originals)."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:700, 0:600] / 700
+    levels = np.clip(255 * (0.2 + 0.6 * yy + 0.1 * np.sin(40 * xx)) + rng.normal(0, 8, yy.shape), 0, 255)
+    levels = levels.astype(np.uint8)
+    wide = levels.astype(np.uint16) * 257
+    png8 = load_image(encode_png(levels), 128)
+    np.testing.assert_array_equal(load_image(encode_png(wide), 128), png8)
+    window = {"WindowCenter": 32768, "WindowWidth": 65536}  # the full 16-bit range, linear
+    np.testing.assert_array_equal(load_image(dicom_bytes(wide, BitsStored=16, HighBit=15, **window), 128), png8)
 
 
 _PEAK_SCRIPT = """

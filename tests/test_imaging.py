@@ -590,3 +590,20 @@ def test_errors_say_whether_the_content_is_unsupported_or_damaged(tmp_path):
         with pytest.raises(ImageLoadError) as info:
             imaging.load_image_and_display(data, 64, name="f")
         assert info.value.kind == kind, (data[:20], str(info.value))
+
+
+def test_a_png_reaches_the_target_as_a_jpeg_of_the_same_picture_does():
+    """A JPEG original is decoded at 1/2, 1/4 or 1/8 scale (draft mode); a PNG of the same picture is first reduced by
+    the same power of two, so it lands nearer the JPEG's pixels than a plain Lanczos resize of it would."""
+    rng = np.random.default_rng(0)
+    arr = np.clip(_xray_like(1600, 2000).astype(np.int16) + rng.integers(-20, 21, (1600, 2000)), 0, 255)
+    buf = io.BytesIO()
+    Image.fromarray(arr.astype(np.uint8)).save(buf, "JPEG", quality=95)
+    with Image.open(io.BytesIO(buf.getvalue())) as im:
+        levels = np.asarray(im.convert("L"))  # the JPEG's own full-size pixels
+    png = io.BytesIO()
+    Image.fromarray(levels).save(png, "PNG")
+    jpeg_net, png_net = load_image(buf.getvalue(), 128), load_image(png.getvalue(), 128)
+    plain = np.asarray(Image.fromarray(levels).resize((128, 128), Image.Resampling.LANCZOS, reducing_gap=3.0))
+    # measured: 0.44 of the plain resize's mean difference (equal, 1.0, without the reduction)
+    assert np.abs(png_net - jpeg_net).mean() < 0.6 * np.abs(plain / 255.0 - jpeg_net).mean()

@@ -21,8 +21,8 @@ MIN_SIDE = 2
 # The largest pixel buffer one image may need while it is decoded (Pillow's decoded image, or the float copy of a
 # DICOM's pixels). It fits a 64 MP grayscale image at 8 or 16 bits (Pillow keeps colour at 4 bytes a pixel, so
 # colour fits 33 MP); JPEGs are measured after DCT scaling, so a large JPEG decoded for a small target costs a
-# fraction. What does not fit is refused before its pixels are decoded; everything after the decode is reduced
-# towards the target in the image's own bit depth first, so one image costs little more than this budget.
+# fraction. What does not fit is refused before its pixels are decoded; a high-bit-depth image is then rounded to
+# 8 bits strip by strip (no full-size float copy), so one image costs little more than this budget.
 DECODE_BUDGET = 128 * 2**20
 
 _BYTES = (bytes, bytearray, memoryview)

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageChops
 
 from pneumo.imaging.limits import _Bad, _check_budget, _first_line
-from pneumo.imaging.resize import _REDUCING_GAP, _RESAMPLE, _block_mean, _minmax, _reduce_factors
+from pneumo.imaging.resize import _minmax, _resize8, _to8
 
 _ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 # What ImageOps.exif_transpose does per orientation; applied after resizing, so the full-size image is not copied.
@@ -50,15 +50,10 @@ def _pillow_pixels(im: Image.Image, target: tuple[int, int] | None) -> np.ndarra
         # 8-bit images are resized as 8-bit: Pillow's uint8 resampling is several times faster than on floats, and
         # the training cache stores 8-bit images anyway, so predictions see what training saw. Transparency is
         # flattened onto black first, in 8 bits, so no float copy of the full-size image is ever made.
-        im = _flat_gray8(im).resize((w, h), _RESAMPLE, reducing_gap=_REDUCING_GAP)
-        return _to_gray(_transpose(im, orientation))
-    # 16-bit, 32-bit and float images: box-averaged in strips to within the reducing gap of the target, then
-    # resampled in float: what Pillow's resize(reducing_gap=...) does, without a full-size float copy.
-    fx, fy = _reduce_factors(im.size, (w, h))
-    reduced = Image.fromarray(_reduced_gray(im, fx, fy))
-    if (fx, fy) != (1, 1) or reduced.size != (w, h):
-        reduced = reduced.resize((w, h), _RESAMPLE, box=(0, 0, im.width / fx, im.height / fy))
-    return np.asarray(_transpose(reduced, orientation), dtype=np.float32)
+        return _to_gray(_transpose(_resize8(_flat_gray8(im), (h, w)), orientation))
+    # 16-bit, 32-bit and float images: scaled on the bit range their data uses and rounded to 8 bits strip by strip
+    # (never a full-size float copy), then resized as every 8-bit image is.
+    return _to_gray(_transpose(_resize8(Image.fromarray(_gray8(im)), (h, w)), orientation))
 
 
 def _decoded_bytes(im: Image.Image, full_size: tuple[int, int], full_bands: int) -> int:
@@ -83,25 +78,33 @@ def _flat_gray8(im: Image.Image) -> Image.Image:
     return im if im.mode == "L" else im.convert("L")
 
 
-def _reduced_gray(im: Image.Image, fx: int, fy: int) -> np.ndarray:
-    """A high-bit-depth image as gray float32 in [0, 1], box-averaged by ``fx`` x ``fy`` strip by strip (never a
-    full-size float copy); the scaling is that of :func:`_to_gray`: the bit range from the brightest pixel, the other
-    modes' checks read off the reduced values."""
-    if (fx, fy) == (1, 1):
-        return _to_gray(im)
+def _gray8(im: Image.Image) -> np.ndarray:
+    """A high-bit-depth image as gray uint8, full size, made strip by strip (never a full-size float copy): the
+    scaling is that of :func:`_to_gray` (the bit range from the brightest pixel of every strip, or the mode's range,
+    or min-max), then rounded to 8 bits."""
     w, h = im.size
-    rows = max(fy, _STRIP_BYTES // max(1, w * 8) // fy * fy)  # a multiple of fy: blocks never straddle strips
-    parts, brightest = [], 0.0
-    for y0 in range(0, h, rows):
-        strip = np.asarray(im.crop((0, y0, w, min(h, y0 + rows)))).astype(np.float64)
-        brightest = max(brightest, float(strip.max()))  # of the pixels, not of the box averages
-        parts.append(_block_mean(strip, fx, fy))
-    a = np.concatenate(parts)
-    if im.mode.startswith("I;16") or (im.mode == "I" and a.min() >= 0 and a.max() <= 65535):
-        return (a / bit_range(brightest)).astype(np.float32)
-    if im.mode == "F" and np.nanmin(a) >= 0 and np.nanmax(a) <= 1:
-        return a.astype(np.float32)
-    return _minmax(a)
+    rows = max(1, _STRIP_BYTES // max(1, w * 8))
+    strips = [(y0, min(h, y0 + rows)) for y0 in range(0, h, rows)]
+
+    def strip(y0: int, y1: int) -> np.ndarray:
+        return np.asarray(im.crop((0, y0, w, y1))).astype(np.float64)
+
+    lo, hi = np.inf, -np.inf  # of the finite pixels
+    for y0, y1 in strips:
+        finite = strip(y0, y1)
+        finite = finite[np.isfinite(finite)]
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    if im.mode.startswith("I;16") or (im.mode == "I" and lo >= 0 and hi <= 65535):
+        offset, scale = 0.0, bit_range(max(hi, 0.0))
+    elif im.mode == "F" and lo >= 0 and hi <= 1:
+        offset, scale = 0.0, 1.0
+    else:  # min-max, as _minmax
+        offset, scale = (lo, hi - lo) if hi > lo else (0.0, np.inf)
+    out = np.empty((h, w), dtype=np.uint8)
+    for y0, y1 in strips:
+        out[y0:y1] = _to8((strip(y0, y1) - offset) / scale)
+    return out
 
 
 def bit_range(brightest: float) -> float:
