@@ -144,3 +144,17 @@ def test_bundled_heat_map_uses_its_normal_films():
 
     want = evidence(run, x, m.temperature, m.calibration_bias, fill=NORMAL, reference=films)
     np.testing.assert_allclose(HeatMapper(predictor).evidence(image), want, atol=1e-6)
+
+
+def test_the_lung_field_trial_recipe_is_the_bundled_one_with_the_field():
+    """configs/lung_field.yaml (the trial in docs/experiments.md) differs from configs/default.yaml only by the field
+    (and its name and seed): what the trial measured is the field's effect."""
+    from pneumo.config import TrainConfig
+
+    where = {"data_dir": "data", "out": "run"}
+    trial = TrainConfig.resolve(REPO / "configs" / "lung_field.yaml", where).model_dump(mode="json")
+    base = TrainConfig.resolve(REPO / "configs" / "default.yaml", where).model_dump(mode="json")
+    assert trial.pop("lung_field") == 0.05 and base.pop("lung_field") is None
+    for k in ("name", "seed"):
+        trial.pop(k), base.pop(k)
+    assert trial == base
