@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -182,3 +183,26 @@ def test_the_input_field_hides_what_lies_outside_it():
     with pytest.raises(ValueError, match="does not fit"):
         create_model("cnn-small", 2).set_input_field(field)  # a network built without one
     assert "input_field" not in create_model("cnn-small", 2).state_dict()  # old model files load as they are
+
+
+def test_the_blurred_input_field_shows_only_the_exposure_outside_it():
+    """With ``field_blur``, outside the field the network sees 8-px block means: a change there that keeps every
+    block's mean changes nothing, one that moves a mean does; the ONNX graph agrees with PyTorch."""
+    import onnxruntime as ort
+
+    from pneumo.training.export import export_onnx
+
+    net = create_model("cnn-small", 2, field_size=32, field_blur=8).eval()
+    field = torch.zeros(1, 1, 32, 32)
+    field[..., 8:24, 8:24] = 1.0
+    net.set_input_field(field)
+    x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    same_means, brighter = x.clone(), x.clone()
+    same_means[..., 0:8, 0:8] = x[..., 0:8, 0:8].flip(-1)  # a block outside, its pixels moved, its mean kept
+    brighter[..., 0:8, 0:8] += 0.5
+    with torch.no_grad():
+        assert torch.allclose(net(x), net(same_means), atol=1e-6)
+        assert not torch.allclose(net(x), net(brighter), atol=1e-4)
+        ref = net.forward_with_features(x)[0].numpy()
+    sess = ort.InferenceSession(export_onnx(net, 32), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(["logits"], {"image": x.numpy()})[0], ref, atol=1e-4)

@@ -231,6 +231,8 @@ def test_lung_field_is_trained_exported_and_refinalized_with_the_network(dataset
     np.testing.assert_array_equal(torch_twin(load_model_file(run)).input_field.numpy()[0, 0], field)
     with pytest.raises(ValueError, match=r"lung_field needs augment\.lung_atlas"):
         _cfg(dataset, run, cache_dir, lung_field=0.5)
+    with pytest.raises(ValueError, match="lung_field_blur needs lung_field"):
+        _cfg(dataset, run, cache_dir, lung_field_blur=16)
 
 
 def test_resume_continues_and_appends(dataset, cache_dir, tmp_path):

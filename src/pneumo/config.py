@@ -117,6 +117,13 @@ class TrainConfig(BaseModel):
         "images have lung (augment.lung_atlas, feathered edge); everything else is the mean grey, set inside the "
         "network, so training and every prediction (the ONNX graph) see the same field; None: the whole frame",
     )
+    lung_field_blur: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="with lung_field: what lies outside the field is the image averaged over squares of this many "
+        "pixels (its exposure, not its detail) instead of mean grey; 0: mean grey",
+    )
     val_fraction: float = Field(default=D.val_fraction, gt=0.0, lt=1.0)
     split_by: SplitBy = Field(
         default=D.split_by,
@@ -155,6 +162,8 @@ class TrainConfig(BaseModel):
     def _field_needs_atlas(self) -> TrainConfig:
         if self.lung_field is not None and self.augment.lung_atlas is None:
             raise ValueError("lung_field needs augment.lung_atlas (a lung atlas PNG)")
+        if self.lung_field_blur and self.lung_field is None:
+            raise ValueError("lung_field_blur needs lung_field")
         return self
 
     def operating_rule(self) -> OperatingRule:

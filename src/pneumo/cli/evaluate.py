@@ -138,9 +138,11 @@ def info(model: ModelOpt = None) -> None:
     filler = heat_map_filler(mf.arrays)
     err.print(f"heat map: occlusion, each hidden region filled with {filler}", highlight=False, soft_wrap=True)
     if (level := meta.lung_field()) is not None:
+        blur = meta.arch_kwargs.get("field_blur")
+        rest = f"averaged over {blur}-px squares" if blur else "mean grey"
         err.print(
             f"input: the network sees only the lung field (where at least {level:.0%} of the training images have "
-            "lung); the rest of the frame is mean grey inside the graph",
+            f"lung); the rest of the frame is {rest} inside the graph",
             highlight=False,
             soft_wrap=True,
         )

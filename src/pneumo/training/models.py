@@ -44,11 +44,15 @@ class PneumoNet(nn.Module):
         domain_layer: str | None = None,
         subtype_head: bool = False,
         field_size: int | None = None,
+        field_blur: int = 0,
     ):
         super().__init__()
         # The input field (1 x 1 x size x size in [0, 1]; :meth:`set_input_field`): the network multiplies its
         # normalised input by it, so what lies outside is the mean grey (0) for training and the exported graph alike.
-        # Part of the weights; ``field_size`` (the input size) only shapes it before they are loaded.
+        # Part of the weights; ``field_size`` (the input size) only shapes it before they are loaded. With
+        # ``field_blur`` px, what lies outside is the input averaged over field_blur-px squares (bilinear between
+        # them) instead: the exposure around the lungs, not its detail.
+        self.field_blur = int(field_blur)
         self.input_field: torch.Tensor | None
         if field_size:
             self.register_buffer("input_field", torch.ones(1, 1, field_size, field_size))
@@ -77,7 +81,12 @@ class PneumoNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_field is not None:
-            x = x * self.input_field
+            f = self.input_field
+            if self.field_blur:
+                coarse = nn.functional.avg_pool2d(x, self.field_blur, ceil_mode=True)
+                x = x * f + nn.functional.interpolate(coarse, f.shape[-2:], mode="bilinear") * (1 - f)
+            else:
+                x = x * f
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -256,9 +265,11 @@ def create_model(
     dropout: float = 0.2,
     subtype_head: bool = False,
     field_size: int | None = None,
+    field_blur: int = 0,
 ) -> PneumoNet:
     """Build a registered architecture for 1-channel input with a ``num_classes`` head (and a subtype head, and an
-    input field of ``field_size`` px, all ones until set)."""
+    input field of ``field_size`` px, all ones until set, with what lies outside it averaged over ``field_blur`` px
+    squares, or mean grey)."""
     if name not in ARCHS:
         raise ConfigError(f"unknown architecture {name!r}; choose one of {', '.join(list_models())}")
     spec = ARCHS[name]
@@ -266,7 +277,14 @@ def create_model(
         raise ConfigError(f"{name} has no shipped ImageNet weights; use pretrained=False")
     backbone = spec.build(pretrained)
     return PneumoNet(
-        backbone, int(backbone.num_features), num_classes, dropout, spec.domain_layer, subtype_head, field_size
+        backbone,
+        int(backbone.num_features),
+        num_classes,
+        dropout,
+        spec.domain_layer,
+        subtype_head,
+        field_size,
+        field_blur,
     )
 
 
@@ -278,6 +296,8 @@ def arch_kwargs(cfg: TrainConfig) -> dict[str, Any]:
         kwargs["subtype_head"] = True
     if cfg.lung_field is not None:
         kwargs["field_size"] = cfg.image_size
+        if cfg.lung_field_blur:
+            kwargs["field_blur"] = cfg.lung_field_blur
     return kwargs
 
 
