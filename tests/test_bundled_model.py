@@ -158,3 +158,14 @@ def test_the_lung_field_trial_recipe_is_the_bundled_one_with_the_field():
     for k in ("name", "seed"):
         trial.pop(k), base.pop(k)
     assert trial == base
+
+
+def test_the_blurred_lung_field_trial_recipe_is_the_lung_field_one_with_the_blur():
+    from pneumo.config import TrainConfig
+
+    where = {"data_dir": "data", "out": "run"}
+    blur = TrainConfig.resolve(REPO / "configs" / "lung_field_blur.yaml", where).model_dump(mode="json")
+    field = TrainConfig.resolve(REPO / "configs" / "lung_field.yaml", where).model_dump(mode="json")
+    assert blur.pop("lung_field_blur") == 16 and field.pop("lung_field_blur") == 0
+    blur.pop("name"), field.pop("name")
+    assert blur == field
