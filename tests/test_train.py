@@ -227,6 +227,7 @@ def test_lung_field_is_trained_exported_and_refinalized_with_the_network(dataset
     y = np.where(field == 0.0, 3.0, x).astype(np.float32)  # only what lies outside the field changed
     sess = ort.InferenceSession(mf.onnx, providers=["CPUExecutionProvider"])
     assert np.array_equal(*(sess.run(["logits"], {"image": v})[0] for v in (x, y)))
+    (tmp_path / "atlas.png").unlink()  # a finished run's checkpoint carries its field: no atlas needed any more
     assert refinalize(run) == run / "model.pneumo"
     np.testing.assert_array_equal(torch_twin(load_model_file(run)).input_field.numpy()[0, 0], field)
     with pytest.raises(ValueError, match=r"lung_field needs augment\.lung_atlas"):

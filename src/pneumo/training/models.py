@@ -301,10 +301,12 @@ def arch_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     return kwargs
 
 
-def model_for(cfg: TrainConfig, pretrained: bool = False) -> PneumoNet:
-    """The network ``cfg`` trains, with its lung field set from the atlas when ``cfg.lung_field`` asks for one."""
+def model_for(cfg: TrainConfig, pretrained: bool = False, read_field: bool = True) -> PneumoNet:
+    """The network ``cfg`` trains, with its lung field read from the atlas when ``cfg.lung_field`` asks for one. With
+    ``read_field=False`` the field is only shaped: the weights about to be loaded carry it (a finished run, whose
+    atlas may be elsewhere by now)."""
     net = create_model(cfg.arch, len(TASK_CLASSES[cfg.task]), pretrained, cfg.dropout, **arch_kwargs(cfg))
-    if cfg.lung_field is not None:
+    if cfg.lung_field is not None and read_field:
         net.set_input_field(lung_field(cfg.augment.lung_atlas, cfg.image_size, cfg.lung_field))
     return net
 

@@ -26,7 +26,7 @@ def refinalize(run: Path, target_sensitivity: float | None = None, **operating: 
     if ckpt is None:
         raise FileNotFoundError(f"{run}: no checkpoints/best.ckpt or last.ckpt to finalize")
     train, val, summary = load_splits(cfg)
-    net = model_for(cfg)
+    net = model_for(cfg, read_field=False)  # the checkpoint carries the field
     net.load_state_dict(checkpoint_net_state(str(ckpt)))
     timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").is_file() else {}
     return finalize_run(cfg, net, train, val, summary, timing)
