@@ -46,14 +46,12 @@ def _pillow_pixels(im: Image.Image, target: tuple[int, int] | None) -> np.ndarra
     if target is None:
         return _to_gray(_transpose(im, orientation))
     h, w = (target[1], target[0]) if rotated else target  # the target in the stored (untransposed) orientation
-    if not (im.mode.startswith("I") or im.mode == "F"):
-        # 8-bit images are resized as 8-bit: Pillow's uint8 resampling is several times faster than on floats, and
-        # the training cache stores 8-bit images anyway, so predictions see what training saw. Transparency is
-        # flattened onto black first, in 8 bits, so no float copy of the full-size image is ever made.
-        return _to_gray(_transpose(_resize8(_flat_gray8(im), (h, w)), orientation))
-    # 16-bit, 32-bit and float images: scaled on the bit range their data uses and rounded to 8 bits strip by strip
-    # (never a full-size float copy), then resized as every 8-bit image is.
-    return _to_gray(_transpose(_resize8(Image.fromarray(_gray8(im)), (h, w)), orientation))
+    # Every image is resized as 8-bit: Pillow's uint8 resampling is several times faster than on floats, and the
+    # training cache stores 8-bit images anyway, so predictions see what training saw. 8-bit images have
+    # transparency flattened onto black first, in 8 bits; 16-bit, 32-bit and float images are scaled on the bit
+    # range their data uses and rounded to 8 bits strip by strip. No float copy of the full-size image is made.
+    gray8 = Image.fromarray(_gray8(im)) if im.mode.startswith("I") or im.mode == "F" else _flat_gray8(im)
+    return _to_gray(_transpose(_resize8(gray8, (h, w)), orientation))
 
 
 def _decoded_bytes(im: Image.Image, full_size: tuple[int, int], full_bands: int) -> int:

@@ -229,7 +229,8 @@ class ModelMeta(BaseModel):
 
     def lung_field(self) -> float | None:
         """The atlas share above which the network sees the image (``lung_field`` of the training config: the rest
-        is mean grey, inside the graph); None when it sees the whole frame."""
+        is mean grey, or its block means with ``arch_kwargs["field_blur"]``, inside the graph); None when it sees the
+        whole frame."""
         value = (self.training.get("config") or {}).get("lung_field")
         return None if value is None else float(value)
 
