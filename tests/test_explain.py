@@ -128,7 +128,8 @@ def test_an_empty_map_says_why_where_the_scale_would_be(explainer, monkeypatch):
 
     texts: list[str] = []
     original = Figure.text
-    monkeypatch.setattr(Figure, "text", lambda self, x, y, s, **kw: texts.append(s) or original(self, x, y, s, **kw))
+    monkeypatch.setattr(Figure, "text", lambda self, x, y, s, **kw: texts.append(" ".join(s.split()))
+                        or original(self, x, y, s, **kw))  # a long caption wraps: compared unwrapped  # fmt: skip
     exp = explainer.explain(_png_bytes(_xray()), "x.png")
     scale, empty = explainer.images.scale, explainer.images.empty
     exp.heatmap = np.zeros_like(exp.heatmap)

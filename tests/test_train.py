@@ -19,7 +19,7 @@ from pneumo.config import TrainConfig
 from pneumo.evaluation.calibration import OperatingRule
 from pneumo.evaluation.shifts import TRAINING_CHECKS, checked_copies
 from pneumo.inference import Predictor
-from pneumo.modelfile import VALIDATION_VERSION, load_model_file
+from pneumo.modelfile import LUNG_FIELD, VALIDATION_VERSION, load_model_file
 from pneumo.training.train import balanced_indices, class_weights, fit
 
 N_PER_CLASS = 24
@@ -222,6 +222,7 @@ def test_lung_field_is_trained_exported_and_refinalized_with_the_network(dataset
     mf = load_model_file(run)
     assert mf.meta.arch_kwargs == {"field_size": 32} and mf.meta.lung_field() == 0.5  # what `pneumo info` says
     field = torch_twin(mf).input_field.numpy()[0, 0]
+    np.testing.assert_array_equal(mf.arrays[LUNG_FIELD], field)  # what the heat maps draw the edge of, without torch
     assert field[16, 8] > 0.9 and field[16, 16] < 0.2 and (field == 0).sum() > 100  # a lung, the centre, a rim
     x = np.random.default_rng(0).standard_normal((1, 1, 32, 32)).astype(np.float32)
     y = np.where(field == 0.0, 3.0, x).astype(np.float32)  # only what lies outside the field changed
@@ -230,6 +231,7 @@ def test_lung_field_is_trained_exported_and_refinalized_with_the_network(dataset
     (tmp_path / "atlas.png").unlink()  # a finished run's checkpoint carries its field: no atlas needed any more
     assert refinalize(run) == run / "model.pneumo"
     np.testing.assert_array_equal(torch_twin(load_model_file(run)).input_field.numpy()[0, 0], field)
+    np.testing.assert_array_equal(load_model_file(run).arrays[LUNG_FIELD], field)
     with pytest.raises(ValueError, match=r"lung_field needs augment\.lung_atlas"):
         _cfg(dataset, run, cache_dir, lung_field=0.5)
     with pytest.raises(ValueError, match="lung_field_blur needs lung_field"):

@@ -18,6 +18,7 @@ from pydicom.uid import JPEG2000, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNea
 from pneumo._version import __version__
 from pneumo.dicom.sr import MANUFACTURER, SERIES_DESCRIPTION
 from pneumo.explain.cam import ALPHA_FLOOR, EMPTY_MAP, overlay_rgb
+from pneumo.explain.field import EDGE_RGB
 from pneumo.inference import Prediction
 from pneumo.labels import NORMAL, PNEUMONIA, REFER
 from pneumo.modelfile import ModelMeta
@@ -27,16 +28,18 @@ WARNING_TEXT = "WARNING: unlike the X-rays this model was validated on - do not 
 REFER_TEXT = "REFER: the site's data back neither NORMAL nor PNEUMONIA here - a reader must decide."
 _LOSSY_SYNTAXES = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit, JPEG2000, JPEGLSNearLossless})
 _RED, _GREEN, _ORANGE, _GREY = (229, 57, 53), (67, 160, 71), (255, 152, 0), (200, 200, 200)
+_MAGENTA = EDGE_RGB  # the field edge's line, and the words that say what it is
 _AMBER = (255, 200, 0)  # yellower than the out-of-domain orange, far from both red and green
 DECISION_COLOURS = {PNEUMONIA: _RED, NORMAL: _GREEN, REFER: _AMBER}
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray | None) -> np.ndarray:
+def overlay(image: np.ndarray, heatmap: np.ndarray | None, edge: np.ndarray | None = None) -> np.ndarray:
     """The gray X-ray ([0, 1], H x W) with the heat map composited over it (``pneumo.explain.cam``'s colours and smooth
-    opacity, as on the web page and in ``pneumo explain``), H x W x 3 uint8."""
+    opacity, and a lung-field model's dashed field ``edge``, as on the web page and in ``pneumo explain``), H x W x 3
+    uint8."""
     if heatmap is None:
         return np.repeat(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2)
-    return overlay_rgb(image, heatmap)
+    return overlay_rgb(image, heatmap, edge)
 
 
 def decision_colour(prediction: str) -> tuple[int, int, int]:
@@ -66,9 +69,15 @@ def result_line(pred: Prediction) -> str:
     return line
 
 
-def render(image: np.ndarray, heatmap: np.ndarray | None, pred: Prediction, meta: ModelMeta) -> np.ndarray:
+def render(
+    image: np.ndarray,
+    heatmap: np.ndarray | None,
+    pred: Prediction,
+    meta: ModelMeta,
+    field: tuple[np.ndarray, str] | None = None,
+) -> np.ndarray:
     """The RGB uint8 picture: a text band (result, what REFER means, warning when out of domain, disclaimer) over
-    the overlay."""
+    the overlay; ``field``: a lung-field model's (edge at the image's shape, what it means), drawn and said."""
     h, w = image.shape
     lines = [(result_line(pred), decision_colour(pred.prediction))]
     if pred.prediction == REFER:
@@ -81,6 +90,8 @@ def render(image: np.ndarray, heatmap: np.ndarray | None, pred: Prediction, meta
         lines.append(("No heat map (the heat-map model is unavailable on this node).", _GREY))
     elif float(np.max(heatmap)) < ALPHA_FLOOR:  # a map scaled to its own maximum ("cam") never gets here
         lines.append((f"Heat map: {EMPTY_MAP}.", _GREY))
+    if heatmap is not None and field is not None:
+        lines.append((f"The {field[1]}.", _MAGENTA))
     size = max(10, round(w / 40))
     font = ImageFont.load_default(size=size)
     widest = max(font.getlength(text) for text, _ in lines)
@@ -89,7 +100,7 @@ def render(image: np.ndarray, heatmap: np.ndarray | None, pred: Prediction, meta
         font = ImageFont.load_default(size=size)
     band = round(size * 1.35 * len(lines) + size * 0.6)
     canvas = Image.new("RGB", (w, h + band), (0, 0, 0))
-    canvas.paste(Image.fromarray(overlay(image, heatmap)), (0, band))
+    canvas.paste(Image.fromarray(overlay(image, heatmap, None if field is None else field[0])), (0, band))
     draw = ImageDraw.Draw(canvas)
     for i, (text, colour) in enumerate(lines):
         draw.text((round(size * 0.4), round(size * 0.3 + i * size * 1.35)), text, fill=colour, font=font)
@@ -111,10 +122,11 @@ def build_sc(
     meta: ModelMeta,
     *,
     series_number: int = 9902,
+    field: tuple[np.ndarray, str] | None = None,
 ) -> SCImage:
     """The Secondary Capture for one analysed image. ``image`` is the X-ray at display size in [0, 1] (MONOCHROME2
-    look), ``heatmap`` the map at the same size in [0, 1] or None."""
-    pixels = render(image, heatmap, pred, meta)
+    look), ``heatmap`` the map at the same size in [0, 1] or None, ``field`` a lung-field model's (edge, note)."""
+    pixels = render(image, heatmap, pred, meta, field)
     orientation = source.get("PatientOrientation")
     known = orientation is not None and len(orientation) == 2 and all(orientation)
     sc = SCImage.from_ref_dataset(

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pneumo.explain.cam import NO_CAM, OCCLUSION, HeatMapper, NoCamError
+from pneumo.explain.field import field_note, model_field_edge
 from pneumo.imaging import DISPLAY_MAX, load_image_and_display
 from pneumo.inference import Prediction, Predictor, Source
 from pneumo.modelfile import ModelFile, ModelFileError
@@ -44,12 +45,14 @@ SWITCHED_OFF = "heat maps are switched off"
 class ImageAnalysis:
     """What one image gave: the prediction, the display image (aspect ratio kept, [0, 1]) and, when asked for and
     possible, the heat map at the display image's shape ([0, 1]; on the absolute scale of
-    :class:`pneumo.explain.cam.HeatMapper` for occlusion maps); ``heatmap_error`` says why it is missing."""
+    :class:`pneumo.explain.cam.HeatMapper` for occlusion maps); ``heatmap_error`` says why it is missing. With a map,
+    a model that sees only its lung field also gives the field's edge (:mod:`pneumo.explain.field`)."""
 
     prediction: Prediction
     image: np.ndarray
     heatmap: np.ndarray | None = None
     heatmap_error: str | None = None
+    field_edge: np.ndarray | None = None  # a lung-field model's field edge at the heat map's shape, to draw over it
 
 
 class ImageAnalyser:
@@ -100,6 +103,12 @@ class ImageAnalyser:
         maps or for the class activation map."""
         return None if self._mapper is None else self._mapper.empty
 
+    @property
+    def field_note(self) -> str | None:
+        """What the dashed field edge on the maps means (:func:`pneumo.explain.field.field_note`); None without heat
+        maps or for a model that sees the whole frame."""
+        return None if self._mapper is None else field_note(self.predictor.model)
+
     def decode(self, source: Source, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(network input, display image) from one opening of ``source``; ImageLoadError when it cannot be read."""
         return load_image_and_display(source, self.predictor.size, self.max_side, name=name)
@@ -124,6 +133,8 @@ class ImageAnalyser:
         result = ImageAnalysis(prediction=prediction, image=display)
         if heatmap and prediction.error is None:
             result.heatmap, result.heatmap_error = self.heatmap(net_input, display.shape)
+            if result.heatmap is not None:
+                result.field_edge = model_field_edge(self.predictor.model, display.shape)
         return result
 
     def heatmap(

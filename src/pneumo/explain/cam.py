@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from pneumo.choices import HEAT_METHODS
+from pneumo.explain.field import paint_edge
 from pneumo.explain.occlusion import FULL_SCALE, MEAN, NORMAL, OcclusionGrid, evidence, heat
 from pneumo.graph_names import CAM_OUTPUT
 from pneumo.imaging import resize_map
@@ -107,20 +108,27 @@ def overlay_alpha(heat: np.ndarray) -> np.ndarray:
     return (ALPHA_MAX * s * s * (3.0 - 2.0 * s)).astype(np.float32)
 
 
-def heatmap_rgba(heat: np.ndarray) -> np.ndarray:
-    """The heat map as an RGBA image (H x W x 4, uint8) to lay over the X-ray: jet colours, smooth opacity."""
-    rgba = np.concatenate([jet(heat), overlay_alpha(heat)[..., None]], axis=-1)
-    return np.round(rgba * 255).astype(np.uint8)
+def _colours(heat: np.ndarray, edge: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    colour, alpha = jet(heat), overlay_alpha(heat)
+    paint_edge(colour, alpha, edge)
+    return colour, alpha
 
 
-def overlay_rgb(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
-    """The grayscale X-ray (H x W in [0, 1]) with the heat map (same shape) composited over it, H x W x 3 uint8:
-    what a burnt-in picture (a DICOM Secondary Capture) shows."""
+def heatmap_rgba(heat: np.ndarray, edge: np.ndarray | None = None) -> np.ndarray:
+    """The heat map as an RGBA image (H x W x 4, uint8) to lay over the X-ray: jet colours, smooth opacity; with
+    ``edge`` (a lung-field model's, :func:`pneumo.explain.field.field_edge`) the field's edge dashed over it."""
+    colour, alpha = _colours(heat, edge)
+    return np.round(np.concatenate([colour, alpha[..., None]], axis=-1) * 255).astype(np.uint8)
+
+
+def overlay_rgb(image: np.ndarray, heat: np.ndarray, edge: np.ndarray | None = None) -> np.ndarray:
+    """The grayscale X-ray (H x W in [0, 1]) with the heat map (same shape), and a lung field's ``edge`` if given,
+    composited over it, H x W x 3 uint8: what a burnt-in picture (a DICOM Secondary Capture) shows."""
     if np.shape(image) != np.shape(heat):
         raise ValueError(f"image {np.shape(image)} and heat map {np.shape(heat)} differ in shape")
     gray = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)[..., None]
-    alpha = overlay_alpha(heat)[..., None]
-    return np.round(((1.0 - alpha) * gray + alpha * jet(heat)) * 255).astype(np.uint8)
+    colour, alpha = _colours(heat, edge)
+    return np.round(((1.0 - alpha[..., None]) * gray + alpha[..., None] * colour) * 255).astype(np.uint8)
 
 
 NO_CAM = (

@@ -13,6 +13,7 @@ cut to the lungs.
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,33 +67,45 @@ def overlay_png(
     title: str | None = None,
     scale: str | None = None,
     empty: str | None = None,
+    field: str | None = None,
 ) -> bytes:
     """The X-ray with the heat map over it and the probability and decision above it, as PNG bytes; ``scale``
     (what the top of the colour scale means, :attr:`pneumo.explain.cam.HeatMapper.scale`) is written under the
     title, or instead ``empty`` (:attr:`pneumo.explain.cam.HeatMapper.empty`) when the map draws nothing: an empty
-    map of an image called pneumonia is not a broken one."""
+    map of an image called pneumonia is not a broken one. A lung-field model's map has the field's edge dashed over
+    it (``exp.field_edge``) and ``field`` (:func:`pneumo.explain.field.field_note`) says what the line means."""
     from matplotlib.figure import Figure
 
     p = exp.prediction
-    h, w = exp.image.shape
-    fig = Figure(figsize=(6, 6 * h / w + 0.9), dpi=110)
-    ax = fig.add_axes((0, 0, 1, h / (h + 0.15 * w)))
-    ax.imshow(exp.image, cmap="gray", vmin=0, vmax=1)
-    if show_heatmap:  # the page's and the Secondary Capture's overlay: jet colours, smoothly rising opacity
-        ax.imshow(heatmap_rgba(exp.heatmap), interpolation="bilinear")
-    ax.set_axis_off()
-    color = "#c62828" if p.prediction == PNEUMONIA else "#2e7d32"
     headline = f"{p.prediction}  P(pneumonia) = {p.probability:.2f}  (threshold {p.threshold:.2f})"
     caption = title or Path(p.path).name
     if show_heatmap and empty and exp.heatmap is not None and float(exp.heatmap.max()) < ALPHA_FLOOR:
         scale = empty  # an empty map says why, where the scale would be: there is nothing to read it on
     if show_heatmap and scale:
         caption += f"   (heat: {scale})"
-    fig.text(0.02, 0.97, caption, fontsize=7 if scale else 9, va="top", color="#333333")
-    fig.text(0.02, 0.935, headline, fontsize=12, va="top", color=color, weight="bold")
+    # (text, font size, colour, bold), top to bottom in a band above the X-ray that grows with the lines
+    lines = [(caption, 7 if scale else 9, "#333333", False)]
+    lines.append((headline, 12, "#c62828" if p.prediction == PNEUMONIA else "#2e7d32", True))
     if p.in_domain is False:
-        fig.text(0.02, 0.895, "WARNING: unlike the X-rays this model was validated on; do not rely on it",
-                 fontsize=9, va="top", color="#e65100", weight="bold")  # fmt: skip
+        lines.append(("WARNING: unlike the X-rays this model was validated on; do not rely on it", 9, "#e65100", True))
+    if show_heatmap and field and exp.field_edge is not None:
+        lines.append((field, 7, "#8e24aa", False))
+    h, w = exp.image.shape
+    width = 6.0  # inches; a line wraps before it would run off the picture (a glyph is ~0.55 of the font size wide)
+    lines = [("\n".join(textwrap.wrap(text, int(0.96 * width * 72 / (0.55 * size)))), size, *rest)
+             for text, size, *rest in lines]  # fmt: skip
+    band = 0.15 + sum(size * 1.6 * (text.count("\n") + 1) for text, size, _, _ in lines) / 72
+    height = width * h / w + band
+    fig = Figure(figsize=(width, height), dpi=110)
+    ax = fig.add_axes((0, 0, 1, (height - band) / height))
+    ax.imshow(exp.image, cmap="gray", vmin=0, vmax=1)
+    if show_heatmap:  # the page's and the Secondary Capture's overlay: jet colours, smoothly rising opacity
+        ax.imshow(heatmap_rgba(exp.heatmap, exp.field_edge), interpolation="bilinear")
+    ax.set_axis_off()
+    top = 0.08  # inches from the top of the figure
+    for text, size, colour, bold in lines:
+        fig.text(0.02, 1 - top / height, text, fontsize=size, va="top", color=colour, weight="bold" if bold else None)
+        top += size * 1.6 * (text.count("\n") + 1) / 72
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
@@ -121,6 +134,7 @@ def explain_files(
             stem += "_"
         used.add(stem)
         target = output / f"{stem}_{method}.png"
-        target.write_bytes(overlay_png(exp, scale=explainer.images.scale, empty=explainer.images.empty))
+        images = explainer.images
+        target.write_bytes(overlay_png(exp, scale=images.scale, empty=images.empty, field=images.field_note))
         written.append(target)
     return written, failures

@@ -33,6 +33,10 @@ _POSITIVE = ("domain_variances", "domain_scale", "domain_feature_std")
 # The occlusion map's fillers (pneumo.explain.occlusion.normal_reference): K x input size x input size, optional
 # (files finalised before it fill with mean grey).
 OCCLUSION_REFERENCE = "occlusion_reference"
+# A lung-field model's input field (``lung_field`` in the training config): input size x input size in [0, 1], the
+# same field the graph multiplies its input by; the heat maps draw its edge (pneumo.explain.field). Optional: files
+# finalised before it, or models that see the whole frame, have none.
+LUNG_FIELD = "lung_field"
 
 
 def heat_map_filler(arrays: dict[str, np.ndarray]) -> str:
@@ -128,6 +132,13 @@ def check_arrays(arrays: dict[str, np.ndarray], meta: ModelMeta, source: str | P
             raise ModelFileError(
                 f"{source}: {ARRAYS}: {OCCLUSION_REFERENCE} has shape {'x'.join(map(str, ref.shape)) or 'scalar'} "
                 f"({ref.dtype}), not K x {size}x{size} floats, K 1 to 16 (the input size; damaged model file)"
+            )
+    if (field := arrays.get(LUNG_FIELD)) is not None:
+        size = meta.preprocessing.image_size
+        if field.shape != (size, size) or field.dtype.kind != "f" or field.min() < 0 or field.max() > 1:
+            raise ModelFileError(
+                f"{source}: {ARRAYS}: {LUNG_FIELD} has shape {'x'.join(map(str, field.shape)) or 'scalar'} "
+                f"({field.dtype}), not {size}x{size} floats in [0, 1] (the input size; damaged model file)"
             )
     guard = meta.domain_guard
     if guard is None:

@@ -79,6 +79,11 @@ class PredictResponse(Prediction):
         description="why the heat map draws nothing: no single region moves the log-odds enough (a confident image, "
         "evidence spread); null when it draws",
     )
+    heatmap_field: str | None = Field(
+        default=None,
+        description="for a model that sees only its lung field: what the dashed magenta line on the heat map is (the "
+        "field's edge; outside it the model sees little or nothing, so the map is pale there); null otherwise",
+    )
     model_name: str
     model_version: str
     site_calibration: str | None = Field(
@@ -231,6 +236,7 @@ def _response(result: Analysis, filename: str, predictor: Predictor) -> PredictR
         heatmap=_b64(result.heatmap_png),
         explain_error=result.explain_error,
         heatmap_note=result.heatmap_note,
+        heatmap_field=result.heatmap_field,
         model_name=meta.name,
         model_version=meta.version,
         site_calibration=None if meta.site is None else f"{meta.site.name} ({meta.site.created})",

@@ -37,6 +37,7 @@ class Analysis:
     heatmap_png: bytes | None = None
     explain_error: str | None = None
     heatmap_note: str | None = None  # why a heat map draws nothing
+    heatmap_field: str | None = None  # what the dashed lung-field edge on a field model's map means
 
 
 def gray_png(image: np.ndarray) -> bytes:
@@ -46,11 +47,11 @@ def gray_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def heatmap_rgba_png(cam: np.ndarray) -> bytes:
+def heatmap_rgba_png(cam: np.ndarray, edge: np.ndarray | None = None) -> bytes:
     """A [0, 1] heat map as a transparent RGBA PNG to lay over the X-ray: jet colours, opacity rising smoothly
-    with heat (:func:`pneumo.explain.cam.heatmap_rgba`, numpy only)."""
+    with heat, a lung-field model's field ``edge`` dashed (:func:`pneumo.explain.cam.heatmap_rgba`, numpy only)."""
     buf = io.BytesIO()
-    Image.fromarray(heatmap_rgba(cam), mode="RGBA").save(buf, "PNG", compress_level=3)
+    Image.fromarray(heatmap_rgba(cam, edge), mode="RGBA").save(buf, "PNG", compress_level=3)
     return buf.getvalue()
 
 
@@ -77,7 +78,9 @@ class Analyser:
         a = self.images.analyse_decoded(net_input, display, name, heatmap=explain)
         result = Analysis(prediction=a.prediction, image_png=gray_png(a.image), explain_error=a.heatmap_error)
         if a.heatmap is not None:
-            result.heatmap_png = heatmap_rgba_png(a.heatmap)
+            result.heatmap_png = heatmap_rgba_png(a.heatmap, a.field_edge)
+            if a.field_edge is not None:
+                result.heatmap_field = self.images.field_note
             if float(np.max(a.heatmap)) < ALPHA_FLOOR:  # occlusion only: a "cam" map is scaled to its own maximum
                 result.heatmap_note = self.images.empty
         return result

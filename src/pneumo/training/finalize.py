@@ -34,7 +34,7 @@ from pneumo.evaluation.shifts import FRAMING_CHECKS, TRAINING_CHECKS, checked_co
 from pneumo.evaluation.summary import shift_summary
 from pneumo.explain.occlusion import normal_reference
 from pneumo.labels import TASK_CLASSES
-from pneumo.modelfile import OCCLUSION_REFERENCE, ModelMeta, onnx_session, save_model_file, without_paths
+from pneumo.modelfile import LUNG_FIELD, OCCLUSION_REFERENCE, ModelMeta, onnx_session, save_model_file, without_paths
 from pneumo.modelfile.validation import VALIDATION_VERSION, BlockFigures, Validation
 from pneumo.probability import calibrated_probability, subtype_probabilities
 from pneumo.training.export import build_model_file
@@ -235,6 +235,8 @@ def finalize_run(
     guard, arrays = fit_domain_guard(train_feats, val_feats, quantile=cfg.domain_quantile)
     if (train.targets == 0).any():  # the occlusion map's fillers: normal training films (REFERENCE_SAMPLES)
         arrays[OCCLUSION_REFERENCE] = normal_reference(train.images[np.flatnonzero(train.targets == 0)], preproc)
+    if net.input_field is not None:  # the heat maps draw the field's edge without reading the weights
+        arrays[LUNG_FIELD] = net.input_field[0, 0].detach().cpu().numpy().astype(np.float32)
 
     meta = ModelMeta(
         name=cfg.name or f"pneumo-{cfg.arch}-{cfg.task}{'+subtype' if cfg.subtype_head else ''}",

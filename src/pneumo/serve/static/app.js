@@ -257,6 +257,7 @@ function showHeatmap(card, result) {
     note.textContent = result.heatmap_note
       ? `Heat map: ${result.heatmap_note}.`
       : "Warm: pushed towards pneumonia; one scale for every image (not a lesion outline).";
+    if (result.heatmap_field) note.textContent += ` The ${result.heatmap_field}.`;
   } else if (result.explain_error) {
     note.textContent = `No heat map: ${result.explain_error}`;
   }
