@@ -2,7 +2,8 @@
 
 :class:`Interval` is a figure with its bounds; the files keep the shapes they always had, each from one method:
 ``metrics.json``'s ``ci`` and the model file's ``ci95`` hold ``[lo, hi]`` (:meth:`Interval.as_pair`), the site
-reports ``{"value", "lo", "hi"}`` (:meth:`Interval.as_json`), the text reports ``0.950  (95% CI 0.900-0.980)``
+reports ``{"value", "lo", "hi"}`` (:meth:`Interval.as_json`, stored and checked as
+:class:`pneumo.modelfile.meta.Interval`), the text reports ``0.950  (95% CI 0.900-0.980)``
 (:meth:`Interval.text`).
 
 :func:`bootstrap` is the percentile bootstrap of evaluation (cases resampled within each class,

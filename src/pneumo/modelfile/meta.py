@@ -100,6 +100,10 @@ class SiteSample(BaseModel):
 
 
 class Interval(BaseModel):
+    """An interval as a site file stores it: the schema, checked on load, of what
+    :meth:`pneumo.evaluation.intervals.Interval.as_json` writes (the computing type lives there; the inference path
+    reads files without importing evaluation code)."""
+
     value: Probability
     lo: Probability
     hi: Probability
