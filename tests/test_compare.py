@@ -75,8 +75,9 @@ def test_markdown_table(two_models):
     assert row_a[:5] == ["run_a", "resnet18", "binary", "224", "0.912"]
     assert "11.2M" in row_a and "30.0" in row_a and "12.3" in row_a and "0.021" in row_a
     assert row_b[0] == "small" and "3.4M" in row_b and "0.990" in row_b
-    # specificity, roc_auc, f1, ece, two worst-shift figures, epochs, train minutes, CPU ms
-    assert row_b.count("—") == 9
+    # specificity, roc_auc, f1, ece, two worst-shift figures, the worst block, two lung checks, epochs, train minutes,
+    # CPU ms
+    assert row_b.count("—") == 12
     assert "0.955" in row_a and "0.710" in row_a  # the worst geometric shift of validation
 
 

@@ -49,15 +49,32 @@ def compare(
         Path | None, typer.Option("--output", "-o", "--out", help="Markdown table to write" + _default("print it"))
     ] = None,
     out_csv: Annotated[Path | None, typer.Option("--csv", help="CSV to write")] = None,
+    by_recipe: Annotated[
+        bool,
+        typer.Option(
+            "--by-recipe",
+            help="Also pool runs whose training configs differ only by seed: each figure as the mean (lowest-highest "
+            "seed), with what each recipe changes against the first",
+        ),
+    ] = False,
 ) -> None:
-    """One comparison table of trained models (accuracy, sensitivity, specificity, AUC, F1, size, speed).
+    """One comparison table of trained models (accuracy, sensitivity, specificity, AUC, F1, the worst shift and the
+    worst held-out period, the lung checks, size, speed).
 
-    Example: pneumo compare runs/* -o comparison.md --csv comparison.csv
+    Example: pneumo compare runs/* -o comparison.md --csv comparison.csv --by-recipe
     """
+    from pneumo import atomic
     from pneumo.evaluation.compare import format_markdown, write_comparison
 
-    rows = write_comparison(runs, out_md, out_csv)
-    print(format_markdown(rows))
+    rows = write_comparison(runs, None, out_csv)
+    text = format_markdown(rows)
+    if by_recipe:
+        from pneumo.evaluation.recipes import format_recipes, group_recipes
+
+        text += "\nBy recipe (mean, lowest-highest run):\n\n" + format_recipes(group_recipes(rows))
+    if out_md is not None:
+        atomic.write_text(out_md, text + "\n")
+    print(text)
 
 
 def robustness(

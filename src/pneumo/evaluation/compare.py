@@ -5,6 +5,10 @@ metadata; an ``evaluate`` output directory without a model file contributes its 
 with architecture and timings taken from the ``"model"`` entry if the evaluation recorded one. The ``metrics``
 column says which. Missing values are ``None`` in the rows, an empty cell in CSV and "—" in Markdown.
 
+Block-split models add their worst held-out period's specificity, and models whose lung checks were recorded their
+AUC with the lungs hidden and with only the lungs shown (validation, atlas). ``--by-recipe``
+(:mod:`pneumo.evaluation.recipes`) pools runs that differ only by seed.
+
 Accuracy, sensitivity and specificity carry their 95 % Wilson interval, from the counts they were measured on
 (``n``, ``n_pos``, ``n_neg``): two models whose intervals overlap widely are not told apart by these figures.
 """
@@ -32,6 +36,9 @@ COLUMNS = (
     *METRICS,
     "shift_worst_auc",
     "shift_worst_specificity",
+    "worst_block_specificity",
+    "lungs_hidden_auc",
+    "only_lungs_auc",
     "params",
     "epochs",
     "train_minutes",
@@ -47,6 +54,9 @@ HEADERS = {
     "roc_auc": "ROC AUC",
     "shift_worst_auc": "worst-shift AUC",
     "shift_worst_specificity": "worst-shift spec",
+    "worst_block_specificity": "worst-block spec",
+    "lungs_hidden_auc": "lungs-hidden AUC",
+    "only_lungs_auc": "only-lungs AUC",
     "train_minutes": "train min",
     "cpu_ms_per_image": "CPU ms/img",
     "metrics": "metrics from",
@@ -84,6 +94,7 @@ def _row(name: str, meta: Mapping[str, Any], metrics: Mapping[str, Any], source:
     epochs = _number(training.get("epochs"))
     params = _number(meta.get("params"))
     row: dict[str, Any] = {
+        "config": training_config(meta),  # not a column: what groups runs into recipes (pneumo.evaluation.recipes)
         "name": name,
         "arch": meta.get("arch"),
         "task": meta.get("task"),
@@ -96,14 +107,34 @@ def _row(name: str, meta: Mapping[str, Any], metrics: Mapping[str, Any], source:
     # reading the framing): the worst case that finalisation recorded, when it did.
     worst = (metrics.get("geometry_shift") or {}).get("worst") or {}
     row.update(shift_worst_auc=_number(worst.get("roc_auc")), shift_worst_specificity=_number(worst.get("specificity")))
+    # A block split's worst held-out period, and the lung checks when they were recorded (validation's atlas set)
+    row["worst_block_specificity"] = _number(
+        ((metrics.get("blocks") or {}).get("worst_specificity") or {}).get("value")
+    )
+    lungs = _lung_check(metrics.get("lung_checks") or {})
+    row.update(lungs_hidden_auc=_number(lungs.get("lungs_hidden")), only_lungs_auc=_number(lungs.get("only_lungs")))
     row.update(
         params=int(params) if params else None,  # 0 is ModelMeta's "not recorded"
         epochs=int(epochs) if epochs is not None else None,
         train_minutes=seconds / 60 if seconds is not None else None,
         cpu_ms_per_image=_number(metrics.get("cpu_ms_per_image")),
         metrics=source,
+        seed=training_config(meta).get("seed"),
     )
     return row
+
+
+def _lung_check(checks: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The lung check measured on validation with the atlas (the set every model of a split shares), else the first."""
+    for name, figures in checks.items():
+        if "atlas" in name:
+            return figures or {}
+    return next(iter(checks.values()), None) or {}
+
+
+def training_config(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The training config a model file records (empty for files that record none)."""
+    return dict((meta.get("training") or {}).get("config") or {})
 
 
 def read_row(model: str | Path) -> dict[str, Any]:
@@ -120,7 +151,9 @@ def read_row(model: str | Path) -> dict[str, Any]:
         return _row(_name(path), info, metrics, "evaluate")
     meta: ModelMeta = read_meta(path)
     # the record as plain data, the shape metrics.json gives the figures in above
-    return _row(_name(path), meta.model_dump(), meta.validation.model_dump(), "validation")
+    split = (meta.data or {}).get("split_method")  # what the figures were measured on: say it in the table
+    source = f"validation ({split})" if split else "validation"
+    return _row(_name(path), meta.model_dump(), meta.validation.model_dump(), source)
 
 
 def compare_runs(models: Sequence[str | Path]) -> list[dict[str, Any]]:
@@ -128,7 +161,7 @@ def compare_runs(models: Sequence[str | Path]) -> list[dict[str, Any]]:
     return [read_row(m) for m in models]
 
 
-def _fmt(key: str, value: Any, row: Mapping[str, Any] | None = None) -> str:
+def format_value(key: str, value: Any, row: Mapping[str, Any] | None = None) -> str:
     if value is None:
         return MISSING
     if key in RATE_COUNTS and row is not None and row.get(f"{key}_ci_low") is not None:
@@ -159,7 +192,7 @@ def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         "|" + "|".join("---:" if c in numeric else "---" for c in COLUMNS) + "|",
     ]
     for row in rows:
-        cells = [_fmt(c, row.get(c), row).replace("|", "\\|") for c in COLUMNS]
+        cells = [format_value(c, row.get(c), row).replace("|", "\\|") for c in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
