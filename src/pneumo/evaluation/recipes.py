@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pneumo.evaluation.compare import MISSING, format_value
+from pneumo.evaluation.compare import HEADERS, MISSING, format_value
 from pneumo.modelfile import without_paths
 
 # What names, places, seeds or spreads a run over machines: never part of a recipe.
@@ -25,15 +25,6 @@ POOLED = (
     "accuracy", "sensitivity", "specificity", "roc_auc", "f1", "ece", "shift_worst_auc", "shift_worst_specificity",
     "worst_block_specificity", "lungs_hidden_auc", "only_lungs_auc", "train_minutes",
 )  # fmt: skip
-HEADERS = {
-    "roc_auc": "ROC AUC",
-    "shift_worst_auc": "worst-shift AUC",
-    "shift_worst_specificity": "worst-shift spec",
-    "worst_block_specificity": "worst-block spec",
-    "lungs_hidden_auc": "lungs-hidden AUC",
-    "only_lungs_auc": "only-lungs AUC",
-    "train_minutes": "train min",
-}
 
 
 def recipe_config(config: Mapping[str, Any]) -> dict[str, Any]:
