@@ -195,6 +195,7 @@ def test_csv_json_and_api_rows_are_the_fields_of_prediction(predictor, tmp_path)
         "heatmap",
         "explain_error",
         "heatmap_note",
+        "heatmap_field",
         "model_name",
         "model_version",
         "site_calibration",

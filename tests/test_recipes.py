@@ -1,4 +1,4 @@
-"""pneumo.evaluation.recipes (``pneumo compare --by-recipe``): runs that differ only by seed pool into one recipe,
+"""pneumo.recipes (``pneumo compare --by-recipe``): runs that differ only by seed pool into one recipe,
 each figure as its mean with the lowest and highest run, and each recipe says what it changes against the first."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 
 from pneumo.cli import main
 from pneumo.evaluation.compare import compare_runs
-from pneumo.evaluation.recipes import format_recipes, group_recipes
+from pneumo.recipes import format_recipes, group_recipes
 from pneumo.modelfile import ModelFile, ModelMeta, save_model_file
 
 BASE = {"data_dir": "/data/chest_xray", "epochs": 8, "image_size": 128, "augment": {"border_erase_p": 0.5}}

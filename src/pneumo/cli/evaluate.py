@@ -69,7 +69,7 @@ def compare(
     rows = write_comparison(runs, None, out_csv)
     text = format_markdown(rows)
     if by_recipe:
-        from pneumo.evaluation.recipes import format_recipes, group_recipes
+        from pneumo.recipes import format_recipes, group_recipes
 
         text += "\nBy recipe (mean, lowest-highest run):\n\n" + format_recipes(group_recipes(rows))
     if out_md is not None:

@@ -7,7 +7,7 @@ column says which. Missing values are ``None`` in the rows, an empty cell in CSV
 
 Block-split models add their worst held-out period's specificity, and models whose lung checks were recorded their
 AUC with the lungs hidden and with only the lungs shown (validation, atlas). ``--by-recipe``
-(:mod:`pneumo.evaluation.recipes`) pools runs that differ only by seed.
+(:mod:`pneumo.recipes`) pools runs that differ only by seed.
 
 Accuracy, sensitivity and specificity carry their 95 % Wilson interval, from the counts they were measured on
 (``n``, ``n_pos``, ``n_neg``): two models whose intervals overlap widely are not told apart by these figures.
@@ -94,7 +94,7 @@ def _row(name: str, meta: Mapping[str, Any], metrics: Mapping[str, Any], source:
     epochs = _number(training.get("epochs"))
     params = _number(meta.get("params"))
     row: dict[str, Any] = {
-        "config": training_config(meta),  # not a column: what groups runs into recipes (pneumo.evaluation.recipes)
+        "config": training_config(meta),  # not a column: what groups runs into recipes (pneumo.recipes)
         "name": name,
         "arch": meta.get("arch"),
         "task": meta.get("task"),
