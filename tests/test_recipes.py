@@ -7,8 +7,8 @@ import pytest
 
 from pneumo.cli import main
 from pneumo.evaluation.compare import compare_runs
-from pneumo.recipes import format_recipes, group_recipes
 from pneumo.modelfile import ModelFile, ModelMeta, save_model_file
+from pneumo.recipes import format_recipes, group_recipes
 
 BASE = {"data_dir": "/data/chest_xray", "epochs": 8, "image_size": 128, "augment": {"border_erase_p": 0.5}}
 
