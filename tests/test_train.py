@@ -221,6 +221,9 @@ def test_lung_field_is_trained_exported_and_refinalized_with_the_network(dataset
     fit(_cfg(dataset, run, cache_dir, epochs=1, lung_field=0.5, augment={"lung_atlas": tmp_path / "atlas.png"}))
     mf = load_model_file(run)
     assert mf.meta.arch_kwargs == {"field_size": 32} and mf.meta.lung_field() == 0.5  # what `pneumo info` says
+    (name, check), *others = mf.meta.validation.lung_checks.items()  # a run with an atlas records its lung checks
+    assert not others and "validation" in name and "atlas" in name and check.n == mf.meta.data["val_images"]
+    assert all(0 <= v <= 1 for v in (check.clean, check.lungs_hidden, check.only_lungs))
     field = torch_twin(mf).input_field.numpy()[0, 0]
     np.testing.assert_array_equal(mf.arrays[LUNG_FIELD], field)  # what the heat maps draw the edge of, without torch
     assert field[16, 8] > 0.9 and field[16, 16] < 0.2 and (field == 0).sum() > 100  # a lung, the centre, a rim

@@ -30,11 +30,22 @@ from pneumo.evaluation.metrics import (
     operating_point,
     says_viral,
 )
+from pneumo.evaluation.robustness import lung_checks
 from pneumo.evaluation.shifts import FRAMING_CHECKS, TRAINING_CHECKS, checked_copies
 from pneumo.evaluation.summary import shift_summary
 from pneumo.explain.occlusion import normal_reference
+from pneumo.inference import Predictor
 from pneumo.labels import TASK_CLASSES
-from pneumo.modelfile import LUNG_FIELD, OCCLUSION_REFERENCE, ModelMeta, onnx_session, save_model_file, without_paths
+from pneumo.lungs import ATLAS_LEVEL, LungSource
+from pneumo.modelfile import (
+    LUNG_FIELD,
+    OCCLUSION_REFERENCE,
+    ModelFile,
+    ModelMeta,
+    onnx_session,
+    save_model_file,
+    without_paths,
+)
 from pneumo.modelfile.validation import VALIDATION_VERSION, BlockFigures, Validation
 from pneumo.probability import calibrated_probability, subtype_probabilities
 from pneumo.training.export import build_model_file
@@ -197,6 +208,20 @@ def validation_checks(val: SplitData, size: int) -> dict[str, np.ndarray]:
     return checked_copies(val.paths, size, TRAINING_CHECKS)
 
 
+def validation_lung_checks(model: ModelFile, val: SplitData, cfg: TrainConfig) -> dict[str, dict] | None:
+    """The lung checks on validation with the run's atlas (``augment.lung_atlas``), as ``pneumo robustness`` makes
+    them through the ONNX graph, for the model file's record; None for runs without an atlas (or one class only)."""
+    atlas = cfg.augment.lung_atlas
+    y = (val.targets > 0).astype(int)
+    if atlas is None or not Path(atlas).is_file() or len(set(y.tolist())) < 2:
+        return None
+    res = lung_checks(Predictor(model), [Path(p) for p in val.paths], y, LungSource.from_atlas(atlas))
+    figures = {"clean": res["clean"]["roc_auc"], "lungs_hidden": res["lungs hidden"]["roc_auc"]}
+    split = (model.meta.data or {}).get("split_method") or "internal"
+    name = f"validation ({split}), atlas lungs > {ATLAS_LEVEL}"
+    return {name: {**figures, "only_lungs": res["only the lungs"]["roc_auc"], "n": res["n"]}}
+
+
 def finalize_run(
     cfg: TrainConfig,
     net: PneumoNet,
@@ -259,6 +284,8 @@ def finalize_run(
     )
     model = build_model_file(net, meta, arrays)
     model.meta.validation.cpu_ms_per_image = round(_onnx_ms_per_image(model.onnx, preproc.image_size), 2)
+    if (checks := validation_lung_checks(model, val, cfg)) is not None:
+        model.meta.validation = model.meta.validation.updated(lung_checks=checks)
     path = save_model_file(run / "model.pneumo", model)
     extra = {} if val_sub is None else {"subtype_logits": val_sub}
     with atomic.atomic_open(run / "val_outputs.npz", "wb") as f:
