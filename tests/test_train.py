@@ -235,6 +235,7 @@ def test_lung_field_is_trained_exported_and_refinalized_with_the_network(dataset
     assert refinalize(run) == run / "model.pneumo"
     np.testing.assert_array_equal(torch_twin(load_model_file(run)).input_field.numpy()[0, 0], field)
     np.testing.assert_array_equal(load_model_file(run).arrays[LUNG_FIELD], field)
+    assert load_model_file(run).meta.validation.lung_checks == mf.meta.validation.lung_checks  # kept, not lost
     with pytest.raises(ValueError, match=r"lung_field needs augment\.lung_atlas"):
         _cfg(dataset, run, cache_dir, lung_field=0.5)
     with pytest.raises(ValueError, match="lung_field_blur needs lung_field"):

@@ -230,10 +230,13 @@ def finalize_run(
     data_summary: dict,
     timing: dict,
     checks: dict[str, np.ndarray] | None = None,
+    lung_checks: dict[str, dict] | None = None,
 ) -> Path:
     """Write ``model.pneumo`` (and ``validation.json``) into the run directory; return the model path.
 
-    ``checks`` are the validation copies of :func:`validation_checks` when training already made them."""
+    ``checks`` are the validation copies of :func:`validation_checks` when training already made them;
+    ``lung_checks`` a record to keep when the atlas is not at hand (re-finalising the same network elsewhere: its
+    AUCs do not depend on the threshold)."""
     run = Path(cfg.out)
     preproc = cfg.preprocessing()
     val_logits, val_feats, val_sub = infer_batches(net, val.images, preproc)
@@ -284,8 +287,8 @@ def finalize_run(
     )
     model = build_model_file(net, meta, arrays)
     model.meta.validation.cpu_ms_per_image = round(_onnx_ms_per_image(model.onnx, preproc.image_size), 2)
-    if (checks := validation_lung_checks(model, val, cfg)) is not None:
-        model.meta.validation = model.meta.validation.updated(lung_checks=checks)
+    if (lungs := validation_lung_checks(model, val, cfg) or lung_checks) is not None:
+        model.meta.validation = model.meta.validation.updated(lung_checks=lungs)
     path = save_model_file(run / "model.pneumo", model)
     extra = {} if val_sub is None else {"subtype_logits": val_sub}
     with atomic.atomic_open(run / "val_outputs.npz", "wb") as f:

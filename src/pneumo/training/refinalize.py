@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumo.config import TrainConfig
+from pneumo.modelfile import read_meta
 from pneumo.training.finalize import finalize_run
 from pneumo.training.models import model_for
 from pneumo.training.splits import load_splits, recorded_split
@@ -29,4 +30,7 @@ def refinalize(run: Path, target_sensitivity: float | None = None, **operating: 
     net = model_for(cfg, read_field=False)  # the checkpoint carries the field
     net.load_state_dict(checkpoint_net_state(str(ckpt)))
     timing = json.loads((run / "timing.json").read_text()) if (run / "timing.json").is_file() else {}
-    return finalize_run(cfg, net, train, val, summary, timing)
+    previous = run / "model.pneumo"  # its lung checks stand for the same network when the atlas is gone
+    lungs = read_meta(previous).validation.lung_checks if previous.is_file() else None
+    kept = None if lungs is None else {k: v.model_dump() for k, v in lungs.items()}
+    return finalize_run(cfg, net, train, val, summary, timing, lung_checks=kept)
