@@ -204,14 +204,18 @@ class DicomAnalyser:
         return DicomResults(
             prediction=prediction,
             sr=build_sr(source, prediction, meta),
-            sc=build_sc(source, analysis.image, analysis.heatmap, prediction, meta, field=self._field(analysis)),
+            sc=build_sc(
+                source,
+                analysis.image,
+                analysis.heatmap,
+                prediction,
+                meta,
+                field_edge=analysis.field_edge,
+                field_note=analysis.field_note,
+            ),
             source_sop_instance_uid=str(source.SOPInstanceUID),
             study_instance_uid=str(source.StudyInstanceUID),
         )
-
-    def _field(self, analysis: ImageAnalysis) -> tuple[np.ndarray, str] | None:
-        note = self.images.field_note
-        return None if analysis.field_edge is None or note is None else (analysis.field_edge, note)
 
     def heatmap(self, net_input: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray | None:
         """The heat map at ``shape`` in [0, 1], or None when this node cannot make one (the SC then says so)."""

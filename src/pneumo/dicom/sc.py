@@ -74,10 +74,11 @@ def render(
     heatmap: np.ndarray | None,
     pred: Prediction,
     meta: ModelMeta,
-    field: tuple[np.ndarray, str] | None = None,
+    field_edge: np.ndarray | None = None,
+    field_note: str | None = None,
 ) -> np.ndarray:
     """The RGB uint8 picture: a text band (result, what REFER means, warning when out of domain, disclaimer) over
-    the overlay; ``field``: a lung-field model's (edge at the image's shape, what it means), drawn and said."""
+    the overlay; a lung-field model's ``field_edge`` (at the image's shape) is drawn and ``field_note`` said."""
     h, w = image.shape
     lines = [(result_line(pred), decision_colour(pred.prediction))]
     if pred.prediction == REFER:
@@ -90,8 +91,8 @@ def render(
         lines.append(("No heat map (the heat-map model is unavailable on this node).", _GREY))
     elif float(np.max(heatmap)) < ALPHA_FLOOR:  # a map scaled to its own maximum ("cam") never gets here
         lines.append((f"Heat map: {EMPTY_MAP}.", _GREY))
-    if heatmap is not None and field is not None:
-        lines.append((f"The {field[1]}.", _MAGENTA))
+    if heatmap is not None and field_note:
+        lines.append((f"The {field_note}.", _MAGENTA))
     size = max(10, round(w / 40))
     font = ImageFont.load_default(size=size)
     widest = max(font.getlength(text) for text, _ in lines)
@@ -100,7 +101,7 @@ def render(
         font = ImageFont.load_default(size=size)
     band = round(size * 1.35 * len(lines) + size * 0.6)
     canvas = Image.new("RGB", (w, h + band), (0, 0, 0))
-    canvas.paste(Image.fromarray(overlay(image, heatmap, None if field is None else field[0])), (0, band))
+    canvas.paste(Image.fromarray(overlay(image, heatmap, field_edge)), (0, band))
     draw = ImageDraw.Draw(canvas)
     for i, (text, colour) in enumerate(lines):
         draw.text((round(size * 0.4), round(size * 0.3 + i * size * 1.35)), text, fill=colour, font=font)
@@ -122,11 +123,13 @@ def build_sc(
     meta: ModelMeta,
     *,
     series_number: int = 9902,
-    field: tuple[np.ndarray, str] | None = None,
+    field_edge: np.ndarray | None = None,
+    field_note: str | None = None,
 ) -> SCImage:
     """The Secondary Capture for one analysed image. ``image`` is the X-ray at display size in [0, 1] (MONOCHROME2
-    look), ``heatmap`` the map at the same size in [0, 1] or None, ``field`` a lung-field model's (edge, note)."""
-    pixels = render(image, heatmap, pred, meta, field)
+    look), ``heatmap`` the map at the same size in [0, 1] or None, ``field_edge`` and ``field_note`` a lung-field
+    model's (:class:`pneumo.explain.analyser.ImageAnalysis`)."""
+    pixels = render(image, heatmap, pred, meta, field_edge, field_note)
     orientation = source.get("PatientOrientation")
     known = orientation is not None and len(orientation) == 2 and all(orientation)
     sc = SCImage.from_ref_dataset(

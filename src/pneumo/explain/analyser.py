@@ -53,6 +53,7 @@ class ImageAnalysis:
     heatmap: np.ndarray | None = None
     heatmap_error: str | None = None
     field_edge: np.ndarray | None = None  # a lung-field model's field edge at the heat map's shape, to draw over it
+    field_note: str | None = None  # what that edge means, in words (with the edge, and only with it)
 
 
 class ImageAnalyser:
@@ -103,12 +104,6 @@ class ImageAnalyser:
         maps or for the class activation map."""
         return None if self._mapper is None else self._mapper.empty
 
-    @property
-    def field_note(self) -> str | None:
-        """What the dashed field edge on the maps means (:func:`pneumo.explain.field.field_note`); None without heat
-        maps or for a model that sees the whole frame."""
-        return None if self._mapper is None else field_note(self.predictor.model)
-
     def decode(self, source: Source, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(network input, display image) from one opening of ``source``; ImageLoadError when it cannot be read."""
         return load_image_and_display(source, self.predictor.size, self.max_side, name=name)
@@ -135,6 +130,7 @@ class ImageAnalyser:
             result.heatmap, result.heatmap_error = self.heatmap(net_input, display.shape)
             if result.heatmap is not None:
                 result.field_edge = model_field_edge(self.predictor.model, display.shape)
+                result.field_note = None if result.field_edge is None else field_note(self.predictor.model)
         return result
 
     def heatmap(

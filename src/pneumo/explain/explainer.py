@@ -67,13 +67,12 @@ def overlay_png(
     title: str | None = None,
     scale: str | None = None,
     empty: str | None = None,
-    field: str | None = None,
 ) -> bytes:
     """The X-ray with the heat map over it and the probability and decision above it, as PNG bytes; ``scale``
     (what the top of the colour scale means, :attr:`pneumo.explain.cam.HeatMapper.scale`) is written under the
     title, or instead ``empty`` (:attr:`pneumo.explain.cam.HeatMapper.empty`) when the map draws nothing: an empty
     map of an image called pneumonia is not a broken one. A lung-field model's map has the field's edge dashed over
-    it (``exp.field_edge``) and ``field`` (:func:`pneumo.explain.field.field_note`) says what the line means."""
+    it (``exp.field_edge``), with ``exp.field_note`` saying what the line means."""
     from matplotlib.figure import Figure
 
     p = exp.prediction
@@ -88,8 +87,8 @@ def overlay_png(
     lines.append((headline, 12, "#c62828" if p.prediction == PNEUMONIA else "#2e7d32", True))
     if p.in_domain is False:
         lines.append(("WARNING: unlike the X-rays this model was validated on; do not rely on it", 9, "#e65100", True))
-    if show_heatmap and field and exp.field_edge is not None:
-        lines.append((field, 7, "#8e24aa", False))
+    if show_heatmap and exp.field_note:
+        lines.append((exp.field_note, 7, "#8e24aa", False))
     h, w = exp.image.shape
     width = 6.0  # inches; a line wraps before it would run off the picture (a glyph is ~0.55 of the font size wide)
     lines = [("\n".join(textwrap.wrap(text, int(0.96 * width * 72 / (0.55 * size)))), size, *rest)
@@ -134,7 +133,6 @@ def explain_files(
             stem += "_"
         used.add(stem)
         target = output / f"{stem}_{method}.png"
-        images = explainer.images
-        target.write_bytes(overlay_png(exp, scale=images.scale, empty=images.empty, field=images.field_note))
+        target.write_bytes(overlay_png(exp, scale=explainer.images.scale, empty=explainer.images.empty))
         written.append(target)
     return written, failures

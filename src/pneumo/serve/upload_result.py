@@ -79,8 +79,7 @@ class Analyser:
         result = Analysis(prediction=a.prediction, image_png=gray_png(a.image), explain_error=a.heatmap_error)
         if a.heatmap is not None:
             result.heatmap_png = heatmap_rgba_png(a.heatmap, a.field_edge)
-            if a.field_edge is not None:
-                result.heatmap_field = self.images.field_note
+            result.heatmap_field = a.field_note
             if float(np.max(a.heatmap)) < ALPHA_FLOOR:  # occlusion only: a "cam" map is scaled to its own maximum
                 result.heatmap_note = self.images.empty
         return result

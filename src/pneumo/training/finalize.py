@@ -216,10 +216,15 @@ def validation_lung_checks(model: ModelFile, val: SplitData, cfg: TrainConfig) -
     if atlas is None or not Path(atlas).is_file() or len(set(y.tolist())) < 2:
         return None
     res = lung_checks(Predictor(model), [Path(p) for p in val.paths], y, LungSource.from_atlas(atlas))
-    figures = {"clean": res["clean"]["roc_auc"], "lungs_hidden": res["lungs hidden"]["roc_auc"]}
     split = (model.meta.data or {}).get("split_method") or "internal"
-    name = f"validation ({split}), atlas lungs > {ATLAS_LEVEL}"
-    return {name: {**figures, "only_lungs": res["only the lungs"]["roc_auc"], "n": res["n"]}}
+    return {
+        f"validation ({split}), atlas lungs > {ATLAS_LEVEL}": {
+            "clean": res["clean"]["roc_auc"],
+            "lungs_hidden": res["lungs hidden"]["roc_auc"],
+            "only_lungs": res["only the lungs"]["roc_auc"],
+            "n": res["n"],
+        }
+    }
 
 
 def finalize_run(
