@@ -59,6 +59,8 @@ def group_recipes(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     configs: dict[str, dict[str, Any]] = {}
     for i, row in enumerate(rows):
         config = recipe_config(row["config"]) if row.get("config") else None
+        if config is not None and row.get("combines"):  # a soup or an ensemble of a recipe's seeds is not a seed
+            config["combines"] = row["combines"]
         key = json.dumps(config, sort_keys=True, default=str) if config is not None else f"row {i}"
         groups.setdefault(key, []).append(row)
         configs.setdefault(key, config or {})

@@ -91,7 +91,7 @@ def _main(
 data_app.command("inspect")(data.data_inspect)
 data_app.command("split")(data.data_split)
 for fn in (train.train, train.finalize, train.models, evaluate.evaluate, evaluate.compare, predict.predict,
-           predict.batch, predict.explain, train.export, train.ensemble, evaluate.robustness, evaluate.adapt,
+           predict.batch, predict.explain, train.export, train.ensemble, train.soup, evaluate.robustness, evaluate.adapt,
            evaluate.info, serve.serve):  # fmt: skip
     app.command()(fn)
 app.command("dicom-listen")(serve.dicom_listen)

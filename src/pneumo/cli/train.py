@@ -1,4 +1,5 @@
-"""The commands that need the training stack: ``train``, ``finalize``, ``models``, ``export``, ``ensemble``."""
+"""The commands that need the training stack: ``train``, ``finalize``, ``models``, ``export``, ``ensemble``,
+``soup``."""
 
 from __future__ import annotations
 
@@ -186,6 +187,29 @@ def export(
 
     path = export_model(model, output)
     out.print(f"wrote {path} (ONNX Runtime matches PyTorch within 1e-3)", highlight=False)
+
+
+def soup(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more run directories: seeds of one recipe, one --split")],
+    out_dir: OutOpt,
+    name: Annotated[str | None, typer.Option(help="Model name" + _default("pneumo-ARCH-soupN"))] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data", help="Dataset root" + _default("the recorded one"))] = None,
+    split_csv: Annotated[Path | None, typer.Option("--split", help="Split CSV" + _default("the recorded one"))] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Decoded-image cache" + _default("the recorded one"))] = None,
+) -> None:
+    """One network: the members' best checkpoints averaged weight by weight, batch norm refitted on the training
+    split under the recipe's augmentation, then calibrated, thresholded and validated like a trained run.
+
+    Example: pneumo soup runs/s1 runs/s2 runs/s3 --out runs/soup
+    """
+    from pneumo.training.soup import build_soup
+
+    path = build_soup(runs, out_dir, name=name, data_dir=data_dir, split_csv=split_csv, cache_dir=cache_dir)
+    from pneumo.modelfile import read_meta
+
+    v = read_meta(path).validation
+    out.print(f"wrote {path}: {len(runs)} members averaged; {v.measured_on}: AUC {v.roc_auc:.3f}", highlight=False,
+              soft_wrap=True)  # fmt: skip
 
 
 def ensemble(

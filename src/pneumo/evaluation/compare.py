@@ -95,6 +95,7 @@ def _row(name: str, meta: Mapping[str, Any], metrics: Mapping[str, Any], source:
     params = _number(meta.get("params"))
     row: dict[str, Any] = {
         "config": training_config(meta),  # not a column: what groups runs into recipes (pneumo.recipes)
+        "combines": combines(meta),  # nor this: a soup or an ensemble is not one more seed of its recipe
         "name": name,
         "arch": meta.get("arch"),
         "task": meta.get("task"),
@@ -130,6 +131,17 @@ def _lung_check(checks: Mapping[str, Any]) -> Mapping[str, Any]:
         if "atlas" in name:
             return figures or {}
     return next(iter(checks.values()), None) or {}
+
+
+def combines(meta: Mapping[str, Any]) -> str | None:
+    """What a model file combines: ``"soup of N"`` (averaged weights), ``"ensemble of N"`` (averaged logits), or
+    None for one trained network."""
+    training = meta.get("training") or {}
+    if soup := (training.get("soup") or {}).get("members"):
+        return f"soup of {len(soup)}"
+    if members := meta.get("members") or training.get("members"):
+        return f"ensemble of {len(members)}"
+    return None
 
 
 def training_config(meta: Mapping[str, Any]) -> dict[str, Any]:

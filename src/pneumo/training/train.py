@@ -220,17 +220,22 @@ def recency_indices(paths: list[str], seed: int, recency: float) -> np.ndarray:
     return np.sort(np.concatenate([rest, drawn]))
 
 
-def _loaders(cfg: TrainConfig, train: SplitData, val: SplitData, checks: dict[str, np.ndarray]):
+def train_loader(cfg: TrainConfig, train: SplitData) -> torch.utils.data.DataLoader:
+    """The training batches as ``cfg`` draws them (balancing, recency), shuffled with the run's seed."""
     idx = balanced_indices(task_targets(train.targets, cfg.task), cfg.seed) if cfg.balance == "oversample" else None
     if cfg.recency:  # TrainConfig refuses it together with oversampling
         idx = recency_indices(train.paths, cfg.seed, cfg.recency)
-    copies = [checks[name] for name in TRAINING_CHECKS]  # the order of the module's shift_aucs
-    train_ds, val_ds = CachedImages(train, idx), CachedImages(val, copies=copies)
     gen = torch.Generator().manual_seed(cfg.seed)
     # No worker processes: a batch is a memmap slice; workers would only compete for the two cores.
-    tl = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=gen)
-    vl = torch.utils.data.DataLoader(val_ds, batch_size=cfg.batch_size * 2, shuffle=False)
-    return tl, vl
+    return torch.utils.data.DataLoader(
+        CachedImages(train, idx), batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=gen
+    )
+
+
+def _loaders(cfg: TrainConfig, train: SplitData, val: SplitData, checks: dict[str, np.ndarray]):
+    copies = [checks[name] for name in TRAINING_CHECKS]  # the order of the module's shift_aucs
+    vl = torch.utils.data.DataLoader(CachedImages(val, copies=copies), batch_size=cfg.batch_size * 2, shuffle=False)
+    return train_loader(cfg, train), vl
 
 
 def class_weights(cfg: TrainConfig, targets: np.ndarray) -> list[float] | None:
