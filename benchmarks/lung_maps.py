@@ -50,6 +50,7 @@ from pneumo.explain.occlusion import (
     evidence,
     filler,
     normal_reference,
+    synthetic_reference,
 )
 from pneumo.imaging import load_image, resize_map
 from pneumo.inference import Predictor
@@ -74,6 +75,9 @@ VARIANTS = {
     # the normal filler from the split's NORMAL training rows (--data, --split): their mean image, or 4 of them
     "occ16-normal": ((OcclusionGrid(8, 1),), (NORMAL, 0)),
     "occ16-normal4": ((OcclusionGrid(8, 1),), (NORMAL, 4)),
+    # four films drawn from a Gaussian model of those rows (mean + top 32 or 128 principal components): no one's film
+    "occ16-synth32": ((OcclusionGrid(8, 1),), (NORMAL, "synth", 32)),
+    "occ16-synth128": ((OcclusionGrid(8, 1),), (NORMAL, "synth", 128)),
 }
 _REFERENCE_ROWS: list = []  # the split's NORMAL training rows, set by main() when --data and --split are given
 
@@ -84,11 +88,15 @@ def _normal_rows(size: int) -> np.ndarray:
     return np.stack([np.rint(load_image(p, size, name=str(p)) * 255).astype(np.uint8) for p in _REFERENCE_ROWS])
 
 
-def split_reference(predictor: Predictor, samples: int) -> np.ndarray:
-    """The normal filler for ``predictor`` from the split's NORMAL training rows (what finalisation would write)."""
+def split_reference(predictor: Predictor, samples: int | str, components: int = 0) -> np.ndarray:
+    """The normal filler for ``predictor`` from the split's NORMAL training rows (what finalisation would write):
+    ``samples`` of them (0: their mean), or with ``samples`` "synth" four films drawn from their top ``components``."""
     if not _REFERENCE_ROWS:
         raise SystemExit("the occ16-normal variants need --data and --split (their NORMAL training rows)")
-    return normal_reference(_normal_rows(predictor.size), predictor.meta.preprocessing, samples=samples)
+    rows, pre = _normal_rows(predictor.size), predictor.meta.preprocessing
+    if samples == "synth":
+        return synthetic_reference(rows, pre, components=components)
+    return normal_reference(rows, pre, samples=samples)
 
 
 def hadamard(n: int) -> np.ndarray:
@@ -129,7 +137,7 @@ def variant_evidence(predictor: Predictor, name: str):
     meta, session = predictor.meta, predictor.session
     reference = None
     if isinstance(fill, tuple):
-        fill, reference = fill[0], split_reference(predictor, fill[1])
+        fill, reference = fill[0], split_reference(predictor, *fill[1:])
 
     def run(batch):
         return session.run(["logits"], {"image": batch})[0]

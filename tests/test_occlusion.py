@@ -19,6 +19,7 @@ from pneumo.explain.occlusion import (
     filler,
     heat,
     normal_reference,
+    synthetic_reference,
 )
 
 SIZE = 64
@@ -280,6 +281,37 @@ def test_normal_reference_is_the_mean_normal_image_as_the_network_sees_it(monkey
     assert all(any(np.allclose(s, i) for i in inputs) for s in some) and len({s.tobytes() for s in some}) == 3
     with pytest.raises(ValueError, match="no normal training image"):
         normal_reference(images[:0], pre)
+
+
+def test_synthetic_films_are_drawn_from_the_films_principal_directions():
+    """Films of a known two-direction model: the draws lie in the mean plus those directions, spread as the films do
+    along them, and are none of the films."""
+    from pneumo.modelfile import Preprocessing
+    from pneumo.preprocess import to_input
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:16, 0:16] / 16.0
+    base, u1, u2 = 120 + 20 * yy, 40 * np.sin(3 * xx), 30 * np.cos(4 * yy) * xx
+    coeffs = rng.standard_normal((300, 2)) * [1.0, 0.5]
+    images = np.rint(base + coeffs[:, :1, None] * u1 + coeffs[:, 1:, None] * u2).astype(np.uint8)
+    pre = Preprocessing(image_size=16, normalization="none")  # linear: the directions survive the input transform
+    x = to_input(list(images), pre)[:, 0].astype(np.float64).reshape(300, -1)
+    mean = x.mean(0)
+
+    films = synthetic_reference(images, pre, samples=4, components=2, seed=0)
+    assert films.shape == (4, 16, 16) and films.dtype == np.float32
+    np.testing.assert_array_equal(films, synthetic_reference(images, pre, samples=4, components=2, seed=0))
+    assert not np.allclose(films, synthetic_reference(images, pre, samples=4, components=2, seed=1))
+    basis = np.linalg.svd(x - mean, full_matrices=False)[2][:2]  # the films' own two directions
+    dev = films.reshape(4, -1) - mean
+    residual = dev - (dev @ basis.T) @ basis
+    assert np.abs(residual).max() < 0.02 * np.abs(dev).max()  # in the span (rounding to uint8 adds a little)
+    # none of the films: more than half a grey level (0.5 / 255 / std) from each, wherever it lies
+    assert min(np.abs(f - xi).max() for f in films.reshape(4, -1) for xi in x) > 0.5 / 255 / pre.std
+    many = synthetic_reference(images, pre, samples=4000, components=2, seed=0).reshape(4000, -1)
+    np.testing.assert_allclose((many - mean).var(0).sum(), (x - mean).var(0).sum(), rtol=0.08)  # their spread
+    with pytest.raises(ValueError, match="at least two"):
+        synthetic_reference(images[:1], pre)
 
 
 def test_several_references_give_the_mean_of_their_maps():

@@ -208,3 +208,33 @@ def normal_reference(images: np.ndarray, preprocessing, samples: int | None = No
         part = to_input(np.asarray(images[start : start + REFERENCE_IMAGES]), preprocessing)[:, 0].astype(np.float64)
         total = part.sum(0) if total is None else total + part.sum(0)
     return (total / len(images)).astype(np.float32)[None]
+
+
+def synthetic_reference(
+    images: np.ndarray, preprocessing, samples: int = REFERENCE_SAMPLES, components: int = 32, seed: int = 0
+) -> np.ndarray:
+    """``samples`` fillers drawn from a Gaussian model of ``images`` (NORMAL training images, N x H x W uint8 at the
+    input size) as the network sees them: their mean plus their top ``components`` principal directions, each weighted
+    by a seeded standard-normal number times that direction's spread. K x H x W float32, as
+    :func:`normal_reference`; an aggregate of all the films, like the lung atlas, and none of them: no child's image
+    goes into the model file."""
+    if len(images) < 2:
+        raise ValueError("a model of normal films needs at least two of them")
+    x = np.concatenate(
+        [
+            to_input(np.asarray(images[s : s + REFERENCE_IMAGES]), preprocessing)[:, 0].astype(np.float32)
+            for s in range(0, len(images), REFERENCE_IMAGES)
+        ]
+    )
+    n, shape = len(x), x.shape[1:]
+    mean = x.mean(0, dtype=np.float64)
+    centred = (x.reshape(n, -1) - mean.reshape(1, -1)).astype(np.float64)
+    # the principal directions from the N x N Gram matrix (N films, far fewer than pixels)
+    values, vectors = np.linalg.eigh(centred @ centred.T)
+    order = np.argsort(values)[::-1][: min(components, n - 1)]
+    values = np.maximum(values[order], 0.0)
+    directions = (vectors[:, order].T @ centred) / np.sqrt(np.maximum(values, 1e-12))[:, None]  # unit rows
+    spread = np.sqrt(values / (n - 1))
+    weights = np.random.default_rng(seed).standard_normal((samples, len(order))) * spread
+    films = mean.reshape(1, -1) + weights @ directions
+    return films.reshape(samples, *shape).astype(np.float32)
