@@ -10,7 +10,7 @@ import pytest
 
 from pneumo.cli import main
 from pneumo.config import TrainConfig
-from pneumo.data import scan_dataset, split_dataset, write_split_csv
+from pneumo.data import make_split
 from pneumo.errors import ModelFileError
 from pneumo.evaluation.shifts import TRAINING_CHECKS
 from pneumo.inference import Predictor
@@ -25,8 +25,8 @@ def members(tmp_path_factory) -> tuple[Path, Path, list[Path]]:
     """A synthetic dataset, its patient split as a CSV, and two members (seeds 0 and 1) trained on that split."""
     root = tmp_path_factory.mktemp("ens")
     data = make_dataset(root / "data")
-    records = scan_dataset(data).training_records()
-    split = write_split_csv(root / "split.csv", records, split_dataset(records, val_fraction=0.25, seed=0))
+    split = root / "split.csv"
+    make_split(data, split, val_fraction=0.25, seed=0)  # held-out acquisition blocks, as the bundled model's
     runs = []
     for seed in (0, 1):
         cfg = TrainConfig(
@@ -73,6 +73,9 @@ def test_operating_point_is_refitted_on_the_common_split(members, tmp_path):
     assert v.n == load_model_file(runs[0]).meta.validation.n
     assert set(v.geometry_shift) == {"worst", *TRAINING_CHECKS}
     assert None not in (v.bacterial_vs_viral_accuracy, v.operating_point, v.cpu_ms_per_image)
+    member_blocks = load_model_file(runs[0]).meta.validation.blocks
+    assert v.blocks is not None and member_blocks is not None  # the held-out periods, as a run records them
+    assert v.blocks.per_block and set(v.blocks.per_block) == set(member_blocks.per_block or {})
     p = Predictor.load(out).predict_one(next(data.rglob("person1_virus_*.png")), "x")
     assert p.in_domain is not None and p.p_normal == pytest.approx(1 - p.probability)
 

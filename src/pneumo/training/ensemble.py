@@ -130,7 +130,7 @@ def build_ensemble(
     shifted = {k: o[0] for k, o in outs.items()}
     shifted_sub = None if val_sub is None else {k: o[1] for k, o in outs.items()}
     temperature, bias, threshold, metrics = fit_operating_point(
-        val_logits, val_sub, shifted, val.targets, cfg.operating_rule(), str(split_csv), shifted_sub
+        val_logits, val_sub, shifted, val.targets, cfg.operating_rule(), str(split_csv), shifted_sub, val.blocks
     )
     metrics["cpu_ms_per_image"] = round(_onnx_ms_per_image(merged, first.preprocessing.image_size), 2)
     member_training = [{"name": m.meta.name, **{k: v for k, v in m.meta.training.items() if k != "config"}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ from pneumo.modelfile import (
     save_model_file,
     without_paths,
 )
-from pneumo.modelfile.validation import VALIDATION_VERSION, BlockFigures, Validation
+from pneumo.modelfile.validation import VALIDATION_VERSION, Validation
 from pneumo.probability import calibrated_probability, subtype_probabilities
 from pneumo.training.export import build_model_file
 from pneumo.training.models import PneumoNet, arch_kwargs, count_parameters
@@ -155,13 +156,15 @@ def fit_operating_point(
     rule: OperatingRule,
     split: str | None,
     shifted_sub: dict[str, np.ndarray] | None = None,
+    blocks: Sequence[str] = (),
 ) -> tuple[float, float, float, dict]:
     """Temperature, bias, threshold and the validation figures of a model (or an ensemble) from its validation
     logits, subtype logits (or None) and the logits of the checked copies
     (:data:`pneumo.evaluation.shifts.TRAINING_CHECKS`:
     framing shifts and the border hidden); with ``shifted_sub``, the subtype logits of those copies, the bacterial /
     viral split is measured under each check too (``geometry_shift``: ``bacterial_vs_viral`` and
-    ``subtype_flipped`` against the clean images).
+    ``subtype_flipped`` against the clean images); with ``blocks`` (each validation image's held-out acquisition
+    block, empty where it has none), the figures per block and the worst block's (``blocks``).
 
     The operating point must survive a change of framing: calibration is fitted on validation pooled with its
     checked copies, not on the clean images whose framing the model may read, and the threshold by ``rule``
@@ -180,6 +183,8 @@ def fit_operating_point(
     metrics["operating_point_fitted_on"] = "validation pooled with " + ", ".join(shifted)
     metrics["operating_point"] = {**op["rules"][rule.name]["pooled"], **op}
     metrics["geometry_shift"] = geometry_shift_summary(y_bin, prob, shifted, temperature, bias, threshold)
+    if any(blocks):  # a block split's validation
+        metrics["blocks"] = block_figures(y_bin > 0, prob, blocks, threshold)
     if val_sub is not None or targets.max() > 1:
         known = targets <= 2
         p_sub = subtype_probabilities(val_logits, temperature, bias, val_sub)
@@ -251,16 +256,14 @@ def finalize_run(
     shifted = {name: o[0] for name, o in outs.items()}
     shifted_sub = None if val_sub is None else {name: o[2] for name, o in outs.items()}
     temperature, bias, threshold, metrics = fit_operating_point(
-        val_logits, val_sub, shifted, val.targets, cfg.operating_rule(), data_summary.get("split"), shifted_sub
-    )
+        val_logits, val_sub, shifted, val.targets, cfg.operating_rule(), data_summary.get("split"), shifted_sub,
+        blocks=val.blocks,
+    )  # fmt: skip
     validation = Validation.model_validate(metrics)
     if data_summary.get("split_method"):
         validation.measured_on = validation.measured_on.replace(
             "internal validation", f"internal validation ({data_summary['split_method']})", 1
         )
-    if any(getattr(val, "blocks", ())):  # a block split's validation
-        prob = calibrated_probability(val_logits, temperature, bias)
-        validation.blocks = BlockFigures.model_validate(block_figures(val.targets > 0, prob, val.blocks, threshold))
 
     rng = np.random.default_rng(cfg.seed)
     pick = np.sort(rng.choice(len(train.targets), min(DOMAIN_FIT_IMAGES, len(train.targets)), replace=False))
