@@ -81,7 +81,7 @@ def test_batch_norm_is_refitted_on_the_training_split(members, soup):
     train, _, _ = load_splits(cfg)
     with torch.no_grad():
         for x, _ in train_loader(cfg, train):
-            module.net(module._inputs(x, train=True))
+            module.net(module.network_inputs(x, train=True))
     expected = torch.stack(seen).mean(0)  # equal batches (drop_last): the cumulative mean update_bn keeps
     torch.testing.assert_close(got[f"{bn_name}.running_mean"], expected, rtol=1e-4, atol=1e-5)
     states = [checkpoint_net_state(str(r / CHECKPOINT)) for r in members[3]]

@@ -91,8 +91,8 @@ def _main(
 data_app.command("inspect")(data.data_inspect)
 data_app.command("split")(data.data_split)
 for fn in (train.train, train.finalize, train.models, evaluate.evaluate, evaluate.compare, predict.predict,
-           predict.batch, predict.explain, train.export, train.ensemble, train.soup, evaluate.robustness, evaluate.adapt,
-           evaluate.info, serve.serve):  # fmt: skip
+           predict.batch, predict.explain, train.export, train.ensemble, train.soup, evaluate.robustness,
+           evaluate.adapt, evaluate.info, serve.serve):  # fmt: skip
     app.command()(fn)
 app.command("dicom-listen")(serve.dicom_listen)
 app.command()(serve.dicomweb)

@@ -77,7 +77,7 @@ def refit_batch_norm(module: PneumoModule, train: SplitData, cfg: TrainConfig) -
         nonlocal seen
         for x, y in loader:
             seen += len(y)
-            yield module._inputs(x, train=True)
+            yield module.network_inputs(x, train=True)
 
     torch.optim.swa_utils.update_bn(batches(), module.net)
     module.net.eval()

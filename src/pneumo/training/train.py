@@ -92,7 +92,8 @@ class PneumoModule(L.LightningModule):
         )
         self.register_buffer("lungs", lungs, persistent=False)
 
-    def _inputs(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+    def network_inputs(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        """A uint8 batch as the network reads it: scaled, augmented when ``train``, normalised, channels last."""
         x = x.float() / 255.0
         if train:
             x = augment_batch(x, self.cfg.augment, self.lungs if self.lungs.numel() else None)
@@ -101,7 +102,7 @@ class PneumoModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         x, k, n = *with_twins(x, self.cfg.augment.context_consistency), len(y)
-        logits, sub, _ = self.net.forward_all(self._inputs(x, train=True))
+        logits, sub, _ = self.net.forward_all(self.network_inputs(x, train=True))
         twins, logits, sub = logits[n:], logits[:n], (sub[:n] if sub is not None else None)
         weight = self.class_weights if self.class_weights.numel() else None
         target = y if self.cfg.task == "subtype" else (y > 0).long()
@@ -119,12 +120,12 @@ class PneumoModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         stack, y = batch  # channel 0 the image, channel k its copy under the k-th check
         x = stack[:, :1]
-        logits = self.net(self._inputs(x, train=False))
+        logits = self.net(self.network_inputs(x, train=False))
         loss = F.cross_entropy(logits, y if self.cfg.task == "subtype" else (y > 0).long())
         p_pneumonia = torch.sigmoid(pneumonia_log_odds(logits))
         self.val_auc.update(p_pneumonia, (y > 0).long())
         for k, auc in enumerate(self.shift_aucs, start=1):
-            x_check = self._inputs(stack[:, k : k + 1], train=False)
+            x_check = self.network_inputs(stack[:, k : k + 1], train=False)
             auc.update(torch.sigmoid(pneumonia_log_odds(self.net(x_check))), (y > 0).long())
         acc = ((p_pneumonia >= 0.5).long() == (y > 0).long()).float().mean()
         self.log("val_loss", loss, prog_bar=True, batch_size=len(y), sync_dist=True)
