@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pneumo.cli import main
 from pneumo.config import TrainConfig
 from pneumo.evaluation.calibration import OperatingRule
 from pneumo.evaluation.shifts import TRAINING_CHECKS, checked_copies
 from pneumo.inference import Predictor
-from pneumo.modelfile import LUNG_FIELD, VALIDATION_VERSION, load_model_file
+from pneumo.modelfile import LUNG_FIELD, VALIDATION_VERSION, heat_map_filler, load_model_file
 from pneumo.training.train import balanced_indices, class_weights, fit
 
 N_PER_CLASS = 24
@@ -114,19 +115,63 @@ def test_model_file_describes_itself(binary_run):
     assert mf.onnx and mf.weights
 
 
-def test_model_file_carries_the_mean_normal_training_image_for_the_heat_map(binary_run, dataset, cache_dir):
-    """The occlusion map's filler is the mean of the run's NORMAL training images (not validation, not pneumonia)
-    as the network sees them."""
+def test_model_file_carries_normal_training_films_for_the_heat_map(binary_run, dataset, cache_dir):
+    """The occlusion map's fillers are the run's NORMAL training images (not validation, not pneumonia) as the
+    network sees them: REFERENCE_SAMPLES of them, drawn with seed 0."""
     from pneumo.explain.occlusion import normal_reference
     from pneumo.modelfile import OCCLUSION_REFERENCE
     from pneumo.training.splits import load_splits
 
     mf = load_model_file(binary_run)
     train, val, _ = load_splits(_cfg(dataset, binary_run.parent, cache_dir))
-    want = normal_reference(train.images[train.targets == 0], mf.meta.preprocessing)  # the default: the mean
+    want = normal_reference(train.images[train.targets == 0], mf.meta.preprocessing)  # the default: four films
     np.testing.assert_allclose(mf.arrays[OCCLUSION_REFERENCE], want, atol=1e-6)
     wrong = normal_reference(np.concatenate([train.images, val.images]), mf.meta.preprocessing)
-    assert np.abs(wrong - want).max() > 1e-3, "the test needs the normals-only mean to differ from the pooled one"
+    assert np.abs(wrong - want).max() > 1e-3, "the test needs the normals-only films to differ from the pooled ones"
+    assert "training X-rays of 4 patients" in heat_map_filler(mf.arrays)  # pneumo info says what the file holds
+
+
+@pytest.mark.parametrize("kind", ["synthetic", "grey"])
+def test_finalisation_can_keep_patients_films_out_of_the_model_file(binary_run, dataset, cache_dir, tmp_path, kind):
+    """``--heat-map-filler synthetic`` writes four films drawn from a model of the NORMAL training images (none of
+    which is in the file) and says so; ``grey`` writes none."""
+    import shutil
+
+    from pneumo.explain.occlusion import synthetic_reference
+    from pneumo.modelfile import OCCLUSION_DRAWN_FROM, OCCLUSION_REFERENCE
+    from pneumo.preprocess import to_input
+    from pneumo.training.splits import load_splits
+
+    run = shutil.copytree(binary_run, tmp_path / "run")
+    assert main(["finalize", str(run), "--heat-map-filler", kind]) == 0
+    mf = load_model_file(run / "model.pneumo")
+    assert mf.meta.training["config"]["heat_map_filler"] == kind
+    if kind == "grey":
+        assert OCCLUSION_REFERENCE not in mf.arrays and OCCLUSION_DRAWN_FROM not in mf.arrays
+        assert "mean grey" in heat_map_filler(mf.arrays)
+        return
+    train, _, _ = load_splits(_cfg(dataset, binary_run, cache_dir))
+    normals = train.images[train.targets == 0]
+    pre = mf.meta.preprocessing
+    films = mf.arrays[OCCLUSION_REFERENCE]
+    np.testing.assert_allclose(films, synthetic_reference(normals, pre), atol=1e-5)
+    assert int(mf.arrays[OCCLUSION_DRAWN_FROM]) == len(normals)
+    seen = to_input(list(normals), pre)[:, 0]  # no film is any training image, as the network sees it
+    assert min(np.abs(f - n).max() for f in films for n in seen) > 0.5 / 255 / pre.std
+    assert f"drawn from a model of {len(normals)} normal training films" in heat_map_filler(mf.arrays)
+
+
+def test_a_damaged_drawn_from_record_is_refused(binary_run):
+    from pneumo.modelfile import OCCLUSION_DRAWN_FROM, OCCLUSION_REFERENCE, ModelFileError, check_arrays
+
+    mf = load_model_file(binary_run / "model.pneumo")
+    check_arrays({**mf.arrays, OCCLUSION_DRAWN_FROM: np.array(100)}, mf.meta, "m.pneumo")  # well formed
+    without = {k: v for k, v in mf.arrays.items() if k != OCCLUSION_REFERENCE}
+    for arrays in [{**mf.arrays, OCCLUSION_DRAWN_FROM: bad} for bad in (np.array(1), np.array([5, 6]), np.array(4.0))]:
+        with pytest.raises(ModelFileError, match=OCCLUSION_DRAWN_FROM):
+            check_arrays(arrays, mf.meta, "m.pneumo")
+    with pytest.raises(ModelFileError, match=OCCLUSION_DRAWN_FROM):
+        check_arrays({**without, OCCLUSION_DRAWN_FROM: np.array(100)}, mf.meta, "m.pneumo")
 
 
 def test_trained_model_predicts(binary_run, dataset):

@@ -20,6 +20,9 @@ DatasetSplit = Literal["train", "val", "test"]  # a dataset root's split level, 
 HeatMethod = Literal["occlusion", "cam"]  # the first is the default
 Engine = Literal["local", "ray"]  # `pneumo batch --engine`
 OutputFormat = Literal["csv", "json"]  # `pneumo predict --format`
+# What finalisation writes into a model file for the occlusion map to fill hidden regions with: four NORMAL training
+# films, four films drawn from a model of them (no patient's film in the file), or nothing (the image's mean grey)
+HeatMapFiller = Literal["films", "synthetic", "grey"]
 
 SPLIT_METHODS: tuple[str, ...] = get_args(SplitBy)
 HEAT_METHODS: tuple[str, ...] = get_args(HeatMethod)
@@ -51,6 +54,7 @@ class TrainDefaults:
     target_sensitivity: float = 0.98
     target_specificity: float = 0.90
     threshold_rule: ThresholdRule = "worst_case"
+    heat_map_filler: HeatMapFiller = "films"
     patience: int = 4
     devices: int = 1
     num_nodes: int = 1

@@ -13,7 +13,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from pneumo.atomic import write_text
 from pneumo.choices import TRAIN_DEFAULTS as D
-from pneumo.choices import Balance, Normalization, SplitBy, Task, ThresholdRule, Transfer
+from pneumo.choices import Balance, HeatMapFiller, Normalization, SplitBy, Task, ThresholdRule, Transfer
 from pneumo.evaluation.calibration import OperatingRule
 from pneumo.modelfile import Preprocessing
 
@@ -142,6 +142,13 @@ class TrainConfig(BaseModel):
         default=D.threshold_rule,
         description="worst_case: the largest margin to both targets in the worst framing condition; pooled: the "
         "highest threshold with target_sensitivity on validation pooled with its checked copies",
+    )
+    heat_map_filler: HeatMapFiller = Field(
+        default=D.heat_map_filler,
+        description="what finalisation writes into the model file for the occlusion heat map's hidden regions: films "
+        "(four NORMAL training images: the maps land on the lungs most often, but the file then holds four "
+        "patients' X-rays), synthetic (four films drawn from a Gaussian model of all the NORMAL training images: "
+        "no patient's film) or grey (nothing: the image's mean grey)",
     )
     patience: int = Field(default=D.patience, ge=0)
     devices: int = Field(default=D.devices, ge=1)

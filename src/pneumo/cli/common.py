@@ -52,6 +52,11 @@ Rule = _choice("Rule", choices.ThresholdRule)
 Engine = _choice("Engine", choices.Engine)
 Split = _choice("Split", choices.DatasetSplit)
 SplitBy = _choice("SplitBy", choices.SplitBy)
+Filler = _choice("Filler", choices.HeatMapFiller)
+_FILLER_HELP = (
+    "What the model file keeps for the heat map's hidden regions: films (4 normal training X-rays: the maps land "
+    "best), synthetic (4 drawn from a model of them: no patient's film in the file) or grey"
+)
 OutputFormat = _choice("OutputFormat", choices.OutputFormat)
 
 

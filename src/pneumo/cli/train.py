@@ -10,9 +10,11 @@ from typing import Annotated
 import typer
 
 from pneumo.cli.common import (
+    _FILLER_HELP,
     _RULE_HELP,
     _TARGET_SPEC_HELP,
     Balance,
+    Filler,
     ModelOpt,
     Normalization,
     OutOpt,
@@ -74,6 +76,7 @@ def train(
         float | None, typer.Option(help=_TARGET_SPEC_HELP + _td("target_specificity"))
     ] = None,
     threshold_rule: Annotated[Rule | None, typer.Option(help=_RULE_HELP + _td("threshold_rule"))] = None,
+    heat_map_filler: Annotated[Filler | None, typer.Option(help=_FILLER_HELP + _td("heat_map_filler"))] = None,
     patience: Annotated[int | None, typer.Option(help="Early-stopping patience in epochs" + _td("patience"))] = None,
     max_train_images: Annotated[
         int | None, typer.Option(min=1, help="Subsample the training images" + _default("all"))
@@ -126,6 +129,7 @@ def finalize(
     ] = None,
     target_specificity: Annotated[float | None, typer.Option(help=_TARGET_SPEC_HELP + _default("the run's"))] = None,
     threshold_rule: Annotated[Rule | None, typer.Option(help=_RULE_HELP + _default("the run's"))] = None,
+    heat_map_filler: Annotated[Filler | None, typer.Option(help=_FILLER_HELP + _default("the run's"))] = None,
 ) -> None:
     """Recalibrate, choose the threshold, refit the domain guard and re-export a run without retraining.
 
@@ -134,7 +138,10 @@ def finalize(
     from pneumo.training.refinalize import refinalize
 
     rule = None if threshold_rule is None else threshold_rule.value
-    path = refinalize(run_dir, target_sensitivity, target_specificity=target_specificity, threshold_rule=rule)
+    filler = None if heat_map_filler is None else heat_map_filler.value
+    path = refinalize(
+        run_dir, target_sensitivity, target_specificity=target_specificity, threshold_rule=rule, heat_map_filler=filler
+    )
     out.print(f"wrote {path}", highlight=False)
 
 

@@ -4,7 +4,14 @@ card in words (:mod:`.card`), the zip files (:mod:`.files`), their side arrays (
 
 from pneumo.errors import ModelFileError
 from pneumo.labels import TASK_CLASSES
-from pneumo.modelfile.arrays import GUARD_ARRAYS, LUNG_FIELD, OCCLUSION_REFERENCE, check_arrays, heat_map_filler
+from pneumo.modelfile.arrays import (
+    GUARD_ARRAYS,
+    LUNG_FIELD,
+    OCCLUSION_DRAWN_FROM,
+    OCCLUSION_REFERENCE,
+    check_arrays,
+    heat_map_filler,
+)
 from pneumo.modelfile.card import BORDER_HIDDEN_CHECK
 from pneumo.modelfile.files import (
     MAX_MEMBER_BYTES,
@@ -45,8 +52,8 @@ from pneumo.modelfile.meta import (
 from pneumo.modelfile.validation import VALIDATION_VERSION, Validation, measured_on_label
 
 __all__ = [
-    "ARRAYS", "BASE", "BORDER_HIDDEN_CHECK", "DEFAULT_IMAGE_SIZE", "FORMAT_VERSION", "GUARD_ARRAYS",
-    "LUNG_FIELD", "MAX_MEMBER_BYTES", "META", "OCCLUSION_REFERENCE", "ONNX", "SITE", "SUFFIX", "TASK_CLASSES",
+    "ARRAYS", "BASE", "BORDER_HIDDEN_CHECK", "DEFAULT_IMAGE_SIZE", "FORMAT_VERSION", "GUARD_ARRAYS", "LUNG_FIELD",
+    "MAX_MEMBER_BYTES", "META", "OCCLUSION_DRAWN_FROM", "OCCLUSION_REFERENCE", "ONNX", "SITE", "SUFFIX", "TASK_CLASSES",
     "VALIDATION_VERSION", "WEIGHTS", "DomainGuard", "Interval", "ModelFile", "ModelFileError", "ModelMeta",
     "Preprocessing", "Quantization", "ReferBand", "SiteBase", "SiteCalibration", "SiteFigures", "SiteSample",
     "Validation", "base_model_bytes", "bundled_model_path", "check_arrays", "check_graph", "heat_map_filler",

@@ -33,6 +33,9 @@ _POSITIVE = ("domain_variances", "domain_scale", "domain_feature_std")
 # The occlusion map's fillers (pneumo.explain.occlusion.normal_reference): K x input size x input size, optional
 # (files finalised before it fill with mean grey).
 OCCLUSION_REFERENCE = "occlusion_reference"
+# With synthetic fillers (pneumo.explain.occlusion.synthetic_reference): how many NORMAL training films the draws were
+# modelled on, a scalar integer; absent when the fillers are the training films themselves.
+OCCLUSION_DRAWN_FROM = "occlusion_reference_drawn_from"
 # A lung-field model's input field (``lung_field`` in the training config): input size x input size in [0, 1], the
 # same field the graph multiplies its input by; the heat maps draw its edge (pneumo.explain.field). Optional: files
 # finalised before it, or models that see the whole frame, have none.
@@ -43,7 +46,12 @@ def heat_map_filler(arrays: dict[str, np.ndarray]) -> str:
     """What the occlusion heat map fills a hidden region with, for a model file's ``arrays``, in words."""
     if OCCLUSION_REFERENCE in arrays:
         k = len(arrays[OCCLUSION_REFERENCE])
-        return f"the same region of {k} normal training film{'s' if k != 1 else ''} carried in the model file"
+        films = f"{k} normal{' training' if OCCLUSION_DRAWN_FROM not in arrays else ''} film{'s' if k != 1 else ''}"
+        if OCCLUSION_DRAWN_FROM in arrays:
+            n = int(arrays[OCCLUSION_DRAWN_FROM])
+            return (f"the same region of {films} drawn from a model of {n:,} normal training films (none of them "
+                    "a patient's film), carried in the model file")  # fmt: skip
+        return f"the same region of {films} carried in the model file (training X-rays of {k} patients)"
     return "the image's mean grey (the model file carries no normal films)"
 
 
@@ -133,6 +141,13 @@ def check_arrays(arrays: dict[str, np.ndarray], meta: ModelMeta, source: str | P
                 f"{source}: {ARRAYS}: {OCCLUSION_REFERENCE} has shape {'x'.join(map(str, ref.shape)) or 'scalar'} "
                 f"({ref.dtype}), not K x {size}x{size} floats, K 1 to 16 (the input size; damaged model file)"
             )
+    if (drawn := arrays.get(OCCLUSION_DRAWN_FROM)) is not None and (
+        drawn.ndim != 0 or drawn.dtype.kind not in "iu" or drawn < 2 or OCCLUSION_REFERENCE not in arrays
+    ):
+        raise ModelFileError(
+            f"{source}: {ARRAYS}: {OCCLUSION_DRAWN_FROM} must be one integer of at least 2 beside "
+            f"{OCCLUSION_REFERENCE} (damaged model file)"
+        )
     if (field := arrays.get(LUNG_FIELD)) is not None:
         size = meta.preprocessing.image_size
         if field.shape != (size, size) or field.dtype.kind != "f" or field.min() < 0 or field.max() > 1:

@@ -34,12 +34,13 @@ from pneumo.evaluation.metrics import (
 from pneumo.evaluation.robustness import lung_checks
 from pneumo.evaluation.shifts import FRAMING_CHECKS, TRAINING_CHECKS, checked_copies
 from pneumo.evaluation.summary import shift_summary
-from pneumo.explain.occlusion import normal_reference
+from pneumo.explain.occlusion import normal_reference, synthetic_reference
 from pneumo.inference import Predictor
 from pneumo.labels import TASK_CLASSES
 from pneumo.lungs import ATLAS_LEVEL, LungSource
 from pneumo.modelfile import (
     LUNG_FIELD,
+    OCCLUSION_DRAWN_FROM,
     OCCLUSION_REFERENCE,
     ModelFile,
     ModelMeta,
@@ -232,6 +233,19 @@ def validation_lung_checks(model: ModelFile, val: SplitData, cfg: TrainConfig) -
     }
 
 
+def heat_map_fillers(cfg: TrainConfig, train: SplitData, preproc) -> dict[str, np.ndarray]:
+    """The occlusion map's fillers that ``cfg.heat_map_filler`` asks for, as ``arrays.npz`` entries, from the NORMAL
+    training images: four of them (``films``), four films drawn from a model of them with how many it was made of
+    (``synthetic``), or none (``grey``, or a split without normal training images)."""
+    normals = train.images[np.flatnonzero(train.targets == 0)]
+    if cfg.heat_map_filler == "films" and len(normals):
+        return {OCCLUSION_REFERENCE: normal_reference(normals, preproc)}
+    if cfg.heat_map_filler == "synthetic" and len(normals) >= 2:  # a model of one film would be that film
+        films = synthetic_reference(normals, preproc)
+        return {OCCLUSION_REFERENCE: films, OCCLUSION_DRAWN_FROM: np.array(len(normals), dtype=np.int64)}
+    return {}  # grey, or too few normal films: the image's mean grey
+
+
 def finalize_run(
     cfg: TrainConfig,
     net: PneumoNet,
@@ -269,8 +283,7 @@ def finalize_run(
     pick = np.sort(rng.choice(len(train.targets), min(DOMAIN_FIT_IMAGES, len(train.targets)), replace=False))
     _, train_feats, _ = infer_batches(net, train.images[pick], preproc)
     guard, arrays = fit_domain_guard(train_feats, val_feats, quantile=cfg.domain_quantile)
-    if (train.targets == 0).any():  # the occlusion map's fillers: normal training films (REFERENCE_SAMPLES)
-        arrays[OCCLUSION_REFERENCE] = normal_reference(train.images[np.flatnonzero(train.targets == 0)], preproc)
+    arrays.update(heat_map_fillers(cfg, train, preproc))
     if net.input_field is not None:  # the heat maps draw the field's edge without reading the weights
         arrays[LUNG_FIELD] = net.input_field[0, 0].detach().cpu().numpy().astype(np.float32)
 
