@@ -345,3 +345,35 @@ def test_lung_checks_without_the_atlas_or_masks_are_left_out_with_a_note(labelle
     assert format_table(res).splitlines()[-1].startswith("note: x: lung checks with the images' own masks left out")
     with pytest.raises(LungMaskError):  # asked for by path, it must be there
         shifted_validation(predictor, paths, y, conditions={}, atlas=tmp_path / "none.png")
+
+
+def test_robustness_takes_the_users_atlas_and_lung_masks(labelled, tiny_model, tmp_path, monkeypatch):
+    """`--atlas` and `--lung-masks` give the lung checks a user's own lungs (a clone has no shared data); a masks
+    folder that lacks an image's mask is refused in one line."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from pneumo import lungs
+    from pneumo.cli import app
+    from pneumo.data import make_split
+
+    monkeypatch.setattr(lungs, "DEFAULT_ATLAS", tmp_path / "none.png")
+    monkeypatch.setattr(lungs, "DEFAULT_MASKS", tmp_path / "none")
+    lungs.load_atlas.cache_clear()
+    recs, _ = select_records(labelled)
+    atlas, masks = _write_atlas(tmp_path / "atlas.png"), _write_masks(tmp_path / "masks", [r.path for r in recs])
+    make_split(labelled, tmp_path / "split.csv", val_fraction=0.3)
+    args = ["robustness", str(labelled), "--split-csv", str(tmp_path / "split.csv"), "--model", str(tiny_model),
+            "--extra", str(labelled), "-o", str(tmp_path / "r.json")]  # fmt: skip
+    result = CliRunner().invoke(app, [*args, "--atlas", str(atlas), "--lung-masks", str(masks)])
+    assert result.exit_code == 0, result.output
+    res = json.loads((tmp_path / "r.json").read_text())
+    name = f"{labelled.parent.name}/{labelled.name}"
+    for check in LUNG_CHECKS:
+        assert f"{check} (atlas)" in res and f"{name}: {check} (lung masks)" in res
+    assert NOTES not in res
+    next(masks.rglob("*.png")).unlink()
+    result = CliRunner().invoke(app, [*args, "--lung-masks", str(masks)])
+    assert result.exit_code == 1 and "no lung mask under" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # a message, not a traceback

@@ -86,16 +86,33 @@ def robustness(
     ] = None,
     out_json: Annotated[Path | None, typer.Option("--output", "-o", "--out", help="Write the results as JSON")] = None,
     mirror: Annotated[bool, typer.Option("--tta", help="Also average with the mirror images")] = False,
+    atlas: Annotated[
+        Path | None,
+        typer.Option(help="Lung atlas PNG for the lung checks on validation" + _default("../shared/data's, if there")),
+    ] = None,
+    lung_masks: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of per-image lung masks (CLASS/STEM.png, 255 = lung) for the --extra sets"
+            + _default("../shared/data's, if there")
+        ),
+    ] = None,
 ) -> None:
     """The shift suite: metrics under zoom, squeeze, translation, exposure, contrast, blur, sharpening, JPEG,
-    resolution loss and noise, the worst case over them first; the bacterial / viral split too, for a subtype model.
+    resolution loss and noise, the worst case over them first; the bacterial / viral split too, for a subtype model;
+    the lung checks (the lungs hidden, only the lungs shown) with an atlas and with per-image masks.
 
     Example: pneumo robustness chest_xray --split-csv split.csv -o robustness.json
+
+    Example (your own lung masks): pneumo robustness chest_xray --split-csv split.csv --extra test --lung-masks masks
     """
     from pneumo.evaluation.robustness import format_table
     from pneumo.evaluation.run import shift_suite
 
-    results = shift_suite(data_dir, split_csv, model=model, extra=extra or (), mirror=mirror, out_json=out_json)
+    results = shift_suite(
+        data_dir, split_csv, model=model, extra=extra or (), mirror=mirror, out_json=out_json,
+        atlas=atlas or True, lung_masks=lung_masks or True,
+    )  # fmt: skip
     print(format_table(results))
 
 

@@ -103,11 +103,13 @@ def shift_suite(
     extra: Sequence[Path] = (),
     mirror: bool = False,
     out_json: Path | None = None,
+    atlas: Path | bool = True,
+    lung_masks: Path | bool = True,
 ) -> dict[str, dict]:
     """``pneumo robustness``: :func:`pneumo.evaluation.robustness.shifted_validation` on the ``val`` rows of
-    ``split_csv`` (with their subtypes) and on each ``extra`` labelled folder, reported as ``parent/name``; the results
-    are
-    also written to ``out_json`` when given."""
+    ``split_csv`` (with their subtypes) and on each ``extra`` labelled folder, reported as ``parent/name``, with the
+    lung checks from ``atlas`` and ``lung_masks`` (True: the shared data's, when there); the results are also
+    written to ``out_json`` when given."""
     from pneumo.evaluation.robustness import shifted_validation
 
     recs, _ = select_records(Path(data_dir), "val", Path(split_csv))
@@ -119,7 +121,9 @@ def shift_suite(
     predictor = Predictor.load(model)
     y = binary_targets(recs, Path(data_dir))
     paths, subtypes = [r.path for r in recs], [r.subtype for r in recs]
-    results = shifted_validation(predictor, paths, y, mirror=mirror, extra=extras, subtypes=subtypes)
+    results = shifted_validation(
+        predictor, paths, y, mirror=mirror, extra=extras, subtypes=subtypes, atlas=atlas, lung_masks=lung_masks
+    )
     if out_json is not None:
         atomic.write_text(out_json, json.dumps(results, indent=2))
     return results
