@@ -122,6 +122,15 @@ def test_soup_refuses_runs_of_another_recipe(members, tmp_path):
     (Path(other.out) / CHECKPOINT).write_bytes((runs[0] / CHECKPOINT).read_bytes())
     with pytest.raises(ModelFileError, match="lr differ"):
         build_soup([runs[0], other.out], tmp_path / "bad")
+    elsewhere = tmp_path / "elsewhere" / split.name  # a split of the same name with other rows
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(split.read_text().replace(",val,", ",train,", 1))
+    moved = _config(root, data, elsewhere, 3).model_copy(update={"out": tmp_path / "moved"})
+    moved.dump(Path(moved.out).mkdir(parents=True) or Path(moved.out) / "config.yaml")
+    (Path(moved.out) / "checkpoints").mkdir()
+    (Path(moved.out) / CHECKPOINT).write_bytes((runs[0] / CHECKPOINT).read_bytes())
+    with pytest.raises(ModelFileError, match="split files differ"):
+        build_soup([runs[0], moved.out], tmp_path / "bad")
     with pytest.raises(ModelFileError, match="at least two"):
         build_soup([runs[0]], tmp_path / "bad")
     with pytest.raises(ModelFileError, match="not a finished run"):

@@ -53,6 +53,10 @@ def check_one_recipe(runs: Sequence[Path], configs: Sequence[TrainConfig]) -> No
             raise ModelFileError(f"{run}: not a seed of {runs[0]}'s recipe ({', '.join(differs)} differ)")
     if not configs[0].split_csv:  # a carved split moves with each member's seed
         raise ModelFileError("members were not trained on a recorded split; train them with the same --split")
+    # The recipes name the split file; where the members' files are still at hand, their rows must be the same too.
+    splits = [Path(c.split_csv) for c in configs if c.split_csv is not None]
+    if all(f.is_file() for f in splits) and len({f.read_bytes() for f in splits}) > 1:
+        raise ModelFileError("the members' split files differ (same name, other rows); train them with one --split")
 
 
 def average_states(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
