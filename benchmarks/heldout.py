@@ -1,6 +1,7 @@
 """The held-out check of issue 21 on any labelled folder: the figures a held-out test set is judged on, with targets.
 
     python benchmarks/heldout.py chest_xray/test [--model M] [--ood FOLDER] [--plots DIR] [--json out.json]
+    python benchmarks/heldout.py chest_xray/test --lung-masks test_masks/ [--map-limit N]   # and issue 30's
     python benchmarks/heldout.py ../shared/data/chest_xray/train --split-csv split.csv     # its val rows
 
 On the folder (NORMAL/ and PNEUMONIA/; Kermany file names give the bacterial / viral subtype), at the model's own
@@ -8,8 +9,12 @@ threshold: accuracy, ROC AUC, sensitivity, specificity, ECE (10 bins); under zoo
 margin or crop) AUC and specificity and their spread; with the outer 15 % border, the burnt-in marks or the central
 lung box hidden (flat grey) the AUC; the share the domain guard flags, on the folder and on images it should flag
 (``--ood``, default the adult chest CRs that pydicom-data ships); bacterial vs viral accuracy among the pneumonia
-images whose file names tell it. Reliability diagrams per condition with ``--plots``. Every figure is printed with
-its target and whether it is met; nothing is asserted.
+images whose file names tell it. Reliability diagrams per condition with ``--plots``. With ``--lung-masks`` (a folder
+of each image's lung mask, ``CLASS/STEM.png``, 255 = lung) also issue 30's: the AUC with the lungs hidden (each mask
+grown by 4 % of the side, flat grey) and with only the lungs shown, and over the pneumonia images the occlusion heat
+map's mass inside the lungs and the share of hottest points inside them (``benchmarks/lung_maps.py``'s measure, the
+masks ungrown; ``--map-limit`` maps at most that many images per class, seeded). Every figure is printed with its
+target and whether it is met; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo.evaluation.robustness import CONTROLS, PERTURBATIONS, shifted_validation
+from pneumo.evaluation.robustness import CONTROLS, PERTURBATIONS, lung_checks, shifted_validation
 from pneumo.evaluation.run import binary_targets
 from pneumo.inference import Predictor
 from pneumo.inputs import select_records
+from pneumo.lungs import LungSource
 
 ZOOMS = ("zoom 0.8 (margin)", "zoom 1.25 (cropped)")
 OCCLUSION = ("border masked 15%", "markers masked")
@@ -74,6 +80,23 @@ def figures(results: dict, ood_flagged: float | None) -> list[tuple[str, float, 
     return rows
 
 
+def lung_figures(predictor: Predictor, paths, y, masks: Path, map_limit: int | None) -> list:
+    """(figure, value, target, met) rows of issue 30's table, with each image's own lung mask under ``masks``."""
+    from lung_maps import OCCLUSION, measure_maps  # this folder's map measure
+
+    lungs = LungSource.from_masks(paths, masks)
+    checks = lung_checks(predictor, paths, y, lungs)
+    maps = measure_maps(predictor, paths, y, lungs, [OCCLUSION], map_limit)[OCCLUSION]
+    hidden, only = checks["lungs hidden"]["roc_auc"], checks["only the lungs"]["roc_auc"]
+    return [
+        ("AUC, lungs hidden (own masks grown 4 %)", hidden, "<= 0.80", hidden <= 0.80),
+        ("AUC, only the lungs shown", only, ">= 0.97", only >= 0.97),
+        ("heat-map mass in the lungs (pneumonia)", maps["mass_in_lungs"], ">= 0.60", maps["mass_in_lungs"] >= 0.60),
+        ("hottest point in the lungs (pneumonia)", maps["hottest_in_lungs"], ">= 0.90",
+         maps["hottest_in_lungs"] >= 0.90),
+    ]  # fmt: skip
+
+
 def ood_rate(predictor: Predictor, folder: Path | None) -> tuple[float, int] | None:
     if folder is None:
         try:
@@ -118,6 +141,8 @@ def main() -> None:
     ap.add_argument("--ood", type=Path, default=None, help="images the guard should flag [adult chest CRs]")
     ap.add_argument("--plots", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--lung-masks", type=Path, default=None, help="each image's lung mask: issue 30's figures too")
+    ap.add_argument("--map-limit", type=int, default=None, help="heat maps on at most this many images per class")
     args = ap.parse_args()
 
     recs, _ = select_records(args.folder, "val", args.split_csv) if args.split_csv else select_records(args.folder)
@@ -128,6 +153,8 @@ def main() -> None:
     )
     ood = ood_rate(predictor, args.ood)
     rows = figures(results, None if ood is None else ood[0])
+    if args.lung_masks is not None:
+        rows += lung_figures(predictor, [r.path for r in recs], y, args.lung_masks, args.map_limit)
     where = f"{args.folder} ({'val rows of ' + args.split_csv.name if args.split_csv else 'whole folder'})"
     print(f"model {predictor.meta.name}, threshold {predictor.threshold:.4f}; {len(recs)} images of {where}")
     if ood is not None:
