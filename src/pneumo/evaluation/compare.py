@@ -93,8 +93,9 @@ def _row(name: str, meta: Mapping[str, Any], metrics: Mapping[str, Any], source:
     seconds = _number(training.get("train_seconds"))
     epochs = _number(training.get("epochs"))
     params = _number(meta.get("params"))
+    config = training_config(meta)
     row: dict[str, Any] = {
-        "config": training_config(meta),  # not a column: what groups runs into recipes (pneumo.recipes)
+        "config": config,  # not a column: what groups runs into recipes (pneumo.recipes)
         "combines": combines(meta),  # nor this: a soup or an ensemble is not one more seed of its recipe
         "name": name,
         "arch": meta.get("arch"),
@@ -120,7 +121,7 @@ def _row(name: str, meta: Mapping[str, Any], metrics: Mapping[str, Any], source:
         train_minutes=seconds / 60 if seconds is not None else None,
         cpu_ms_per_image=_number(metrics.get("cpu_ms_per_image")),
         metrics=source,
-        seed=training_config(meta).get("seed"),
+        seed=config.get("seed"),
     )
     return row
 

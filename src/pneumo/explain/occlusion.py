@@ -191,6 +191,12 @@ def heat(cells: np.ndarray, shape: tuple[int, int], full_scale: float = FULL_SCA
     return np.clip(resize_map(scaled, shape), 0.0, 1.0).astype(np.float32)
 
 
+def _network_views(images: np.ndarray, preprocessing):
+    """``images`` (N x H x W uint8) as the network sees them, float32 chunks of at most :data:`REFERENCE_IMAGES`."""
+    for start in range(0, len(images), REFERENCE_IMAGES):
+        yield to_input(np.asarray(images[start : start + REFERENCE_IMAGES]), preprocessing)[:, 0].astype(np.float32)
+
+
 def normal_reference(images: np.ndarray, preprocessing, samples: int | None = None, seed: int = 0) -> np.ndarray:
     """The ``"normal"`` fillers of a model, K x H x W float32 as the network sees them (``images``: its NORMAL
     training images, N x H x W uint8 at the input size, through :func:`pneumo.preprocess.to_input`). With ``samples``
@@ -203,10 +209,7 @@ def normal_reference(images: np.ndarray, preprocessing, samples: int | None = No
     if samples > 0:
         pick = np.sort(np.random.default_rng(seed).choice(len(images), min(samples, len(images)), replace=False))
         return to_input(np.asarray(images[pick]), preprocessing)[:, 0].astype(np.float32)
-    total = None
-    for start in range(0, len(images), REFERENCE_IMAGES):
-        part = to_input(np.asarray(images[start : start + REFERENCE_IMAGES]), preprocessing)[:, 0].astype(np.float64)
-        total = part.sum(0) if total is None else total + part.sum(0)
+    total = sum(part.astype(np.float64).sum(0) for part in _network_views(images, preprocessing))
     return (total / len(images)).astype(np.float32)[None]
 
 
@@ -223,12 +226,7 @@ def synthetic_reference(
     against 0.499), and worse still with 128."""
     if len(images) < 2:
         raise ValueError("a model of normal films needs at least two of them")
-    x = np.concatenate(
-        [
-            to_input(np.asarray(images[s : s + REFERENCE_IMAGES]), preprocessing)[:, 0].astype(np.float32)
-            for s in range(0, len(images), REFERENCE_IMAGES)
-        ]
-    )
+    x = np.concatenate(list(_network_views(images, preprocessing)))
     n, shape = len(x), x.shape[1:]
     mean = x.mean(0, dtype=np.float64)
     centred = (x.reshape(n, -1) - mean.reshape(1, -1)).astype(np.float64)

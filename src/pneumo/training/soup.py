@@ -75,17 +75,9 @@ def refit_batch_norm(module: PneumoModule, train: SplitData, cfg: TrainConfig) -
     """Fit the network's batch-norm statistics again on one pass over the training split, each batch augmented as
     in training; returns the number of images seen."""
     loader = train_loader(cfg, train)
-    seen = 0
-
-    def batches():
-        nonlocal seen
-        for x, y in loader:
-            seen += len(y)
-            yield module.network_inputs(x, train=True)
-
-    torch.optim.swa_utils.update_bn(batches(), module.net)
+    torch.optim.swa_utils.update_bn((module.network_inputs(x, train=True) for x, _ in loader), module.net)
     module.net.eval()
-    return seen
+    return len(loader) * cfg.batch_size  # whole batches only (drop_last)
 
 
 def save_checkpoint(state: dict[str, torch.Tensor], path: Path) -> None:
